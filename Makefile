@@ -1,0 +1,31 @@
+# The two set-up commands of the README. Both create .venv when it is missing.
+#   make demo   install, then run the main job on the built-in default
+#   make test   install, then run the whole test suite
+# On a GPU machine, install the torch build for your CUDA first and pass CONSTRAINTS= (empty).
+
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+PY := $(VENV)/bin/python
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+export DS_BUILD_OPS := 0
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(CONSTRAINTS),$(PY) -m pip install -q $(PIP_C) torch,)
+	$(PY) -m pip install -q $(PIP_C) -e '.[test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/rlhf ppo
+
+test: install
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

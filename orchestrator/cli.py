@@ -1,0 +1,108 @@
+"""The `rlhf` command line.
+
+    rlhf config <job> [--config F] [key=value ...]   print the resolved config as YAML
+    rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
+    rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
+
+Errors in user input (config keys and values, data rows) end the run with one line on stderr that
+names the key, file, row or field, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from orchestrator.configtree import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_job_config, to_yaml
+
+    cfg = load_job_config(args.job, args.config, args.overrides)
+    print(to_yaml(cfg, comments=not args.no_comments))
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from orchestrator.data import run_data_check
+
+    return run_data_check(args)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    if args.name == "dpl-synthetic":
+        from orchestrator.experiments import dpl_synthetic
+
+        argv = ["--out", args.out or "runs/dpl-synthetic", "--seed", str(args.seed)]
+        return dpl_synthetic.main(argv + (["--quick"] if args.quick else []))
+    raise AssertionError(args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from orchestrator.config import JOBS
+
+    parser = argparse.ArgumentParser(
+        prog="rlhf",
+        description="Distributed RLHF on Ray: PPO with DeepSpeed ZeRO roles, DPO, and distributional reward models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("config", help="print a job's resolved config as YAML (defaults <- --config file <- overrides)")
+    p.add_argument("job", choices=sorted(JOBS), help="job whose config to print")
+    p.add_argument("--config", help="YAML file with config values")
+    p.add_argument("--no-comments", action="store_true", help="omit the field docs")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. policy.lr=1e-6")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser("check", help="validate a dataset and print counts and token-length statistics")
+    from orchestrator.data import add_data_check_args
+
+    add_data_check_args(p)
+    p.set_defaults(func=_cmd_data_check)
+
+    p = sub.add_parser("experiment", help="reproducible experiments that print their findings")
+    p.add_argument("name", choices=["dpl-synthetic"], help="dpl-synthetic: DPL paper's 1-D hidden-context experiment")
+    p.add_argument("--out", help="output folder (default runs/<name>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="fewer training steps")
+    p.set_defaults(func=_cmd_experiment)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, _user_errors()) as e:
+        print(f"rlhf: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("rlhf: interrupted", file=sys.stderr)
+        return 130
+
+
+def _user_errors() -> type:
+    """Errors that mean bad user input (printed as one line), as opposed to bugs (tracebacks)."""
+    try:
+        from orchestrator.data import DataError
+
+        return DataError
+    except ImportError:  # pragma: no cover
+        return ConfigError
+
+
+if __name__ == "__main__":
+    sys.exit(main())
