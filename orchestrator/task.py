@@ -1,0 +1,602 @@
+"""The built-in task world: prompts, responses, a gold score, SFT and preference data.
+
+Pure Python and deterministic by seed (every function takes a seed or a `random.Random`; the global
+`random` state is never used). It backs the data specs `builtin:prompts`, `builtin:sft` and
+`builtin:preferences` (see `orchestrator.builtin`) and the held-out gold evaluation of PPO and DPO.
+
+The world
+---------
+* 12 topics (`TOPICS`), each a name plus 16-17 on-topic content words; the vocabularies are disjoint.
+* Neutral words (`NEUTRAL_WORDS`): function words, the words of the sentence frames, of the filler
+  phrases and of the prompt templates. They carry no topic and are ignored by the gold score.
+* Style markers (`CASUAL_WORDS`: "lol", "haha", "omg", written "<marker> !!" at the end of the answer):
+  the *disputed* style. One annotator group likes it and the other dislikes it; gold ignores it.
+* Fact tables (`FACTS`): 4 attributes (color, legs, sound, taste), 38 facts, each with a short
+  reference answer ("What color is a banana?" -> "A banana is yellow.").
+
+Prompts (`prompt_rows`)
+-----------------------
+Open prompts: 11 templates x 12 topics ("Tell me about fruit.", "Describe the ocean in a few words.").
+Closed prompts: 3 question templates per attribute x 38 facts ("What color is a banana?").
+The split is a fixed property of the world (it does not depend on `seed`):
+* test holds one template x topic combination per topic, every combination of one whole open
+  template ("Can you describe {t} for me?"), and one template x fact combination per fact;
+* every topic, every fact and all but one open template still appear in train, so the test set measures
+  generalisation to new phrasings, not knowledge the training data never had.
+Counts: 108 train open + 76 train closed = 184 train prompts; 24 + 38 = 62 test prompts.
+Open rows have `reference=None` (no single right answer); closed rows carry the reference answer.
+
+Gold score (`gold_score`)
+-------------------------
+Words are the lower-cased runs of letters a-z in the response (punctuation and digits are dropped).
+    rep = unique word trigrams / word trigrams    (1.0 when the response has fewer than 3 words)
+Open prompt (topic T):
+    content  = words that are neither neutral words nor style markers
+    on_topic = content words in T's vocabulary (the topic name counts, e.g. "fruit")
+    gold = (|on_topic| / |content|) * min(|distinct on_topic|, 4) / 4 * rep      (0 if no content)
+Closed prompt (reference answer with key word k, an attribute value such as "yellow"):
+    gold = [k in words] * [no other value of the same attribute in words] * rep
+So gold is in [0, 1] and depends on topicality, coverage of distinct on-topic words, factual correctness
+and degenerate repetition. Neutral fillers (length) and the casual marker do not count as content, so for
+an answer without repeated trigrams they leave gold unchanged; for an answer that repeats itself, extra
+distinct words dilute the repetition ratio slightly (e.g. 0.45 -> 0.47 for two added filler sentences).
+
+Responses (`make_response`)
+---------------------------
+`quality` in [0, 1] sets the share of on-topic content words and how many distinct ones are used (open),
+or the chance of the correct fact (closed; otherwise a wrong value, a hedge with two values, or an
+evasion); low quality sometimes repeats a sentence. `length` adds that many neutral filler units
+(a leading "In general," or a closing sentence such as "I hope this helps."), so length varies
+independently of quality. `casual` ends the answer with "lol !!", "haha !!" or "omg !!".
+
+Preferences (`preference_rows`)
+-------------------------------
+Each pair is labelled by one annotator, from the formal or the casual group (50/50), with utility
+    u = QUALITY_WEIGHT * gold + LENGTH_WEIGHT * words / 10 + s * casual
+    s = CASUAL_GROUP_WEIGHT (+4.0) for the casual group, FORMAL_GROUP_WEIGHT (-2.5) for the formal group,
+    QUALITY_WEIGHT = 5.0, LENGTH_WEIGHT = 1.0
+and a Bradley-Terry draw: the first response is chosen with probability sigmoid(u1 - u2).
+So annotators prefer gold quality, also prefer longer answers (length bias), and split on the casual
+marker: the casual group picks the casual twin of an answer 98% of the time, the formal group 8%; pooled,
+it wins about 53% (a mildly positive mean, a large disagreement: hidden context). A Bradley-Terry
+model sees a casual effect near zero; a mean-variance model gives casual answers about twice the std,
+so their risk-averse (alpha = 0.1) quantile falls below that of the same answer without the marker.
+Pair kinds: independent (35%), casual-only (25%: the same answer with and without the marker),
+length-only (20%: the same answer with different fillers), quality-only (20%).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from typing import Iterable, Optional, Sequence
+
+# ---------------------------------------------------------------------------------------------------
+# The world's vocabulary
+# ---------------------------------------------------------------------------------------------------
+
+TOPICS: dict[str, tuple[str, ...]] = {
+    "fruit": ("apple", "banana", "mango", "pear", "grape", "cherry", "lemon", "peach", "plum",
+              "melon", "berry", "kiwi", "lime", "apricot", "fig", "coconut", "papaya"),
+    "animals": ("dog", "cat", "horse", "cow", "lion", "tiger", "rabbit", "fox", "bear", "wolf",
+                "sheep", "duck", "spider", "snake", "elephant", "zebra", "pig", "bee", "ant", "chicken"),
+    "colors": ("red", "blue", "green", "yellow", "purple", "pink", "brown", "white", "black",
+               "gray", "orange", "gold", "silver", "violet", "paint", "rainbow", "crayon"),
+    "weather": ("rain", "snow", "wind", "cloud", "storm", "sunshine", "thunder", "fog", "hail",
+                "frost", "breeze", "lightning", "sky", "umbrella", "heat", "drizzle"),
+    "music": ("song", "guitar", "piano", "drum", "violin", "melody", "rhythm", "singer", "band",
+              "concert", "flute", "trumpet", "chord", "choir", "harp", "lyric"),
+    "sports": ("soccer", "tennis", "ball", "goal", "team", "coach", "player", "race", "football",
+               "basketball", "baseball", "golf", "referee", "stadium", "medal", "hockey"),
+    "space": ("planet", "star", "moon", "rocket", "comet", "galaxy", "orbit", "astronaut",
+              "telescope", "asteroid", "mars", "saturn", "nebula", "meteor", "satellite", "gravity"),
+    "food": ("bread", "cheese", "soup", "rice", "pasta", "pizza", "salad", "butter", "egg", "cake",
+             "cookie", "sandwich", "noodle", "pie", "honey", "sugar", "salt", "coffee", "carrot"),
+    "ocean": ("wave", "shark", "coral", "whale", "dolphin", "reef", "tide", "shell", "seaweed",
+              "octopus", "crab", "jellyfish", "fish", "beach", "sand", "island", "starfish"),
+    "tools": ("hammer", "nail", "saw", "screw", "drill", "wrench", "shovel", "ladder", "rake", "axe",
+              "chisel", "pliers", "tape", "glue", "toolbox", "screwdriver"),
+    "plants": ("tree", "flower", "leaf", "root", "seed", "grass", "rose", "tulip", "oak", "pine",
+               "cactus", "moss", "fern", "garden", "bush", "vine", "daisy"),
+    "travel": ("train", "plane", "ticket", "airport", "hotel", "map", "suitcase", "passport", "bus",
+               "journey", "tourist", "luggage", "station", "cruise", "taxi", "bridge"),
+}
+"""Topic name -> its on-topic content words (the name itself is on-topic too)."""
+
+TOPIC_PHRASE: dict[str, str] = {"weather": "the weather", "ocean": "the ocean"}
+"""How a topic is named inside a prompt when it is not the bare name."""
+
+# Closed questions. Attribute -> question templates, answer frames (full and short), value words.
+# `{s}` is the subject with its article ("a banana", "the sky", "honey"); `{S}` the same capitalised.
+ATTRIBUTES: dict[str, dict] = {
+    "color": {
+        "questions": ("What color is {s}?", "What is the color of {s}?", "Which color does {s} have?"),
+        "answer": "{S} is {v}.",
+        "short": "It is {v}.",
+        "values": ("red", "blue", "green", "yellow", "purple", "white", "gray", "brown", "orange"),
+    },
+    "legs": {
+        "questions": ("How many legs does {s} have?", "What is the number of legs of {s}?",
+                      "Count the legs of {s}."),
+        "answer": "{S} has {v} legs.",
+        "short": "It has {v} legs.",
+        "values": ("zero", "two", "four", "six", "eight"),
+    },
+    "sound": {
+        "questions": ("What sound does {s} make?", "What does {s} say?", "Which sound does {s} make?"),
+        "answer": "{S} says {v}.",
+        "short": "It says {v}.",
+        "values": ("woof", "meow", "moo", "quack", "roar", "hiss", "neigh", "buzz", "oink", "baa"),
+    },
+    "taste": {
+        "questions": ("How does {s} taste?", "What does {s} taste like?", "Which taste does {s} have?"),
+        "answer": "{S} tastes {v}.",
+        "short": "It tastes {v}.",
+        "values": ("sweet", "sour", "salty", "bitter"),
+    },
+}
+
+# (attribute, subject with article, subject's topic, value)
+FACTS: tuple[tuple[str, str, str, str], ...] = (
+    ("color", "a banana", "fruit", "yellow"), ("color", "a lemon", "fruit", "yellow"),
+    ("color", "a cherry", "fruit", "red"), ("color", "a lime", "fruit", "green"),
+    ("color", "a grape", "fruit", "purple"), ("color", "grass", "plants", "green"),
+    ("color", "the sky", "weather", "blue"), ("color", "snow", "weather", "white"),
+    ("color", "an elephant", "animals", "gray"), ("color", "a carrot", "food", "orange"),
+    ("color", "a rose", "plants", "red"), ("color", "a bear", "animals", "brown"),
+    ("legs", "a dog", "animals", "four"), ("legs", "a horse", "animals", "four"),
+    ("legs", "a duck", "animals", "two"), ("legs", "a spider", "animals", "eight"),
+    ("legs", "an ant", "animals", "six"), ("legs", "a snake", "animals", "zero"),
+    ("legs", "a chicken", "animals", "two"), ("legs", "a crab", "ocean", "eight"),
+    ("sound", "a dog", "animals", "woof"), ("sound", "a cat", "animals", "meow"),
+    ("sound", "a cow", "animals", "moo"), ("sound", "a duck", "animals", "quack"),
+    ("sound", "a lion", "animals", "roar"), ("sound", "a snake", "animals", "hiss"),
+    ("sound", "a horse", "animals", "neigh"), ("sound", "a bee", "animals", "buzz"),
+    ("sound", "a pig", "animals", "oink"), ("sound", "a sheep", "animals", "baa"),
+    ("taste", "a lemon", "fruit", "sour"), ("taste", "a lime", "fruit", "sour"),
+    ("taste", "sugar", "food", "sweet"), ("taste", "honey", "food", "sweet"),
+    ("taste", "salt", "food", "salty"), ("taste", "coffee", "food", "bitter"),
+    ("taste", "cake", "food", "sweet"), ("taste", "a mango", "fruit", "sweet"),
+)
+
+OPEN_TEMPLATES: tuple[str, ...] = (
+    "Tell me about {t}.",
+    "Write a sentence about {t}.",
+    "What do you know about {t}?",
+    "Say something about {t}.",
+    "Describe {t} in a few words.",
+    "Give me some words about {t}.",
+    "Talk about {t}.",
+    "Write a short answer about {t}.",
+    "Please tell me about {t}.",
+    "Share a few thoughts on {t}.",
+    "Can you describe {t} for me?",  # held out entirely: test only
+)
+HELD_OUT_OPEN_TEMPLATE = len(OPEN_TEMPLATES) - 1
+
+# Sentence frames of open answers: "{}" is a bare content word, "{a}" a content word with "a"/"an".
+OPEN_FRAMES: tuple[str, ...] = (
+    "I like the {} and the {}.",
+    "The {} is next to the {}.",
+    "There is {a} near the {}.",
+    "You can find {}, {} and {} here.",
+    "My favorite is the {}.",
+    "The {} is nice.",
+    "Look at the {}.",
+    "People like the {} and the {}.",
+    "Think of the {}, the {} and the {}.",
+    "The {} is better than the {}.",
+    "Here are a few: {}, {}, {} and {}.",
+    "We found {a} and {a} today.",
+)
+EVASIVE_FRAMES: tuple[str, ...] = ("I am not sure about that.", "I do not know much about it.")
+HEDGE_FRAME = "{v1} or maybe {v2}"
+
+PREFIX_FILLERS: tuple[str, ...] = (
+    "Well,", "In general,", "To be honest,", "As far as I know,", "If you ask me,", "All in all,",
+    "In my opinion,", "Generally speaking,",
+)
+SUFFIX_FILLERS: tuple[str, ...] = (
+    "I hope this helps.", "That is all I can say.", "That is my answer.", "It is a good question.",
+    "This is what I think.", "There is more to say.", "I could go on.", "Thanks for asking.",
+)
+CASUAL_WORDS: tuple[str, ...] = ("lol", "haha", "omg")
+"""The disputed style: an answer in casual style ends with '<one of these> !!'."""
+
+_STOP_WORDS = """a an the and or but is are was were be been it its this that these those there here
+i me my you your we our they them he she his her of in on at to for with from by as so very too also
+some many much more most all any what which who how when where why do does did can could will would
+should may might have has had not no yes just like well then than about one few""".split()
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased runs of letters a-z: the unit of the gold score and of length."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+NEUTRAL_WORDS: frozenset[str] = frozenset(
+    _STOP_WORDS
+    + [w for f in OPEN_FRAMES + EVASIVE_FRAMES + PREFIX_FILLERS + SUFFIX_FILLERS for w in _words(f)]
+    + [w for t in OPEN_TEMPLATES for w in _words(t.replace("{t}", ""))]
+    + [w for a in ATTRIBUTES.values() for q in a["questions"] + (a["answer"], a["short"])
+       for w in _words(q.replace("{s}", "").replace("{S}", "").replace("{v}", ""))]
+    + _words(HEDGE_FRAME.replace("{v1}", "").replace("{v2}", ""))
+)
+"""Words that carry no topic: ignored by the gold score (stop words, frame, filler and prompt words)."""
+
+_TOPIC_VOCAB: dict[str, frozenset[str]] = {t: frozenset(ws + (t,)) for t, ws in TOPICS.items()}
+_VALUE_TO_ATTRIBUTE: dict[str, str] = {v: a for a, spec in ATTRIBUTES.items() for v in spec["values"]}
+
+# Annotator model of the preference data (see module docstring).
+QUALITY_WEIGHT = 5.0
+"""Utility per unit of gold score."""
+LENGTH_WEIGHT = 1.0
+"""Utility per 10 words: the length bias every annotator shares."""
+CASUAL_GROUP_WEIGHT = 4.0
+"""Utility of the casual marker for the casual annotator group."""
+FORMAL_GROUP_WEIGHT = -2.5
+"""Utility of the casual marker for the formal annotator group."""
+PAIR_KINDS: dict[str, float] = {"independent": 0.35, "casual_only": 0.25, "length_only": 0.20, "quality_only": 0.20}
+
+SPLITS = ("train", "test")
+_DEFAULT_PREFERENCE_ROWS = {"train": 4000, "test": 1000}
+_DEFAULT_SFT_ROWS = {"train": 3000, "test": 500}
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _all_prompt_rows() -> list[dict]:
+    """Every prompt of the world in canonical order, each with its split under the key 'split'."""
+    rows = []
+    n_templates = HELD_OUT_OPEN_TEMPLATE  # templates that also appear in train
+    for i, topic in enumerate(TOPICS):
+        held_out = (3 * i + 1) % n_templates  # one combination per topic; each template held out 1-2 times
+        for j, template in enumerate(OPEN_TEMPLATES):
+            split = "test" if j in (held_out, HELD_OUT_OPEN_TEMPLATE) else "train"
+            prompt = template.format(t=TOPIC_PHRASE.get(topic, topic))
+            rows.append({"prompt": _capitalise(prompt), "query_type": "open", "reference": None,
+                         "topic": topic, "split": split})
+    for k, (attribute, subject, topic, value) in enumerate(FACTS):
+        spec = ATTRIBUTES[attribute]
+        reference = spec["answer"].format(S=_capitalise(subject), v=value)
+        for j, question in enumerate(spec["questions"]):
+            split = "test" if j == k % len(spec["questions"]) else "train"
+            rows.append({"prompt": question.format(s=subject), "query_type": "closed",
+                         "reference": reference, "topic": topic, "split": split})
+    return rows
+
+
+def prompt_rows(split: str, seed: int = 0) -> list[dict]:
+    """Prompt rows `{"prompt", "query_type", "reference", "topic"}` of one split, shuffled by `seed`.
+
+    The split itself is fixed (see the module docstring); `seed` only changes the order.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rows = [{k: v for k, v in r.items() if k != "split"} for r in _all_prompt_rows() if r["split"] == split]
+    random.Random(f"prompts:{split}:{seed}").shuffle(rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gold score
+# ---------------------------------------------------------------------------------------------------
+
+
+def repetition_factor(words: Sequence[str]) -> float:
+    """Unique word trigrams / word trigrams; 1.0 for fewer than 3 words."""
+    if len(words) < 3:
+        return 1.0
+    trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return len(set(trigrams)) / len(trigrams)
+
+
+def reference_key(reference: str) -> tuple[str, str]:
+    """(attribute, key value word) of a closed reference answer, e.g. "A banana is yellow." -> ("color", "yellow")."""
+    keys = [w for w in _words(reference) if w in _VALUE_TO_ATTRIBUTE]
+    if len(keys) != 1:
+        raise ValueError(f"reference {reference!r} must contain exactly one attribute value, found {keys}")
+    return _VALUE_TO_ATTRIBUTE[keys[0]], keys[0]
+
+
+def gold_score(prompt_row: dict, response: str) -> float:
+    """Gold score in [0, 1] of `response` to `prompt_row` (a row of `prompt_rows`).
+
+    Words = lower-cased runs of letters a-z; rep = unique word trigrams / word trigrams (1 if < 3 words).
+    Open: (on-topic content words / content words) * min(distinct on-topic words, 4) / 4 * rep, where
+    content words exclude NEUTRAL_WORDS and CASUAL_WORDS, and 0 when there is no content word.
+    Closed: [reference's key value present] * [no other value of that attribute present] * rep.
+    Neutral fillers and the casual marker change it only through rep (which is 1 without repetition).
+    """
+    words = _words(response)
+    rep = repetition_factor(words)
+    if prompt_row["query_type"] == "closed":
+        attribute, key = reference_key(prompt_row["reference"])
+        present = set(words)
+        others = set(ATTRIBUTES[attribute]["values"]) - {key}
+        return float(key in present and not (present & others)) * rep
+    vocab = _TOPIC_VOCAB[prompt_row["topic"]]
+    content = [w for w in words if w not in NEUTRAL_WORDS and w not in CASUAL_WORDS]
+    if not content:
+        return 0.0
+    on_topic = [w for w in content if w in vocab]
+    return len(on_topic) / len(content) * min(len(set(on_topic)), 4) / 4 * rep
+
+
+def n_words(text: str) -> int:
+    """Length in words, as the gold score and the annotators count them (punctuation excluded)."""
+    return len(_words(text))
+
+
+def is_casual(text: str) -> bool:
+    """Whether a response carries the disputed casual marker."""
+    return any(w in CASUAL_WORDS for w in _words(text))
+
+
+def gold_eval(prompt_rows: Sequence[dict], responses: Sequence[str]) -> dict:
+    """Summary of responses to prompt rows: mean gold (all, open, closed), share with the disputed
+    casual marker, mean length in words, count."""
+    if len(prompt_rows) != len(responses):
+        raise ValueError(f"{len(prompt_rows)} prompt rows but {len(responses)} responses")
+    golds = [gold_score(r, y) for r, y in zip(prompt_rows, responses)]
+
+    def mean(xs: list) -> float:
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {
+        "gold": mean(golds),
+        "gold_open": mean([g for g, r in zip(golds, prompt_rows) if r["query_type"] == "open"]),
+        "gold_closed": mean([g for g, r in zip(golds, prompt_rows) if r["query_type"] == "closed"]),
+        "disputed_share": mean([float(is_casual(y)) for y in responses]),
+        "length": mean([n_words(y) for y in responses]),
+        "n": len(responses),
+    }
+
+
+_PROMPT_INDEX: dict[str, dict] = {r["prompt"]: r for r in _all_prompt_rows()}
+
+
+def gold_reward(prompts: Sequence[str], responses: Sequence[str], references: Optional[Sequence] = None) -> list[float]:
+    """Function-reward adapter of `gold_score` for prompts of the built-in world (looked up by text).
+
+    An oracle for tests and debugging: a PPO run trained on it can no longer use gold as an
+    independent held-out measure.
+    """
+    out = []
+    for prompt, response in zip(prompts, responses):
+        row = _PROMPT_INDEX.get(prompt.strip())
+        if row is None:
+            raise KeyError(f"prompt {prompt!r} is not a prompt of the built-in task")
+        out.append(gold_score(row, response))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------------
+
+
+def _with_article(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _fill_frame(frame: str, words: Iterable[str]) -> str:
+    it = iter(words)
+    return re.sub(r"\{a?\}", lambda m: _with_article(next(it)) if m.group() == "{a}" else next(it), frame)
+
+
+def _n_slots(frame: str) -> int:
+    return len(re.findall(r"\{a?\}", frame))
+
+
+def _open_sentences(row: dict, quality: float, rng: random.Random) -> list[str]:
+    topic = row["topic"]
+    n_content = rng.randint(4, 5)
+    on_words = list(TOPICS[topic])
+    rng.shuffle(on_words)
+    pool = on_words[: max(1, round(quality * 6))]  # low quality: few distinct on-topic words
+    others = [t for t in TOPICS if t != topic]
+    off_topics = rng.sample(others, 2)
+    off_words = [w for t in off_topics for w in TOPICS[t]]
+    chosen, k = [], 0
+    for _ in range(n_content):
+        if rng.random() < quality:
+            chosen.append(pool[k % len(pool)])
+            k += 1
+        else:
+            chosen.append(rng.choice(off_words))
+    sentences, used, i = [], set(), 0
+    while i < n_content:  # distinct frames, so that only degenerate answers repeat trigrams
+        fitting = [f for f in OPEN_FRAMES if _n_slots(f) <= n_content - i]
+        frame = rng.choice([f for f in fitting if f not in used] or fitting)
+        used.add(frame)
+        sentences.append(_capitalise(_fill_frame(frame, chosen[i:i + _n_slots(frame)])))
+        i += _n_slots(frame)
+    if len(sentences) > 1 and rng.random() < 0.3 * (1 - quality):  # degenerate repetition
+        sentences.append(sentences[rng.randrange(len(sentences))])
+    return sentences
+
+
+def _subject(reference: str, attribute: str, key: str) -> str:
+    pattern = re.escape(ATTRIBUTES[attribute]["answer"]).replace(r"\{S\}", "(.+)").replace(r"\{v\}", key)
+    match = re.fullmatch(pattern, reference)
+    if match is None:
+        raise ValueError(f"reference {reference!r} does not follow the {attribute} answer frame")
+    return match.group(1)
+
+
+def _closed_sentences(row: dict, quality: float, rng: random.Random) -> list[str]:
+    attribute, key = reference_key(row["reference"])
+    spec = ATTRIBUTES[attribute]
+    wrong = rng.choice([v for v in spec["values"] if v != key])
+    subject = _subject(row["reference"], attribute, key)  # "A banana", "The sky", "Honey"
+    u = rng.random()
+    if u < quality:
+        value = key
+    else:
+        kind = rng.choices(["wrong", "hedge", "evasive"], weights=[2, 1, 1])[0]
+        if kind == "evasive":
+            return [rng.choice(EVASIVE_FRAMES)]
+        value = wrong if kind == "wrong" else HEDGE_FRAME.format(v1=key, v2=wrong)
+        if kind == "hedge" and rng.random() < 0.5:
+            value = HEDGE_FRAME.format(v1=wrong, v2=key)
+    form = rng.choices(["answer", "short", "bare"], weights=[3, 2, 1])[0]
+    if form == "bare":
+        return [_capitalise(value) + "."]
+    return [spec[form].format(S=subject, v=value)]
+
+
+def make_response(prompt_row: dict, quality: float, length: int, casual: bool, rng: random.Random) -> str:
+    """A short English-like answer to `prompt_row`.
+
+    quality: in [0, 1]. Open prompts: each of 4-5 content words is on-topic with probability `quality`
+        (else from two other topics), and on-topic words come from round(6 * quality) distinct words;
+        with probability 0.3 * (1 - quality) a sentence is repeated. Closed prompts: the right value with
+        probability `quality`, else a wrong value (1/2), a hedge naming two values (1/4) or an evasion (1/4).
+    length: number of neutral filler units (0-4 is the useful range): a leading "In general,"-style
+        phrase and closing sentences such as "I hope this helps.". Gold changes only through the
+        repetition ratio of answers that repeat a sentence (see `gold_score`).
+    casual: end the answer with "lol !!", "haha !!" or "omg !!" (the disputed style).
+    The content is drawn from `rng` before fillers and marker, so the same rng state with a different
+    `length` or `casual` gives the same content.
+    """
+    if not 0.0 <= quality <= 1.0:
+        raise ValueError(f"quality must be in [0, 1], got {quality}")
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    if prompt_row["query_type"] == "closed":
+        sentences = _closed_sentences(prompt_row, quality, rng)
+    else:
+        sentences = _open_sentences(prompt_row, quality, rng)
+    filler_rng = random.Random(rng.random())  # fillers and marker never shift the content stream
+    n_prefix = 1 if length > 0 and filler_rng.random() < 0.5 else 0
+    suffixes = filler_rng.sample(SUFFIX_FILLERS, min(length - n_prefix, len(SUFFIX_FILLERS)))
+    if n_prefix:
+        prefix = filler_rng.choice(PREFIX_FILLERS)
+        first = sentences[0] if sentences[0].startswith("I ") else sentences[0][0].lower() + sentences[0][1:]
+        sentences[0] = prefix + " " + first
+    sentences = sentences + suffixes
+    marker = filler_rng.choice(CASUAL_WORDS)
+    if casual:
+        sentences[-1] = sentences[-1][:-1] + " " + marker + " !!"
+    return " ".join(sentences)
+
+
+# ---------------------------------------------------------------------------------------------------
+# SFT and preference data
+# ---------------------------------------------------------------------------------------------------
+
+
+def _sft_quality(rng: random.Random) -> float:
+    """Mostly decent but imperfect: 0.25 + 0.6 * Beta(2, 2), mean 0.55, in [0.25, 0.85]."""
+    return 0.25 + 0.6 * rng.betavariate(2, 2)
+
+
+def _sft_length(rng: random.Random) -> int:
+    return rng.choices([0, 1, 2, 3], weights=[0.3, 0.3, 0.25, 0.15])[0]
+
+
+def sft_rows(seed: int = 0, n: Optional[int] = None, split: str = "train") -> list[dict]:
+    """Supervised fine-tuning rows `{"prompt", "response"}` built from one split's prompts (train by default).
+
+    Quality 0.25 + 0.6 * Beta(2, 2) (mean 0.55: decent but imperfect, so RL has headroom), 0-3 filler
+    units, casual marker on 20% of the responses. Default n: 3000 (train), 500 (test).
+    """
+    prompts = prompt_rows(split)
+    n = _DEFAULT_SFT_ROWS[split] if n is None else n
+    rng = random.Random(f"sft:{split}:{seed}")
+    rows = []
+    for _ in range(n):
+        row = rng.choice(prompts)
+        response = make_response(row, _sft_quality(rng), _sft_length(rng), rng.random() < 0.2, rng)
+        rows.append({"prompt": row["prompt"], "response": response})
+    return rows
+
+
+def annotator_utility(prompt_row: dict, response: str, annotator: str) -> float:
+    """u = QUALITY_WEIGHT * gold + LENGTH_WEIGHT * words / 10 + s * casual, s by annotator group."""
+    return _utility(gold_score(prompt_row, response), n_words(response), is_casual(response), annotator)
+
+
+def _utility(gold: float, words: int, casual: bool, annotator: str) -> float:
+    if annotator not in ("formal", "casual"):
+        raise ValueError(f"annotator must be 'formal' or 'casual', got {annotator!r}")
+    s = CASUAL_GROUP_WEIGHT if annotator == "casual" else FORMAL_GROUP_WEIGHT
+    return QUALITY_WEIGHT * gold + LENGTH_WEIGHT * words / 10 + s * float(casual)
+
+
+def _pair(row: dict, kind: str, rng: random.Random) -> tuple[str, str]:
+    q1, q2 = rng.random(), rng.random()
+    l1, l2 = rng.randint(0, 3), rng.randint(0, 3)
+    c1, c2 = rng.random() < 0.35, rng.random() < 0.35
+    s1, s2 = rng.random(), rng.random()  # content seeds
+    if kind == "casual_only":
+        q2, l2, s2, (c1, c2) = q1, l1, s1, rng.choice([(True, False), (False, True)])
+    elif kind == "length_only":
+        q2, c2, s2 = q1, c1, s1
+        while l2 == l1:
+            l2 = rng.randint(0, 3)
+    elif kind == "quality_only":
+        l2, c2 = l1, c1
+    y1 = make_response(row, q1, l1, c1, random.Random(s1))
+    y2 = make_response(row, q2, l2, c2, random.Random(s2))
+    return y1, y2
+
+
+def preference_rows(split: str, seed: int = 0, n: Optional[int] = None) -> list[dict]:
+    """Preference rows of one split (pairs on that split's prompts). Default n: 4000 train, 1000 test.
+
+    Columns: prompt, chosen, rejected; annotator ("formal"|"casual"); disputed (the two responses differ
+    in the casual marker, so the groups would disagree); gold_chosen, gold_rejected; len_chosen,
+    len_rejected (words); casual_chosen, casual_rejected; pair_kind; query_type.
+    Labels follow the annotator model of the module docstring. chosen != rejected, never empty.
+    """
+    prompts = prompt_rows(split)
+    n = _DEFAULT_PREFERENCE_ROWS[split] if n is None else n
+    rng = random.Random(f"preferences:{split}:{seed}")
+    kinds, weights = list(PAIR_KINDS), list(PAIR_KINDS.values())
+    rows = []
+    while len(rows) < n:
+        row = rng.choice(prompts)
+        kind = rng.choices(kinds, weights=weights)[0]
+        y1, y2 = _pair(row, kind, rng)
+        if y1 == y2:
+            continue
+        annotator = rng.choice(["formal", "casual"])
+        (g1, n1, c1), (g2, n2, c2) = [(gold_score(row, y), n_words(y), is_casual(y)) for y in (y1, y2)]
+        margin = _utility(g1, n1, c1, annotator) - _utility(g2, n2, c2, annotator)
+        if rng.random() >= 1 / (1 + math.exp(-margin)):  # Bradley-Terry draw: y1 wins w.p. sigmoid(margin)
+            (y1, g1, n1, c1), (y2, g2, n2, c2) = (y2, g2, n2, c2), (y1, g1, n1, c1)
+        rows.append({
+            "prompt": row["prompt"], "chosen": y1, "rejected": y2,
+            "annotator": annotator, "disputed": c1 != c2,
+            "gold_chosen": g1, "gold_rejected": g2, "len_chosen": n1, "len_rejected": n2,
+            "casual_chosen": c1, "casual_rejected": c2,
+            "pair_kind": kind, "query_type": row["query_type"],
+        })
+    return rows
+
+
+def corpus_texts() -> list[str]:
+    """Texts for training the built-in tokenizer: every prompt and reference (train and test), every
+    word of the world, the fillers and markers, and sample responses to every prompt."""
+    texts = []
+    rows = _all_prompt_rows()
+    texts += [r["prompt"] for r in rows]
+    texts += sorted({r["reference"] for r in rows if r["reference"]})
+    texts += [" ".join(ws) + " " + t for t, ws in TOPICS.items()]
+    texts += [" ".join(a["values"]) for a in ATTRIBUTES.values()]
+    texts += list(PREFIX_FILLERS + SUFFIX_FILLERS + EVASIVE_FRAMES) + [f"{m} !!" for m in CASUAL_WORDS]
+    texts += [" ".join(sorted(NEUTRAL_WORDS))]
+    rng = random.Random("corpus")
+    for _ in range(4):
+        for r in rows:
+            texts.append(make_response(r, rng.random(), rng.randint(0, 3), rng.random() < 0.3, rng))
+    return texts
