@@ -1,0 +1,165 @@
+"""PPO clipped policy and value losses, and the one loss aggregator.
+
+Shapes: ``(B, T)`` tensors cover response tokens and are right-padded; ``mask`` is 1 on valid tokens.
+
+Losses here are per token and unreduced (0 at masked positions); ``aggregate`` is the only reduction.
+Metrics are 0-dim detached tensors, each a masked mean over the valid tokens of the call (the local
+micro-batch). To combine metrics across micro-batches or shards exactly, weight each by its number of
+valid tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from losses.common import masked_mean
+from losses.kl import kl_penalty
+
+__all__ = ["policy_loss", "value_loss", "aggregate"]
+
+
+def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate policy loss, per token.
+
+    Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv 1707.06347),
+    eq. 7 (L^CLIP), negated to be minimised:
+
+        ratio = exp(logprobs - old_logprobs) = pi(a|s) / pi_old(a|s)
+        loss  = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))
+
+    With A > 0 the loss stops improving once ratio > 1 + eps; with A < 0 once ratio < 1 - eps. In
+    those regions the clipped term is the larger one and the gradient is 0.
+
+    Metrics (0-dim, detached, masked means over this call's valid tokens):
+        - ``clipfrac``: fraction of tokens where the clipped term is strictly larger, i.e. where the
+          clip is active and the token gives no gradient (the definition of OpenRLHF and verl;
+          CleanRL's ``|ratio - 1| > eps`` also counts tokens on the harmless side of the clip).
+        - ``approx_kl``: ``KL(pi_old || pi)`` by Schulman's k3 estimator on tokens sampled from
+          pi_old, ``(ratio - 1) - log ratio`` (as in CleanRL), i.e. ``kl_penalty(old_logprobs,
+          logprobs, "k3")``.
+        - ``ratio_mean``, ``ratio_max``: statistics of the ratio over valid tokens.
+
+    Args:
+        logprobs: ``(B, T)`` log pi(a_t | s_t) under the current policy (requires grad).
+        old_logprobs: ``(B, T)`` log pi_old(a_t | s_t) from the rollout policy.
+        advantages: ``(B, T)`` A_t (e.g. whitened GAE advantages).
+        mask: ``(B, T)`` 1 on valid tokens.
+        clip_eps: the clip range eps.
+
+    Returns:
+        ``(per_token_loss, metrics)``: ``(B, T)`` loss, 0 at masked positions; dict of 0-dim tensors.
+    """
+    mask = mask.bool()
+    # Masked positions are zeroed up front, so garbage there (even nan or inf) reaches neither the
+    # loss nor the gradient (a nan at a masked position would otherwise give 0 * nan = nan gradients).
+    logprobs, old_logprobs = _zero_masked(logprobs, mask), _zero_masked(old_logprobs, mask)
+    advantages = _zero_masked(advantages, mask)
+    log_ratio = logprobs - old_logprobs  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    pg_loss_unclipped = -advantages * ratio  # (B, T)
+    pg_loss_clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
+    pg_loss = _zero_masked(torch.maximum(pg_loss_unclipped, pg_loss_clipped), mask)  # (B, T)
+
+    with torch.no_grad():
+        clipped = (pg_loss_clipped > pg_loss_unclipped).to(ratio.dtype)  # (B, T)
+        approx_kl = kl_penalty(old_logprobs, logprobs, "k3")  # (B, T) = (ratio - 1) - log ratio
+        metrics = {
+            "clipfrac": masked_mean(clipped, mask),
+            "approx_kl": masked_mean(approx_kl, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": _zero_masked(ratio, mask).max(),  # ratio > 0, so the zeros never win
+        }
+    return pg_loss, metrics
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped value loss, per token.
+
+    Source: the value-function clipping of OpenAI baselines ppo2 (not in the PPO paper), analysed in
+    Engstrom et al. 2020, "Implementation Matters in Deep Policy Gradients" (arXiv 2005.12729):
+
+        V_clip = clip(V, V_old - eps, V_old + eps) = V_old + clip(V - V_old, -eps, eps)
+        loss   = 0.5 * max((V - R)^2, (V_clip - R)^2)
+
+    Naming trap: this clips the *change* of the value prediction relative to the rollout's
+    ``V_old`` (a trust region on the critic, eps in the units of the value), as baselines, OpenRLHF
+    and verl do. It is not a clip of the squared error itself, which one library also calls "value
+    clipping". The max makes the loss pessimistic: the clipped term (constant in V, so gradient 0)
+    wins only when V has moved more than eps from V_old *towards* R; a move away from R keeps the
+    unclipped term and its gradient.
+
+    Metrics (0-dim, detached, masked means over this call's valid tokens):
+        - ``clipfrac``: fraction of tokens where the clipped term is strictly larger (gradient 0).
+        - ``values_mean``: mean of ``V``.
+
+    Args:
+        values: ``(B, T)`` V(s_t) from the critic being trained (requires grad).
+        old_values: ``(B, T)`` V_old(s_t) from the rollout critic.
+        returns: ``(B, T)`` R_t, the targets (e.g. GAE returns).
+        mask: ``(B, T)`` 1 on valid tokens.
+        clip_eps: the clip range on the value change.
+
+    Returns:
+        ``(per_token_loss, metrics)``: ``(B, T)`` loss, 0 at masked positions; dict of 0-dim tensors.
+    """
+    mask = mask.bool()
+    # Masked positions zeroed up front, as in policy_loss.
+    values, old_values, returns = (_zero_masked(x, mask) for x in (values, old_values, returns))
+    values_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)  # (B, T)
+    vf_loss_unclipped = (values - returns).square()  # (B, T)
+    vf_loss_clipped = (values_clipped - returns).square()  # (B, T)
+    vf_loss = _zero_masked(0.5 * torch.maximum(vf_loss_unclipped, vf_loss_clipped), mask)  # (B, T)
+    with torch.no_grad():
+        clipped = (vf_loss_clipped > vf_loss_unclipped).to(values.dtype)  # (B, T)
+        metrics = {
+            "clipfrac": masked_mean(clipped, mask),
+            "values_mean": masked_mean(values, mask),
+        }
+    return vf_loss, metrics
+
+
+def aggregate(per_token: Tensor, mask: Tensor, num_tokens: int | float | Tensor | None = None) -> Tensor:
+    """Reduce a per-token loss to one number: the sum over valid tokens divided by a token count.
+
+        loss = sum_{b,t} m_{b,t} * l_{b,t} / N
+
+    with ``N = num_tokens`` when given (the global number of valid tokens across all shards and
+    micro-batches of the optimiser step), else the local ``sum(m)``. With the global count, the sum of
+    ``aggregate`` over shards and micro-batches equals the loss of the unsplit batch (the token-level
+    mean of DAPO, arXiv 2503.14476, Sec. 3.3), so the accumulated gradient does not depend on how the
+    batch was cut. Data-parallel engines (DDP, DeepSpeed) *average* gradients over ranks: there, pass
+    ``num_tokens / world_size`` (or scale the loss by the world size) to keep the sum.
+
+    Masked positions are selected out with ``torch.where``: their values never matter. A local
+    count of 0 is treated as 1, so an empty micro-batch gives 0, not nan.
+
+    Args:
+        per_token: ``(B, T)`` unreduced loss.
+        mask: ``(B, T)`` 1 on valid tokens.
+        num_tokens: global count of valid tokens, or None for the local count.
+
+    Returns:
+        0-dim tensor.
+    """
+    mask = mask.bool()
+    total = _zero_masked(per_token, mask).sum()
+    if num_tokens is None:
+        return total / mask.sum().clamp_min(1)
+    return total / num_tokens

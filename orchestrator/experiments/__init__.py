@@ -1,0 +1,1 @@
+"""Reproducible experiments, each a module with ``run(...) -> dict`` and ``main(argv=None)``."""
