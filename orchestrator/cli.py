@@ -1,5 +1,6 @@
 """The `rlhf` command line.
 
+    rlhf ppo [--config F] [key=value ...]            PPO on the built-in default, or your model and data
     rlhf config <job> [--config F] [key=value ...]   print the resolved config as YAML
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
     rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
@@ -24,6 +25,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     cfg = load_job_config(args.job, args.config, args.overrides)
     print(to_yaml(cfg, comments=not args.no_comments))
+    return 0
+
+
+def _cmd_ppo(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_job_config
+
+    cfg = load_job_config("ppo", args.config, args.overrides)  # every key checked before anything starts
+    from orchestrator.ppo import train
+
+    train(cfg)
     return 0
 
 
@@ -58,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-comments", action="store_true", help="omit the field docs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. policy.lr=1e-6")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("ppo", help="PPO: policy, reference, critic and reward as Ray actor groups (or local objects)")
+    p.add_argument("--config", help="YAML file with config values (see `rlhf config ppo`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. policy.lr=1e-6 run.mode=local")
+    p.set_defaults(func=_cmd_ppo)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)

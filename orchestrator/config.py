@@ -193,11 +193,11 @@ class RewardConfig(PlacementConfig):
 @dataclass
 class DataConfig:
     path: str = "builtin:prompts"
-    """Dataset: a .json/.jsonl/.parquet file, a Hugging Face dataset name, or builtin:prompts / builtin:preferences."""
+    """Dataset: a .json/.jsonl/.parquet file, a Hugging Face dataset name, or builtin:prompts / builtin:preferences / builtin:sft."""
     split: str = "train"
     """Split to read (hub datasets and builtin data)."""
     eval_path: str = ""
-    """Held-out dataset for evaluation; empty means the 'test' split of `path` when it has one."""
+    """Held-out dataset for evaluation; empty means split `eval_split` of `path` (builtin and hub data; a local file needs eval_path)."""
     eval_split: str = "test"
     """Split of the evaluation dataset."""
     max_prompt_tokens: int = 64

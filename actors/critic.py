@@ -1,0 +1,74 @@
+"""The critic role: per-token values V(s_t) and the clipped value update.
+
+A `ValueModel` (causal-LM backbone + linear head) initialised from the policy's initial weights or
+from the reward model's backbone (`critic.init_from`). Receives only its `CriticConfig` slice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint
+from actors.lm import ValueModel, train_minibatches
+from actors.modeling import load_causal_lm
+from cluster.group import gather_as
+from actors.types import Experience, Rollout, TokenValues
+from losses.ppo import value_loss
+
+
+class CriticActor:
+    def __init__(self, cfg, *, model_path: str, seed: int, total_steps: int, minibatch_size: int):
+        self.cfg = cfg
+        torch.manual_seed(seed)
+        lm = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        model = ValueModel.from_causal_lm(lm)
+        del lm
+        if cfg.dtype == "bf16":
+            model.value_head.to(torch.bfloat16)
+        self.engine = build_engine(
+            model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size,
+            trainable=("value_head",) if cfg.lora.enabled else (),  # with LoRA the head still trains
+        )
+
+    def _values(self, sequences, attention_mask, prompt_len):
+        """(b, T): the value of the state before each response token, read through the engine (ZeRO hooks)."""
+        return self.engine(sequences, attention_mask)[:, prompt_len - 1 : -1]
+
+    @gather_as("cat")
+    @torch.no_grad()
+    def values(self, rollout: Rollout) -> TokenValues:
+        """V_old(s_t) for every response token, (B, T)."""
+        self.engine.eval()
+        device = self.engine.device
+        out = []
+        for i in range(0, rollout.num_rows, self.cfg.micro_batch_size):
+            sl = slice(i, i + self.cfg.micro_batch_size)
+            out.append(self._values(rollout.sequences[sl].to(device), rollout.attention_mask[sl].to(device), rollout.prompt_len).cpu())
+        self.engine.train()
+        return TokenValues(values=torch.cat(out).float() * rollout.action_mask)
+
+    def train(self, exp: Experience, minibatch_rows: int) -> dict:
+        device = self.engine.device
+        self.engine.train()
+
+        def loss_fn(micro: Experience):
+            micro = micro.to(device)
+            values = self._values(micro.sequences, micro.attention_mask, micro.prompt_len)
+            return value_loss(values, micro.old_values, micro.returns, micro.action_mask, clip_eps=self.cfg.value_clip_eps)
+
+        return train_minibatches(self.engine, exp, minibatch_rows, self.cfg.micro_batch_size, loss_fn, "critic")
+
+    def save_checkpoint(self, folder: str) -> None:
+        save_checkpoint(self.engine, folder, tag="critic")
+
+    def load_checkpoint(self, folder: str) -> None:
+        load_checkpoint(self.engine, folder, tag="critic")
+
+    def export(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        with gathered_params(self.engine) as model:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            if rank == 0:
+                model.save(folder)

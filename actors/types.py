@@ -1,0 +1,65 @@
+"""The batches of one PPO step, one class per stage, checked at every actor boundary.
+
+Sequences are `prompt (left-padded to P) + response (right-padded to T = max_new_tokens)`: every
+shard of a rollout has the same P and T, so shards concatenate without re-padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from actors.batch import Batch, spec
+
+
+@dataclass
+class PromptBatch(Batch):
+    input_ids: torch.Tensor = spec("B P", torch.long)  # (B, P) prompt tokens, left-padded
+    attention_mask: torch.Tensor = spec("B P", torch.long)  # (B, P) 1 on prompt tokens
+    prompts: list = None  # (B,) raw prompt text (the question, without chat template)
+    references: list = None  # (B,) reference answer or None
+    query_types: list = None  # (B,) 'open' | 'closed' | None
+
+
+@dataclass
+class Rollout(Batch):
+    sequences: torch.Tensor = spec("B L", torch.long)  # (B, P+T) prompt + response tokens
+    attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, P+T) 1 on real tokens
+    action_mask: torch.Tensor = spec("B T", torch.long)  # (B, T) 1 on response tokens (EOS included)
+    ended_with_eos: torch.Tensor = spec("B", torch.bool)  # (B,) response stopped at EOS
+    prompts: list = None  # (B,) raw prompt text
+    responses: list = None  # (B,) decoded response text (without EOS)
+    references: list = None  # (B,) reference answer or None
+    query_types: list = None  # (B,) 'open' | 'closed' | None
+
+    @property
+    def prompt_len(self) -> int:
+        return self.sequences.shape[1] - self.action_mask.shape[1]
+
+
+@dataclass
+class Scores(Batch):
+    reward: torch.Tensor = spec("B", torch.float32)  # (B,) scalar reward per sequence
+    std: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) predicted reward std (distributional RMs)
+
+
+@dataclass
+class Experience(Batch):
+    sequences: torch.Tensor = spec("B L", torch.long)  # (B, P+T)
+    attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, P+T)
+    action_mask: torch.Tensor = spec("B T", torch.long)  # (B, T)
+    old_logprobs: torch.Tensor = spec("B T", torch.float32)  # (B, T) log pi_old(a_t | s_t)
+    old_values: torch.Tensor = spec("B T", torch.float32)  # (B, T) V_old(s_t)
+    advantages: torch.Tensor = spec("B T", torch.float32)  # (B, T) GAE advantages (whitened)
+    returns: torch.Tensor = spec("B T", torch.float32)  # (B, T) A + V_old: the critic's target
+    mb_tokens: torch.Tensor = spec("B", torch.float32)  # (B,) valid tokens of the GLOBAL minibatch this row is in
+
+    @property
+    def prompt_len(self) -> int:
+        return self.sequences.shape[1] - self.action_mask.shape[1]
+
+
+@dataclass
+class TokenValues(Batch):
+    values: torch.Tensor = spec("B T", torch.float32)  # (B, T) per response token: log-probs or values

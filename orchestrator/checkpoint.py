@@ -1,0 +1,88 @@
+"""Atomic checkpoint folders: written under a temporary name, renamed into place when complete.
+
+Layout: `<output_dir>/checkpoints/step_000010/` with one subfolder per trained role (DeepSpeed
+checkpoints: weights, optimizer, scheduler) and `driver.pt` (step, data position, KL controller,
+reward statistics, RNG). A crash while writing leaves only a `.tmp-*` folder, which is ignored and
+cleaned up by the next save, so the last complete checkpoint is never replaced by a partial one.
+Multi-node: every replica writes its shard, so output_dir must be on a filesystem all nodes share.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+_STEP_RE = re.compile(r"^step_(\d{6,})$")
+DRIVER_FILE = "driver.pt"
+
+
+def checkpoint_root(output_dir: str) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def complete_checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found) if (p / DRIVER_FILE).is_file()]
+
+
+def latest_checkpoint(output_dir: str) -> Path | None:
+    found = complete_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str, output_dir: str) -> Path | None:
+    """run.resume -> the checkpoint folder to load, or None to start fresh."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / DRIVER_FILE).is_file():
+        raise FileNotFoundError(f"run.resume={resume!r}: not a complete checkpoint folder (no {DRIVER_FILE})")
+    return path
+
+
+@contextmanager
+def atomic_checkpoint(output_dir: str, step: int, keep: int) -> Iterator[Path]:
+    """Yield a temporary folder to write into; on success rename it to step_N and prune old ones."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=root))
+    try:
+        yield tmp
+        if not (tmp / DRIVER_FILE).is_file():
+            raise RuntimeError(f"checkpoint {tmp} has no {DRIVER_FILE}; not publishing it")
+        final = root / f"step_{step:06d}"
+        if final.exists():  # same step saved again (e.g. final save right after a periodic one)
+            old = root / f".tmp-old-{final.name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in complete_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_driver_state(folder: Path, state: dict) -> None:
+    torch.save(state, folder / DRIVER_FILE)
+
+
+def load_driver_state(folder: Path) -> dict:
+    return torch.load(folder / DRIVER_FILE, weights_only=True)
