@@ -1,0 +1,53 @@
+"""Where roles live: Ray connection, placement, role groups (local or Ray actors), process groups.
+
+Public API (details in each module):
+
+- `connect(address="")` / `shutdown()`: join the `ray job submit` cluster, an explicit one, or start
+  a local one (`cluster.ray_init`).
+- `create_groups(mode, {name: RoleSpec(Role, cfg_slice)})`: every role of a job as a `RoleGroup`,
+  `LocalGroup` (in-process) or `RayGroup` (N actors, one ZeRO group), colocation resolved.
+- `group.scatter(Role.method, batch)`, `group.broadcast(Role.method, ...)`,
+  `group.call_rank0(Role.method, ...)` -> `Pending`; `get(*pendings)` gathers with one ray.get.
+- `gather_as("cat" | "list" | "first")`: a role method's declaration of how replica results combine.
+- `RoleError`: a role method failed; names role, replica rank and method.
+- `init_local()`: the world of size 1 for local mode and single-process tests (`cluster.dist`).
+"""
+
+from cluster.dist import init_local
+from cluster.group import (
+    LocalGroup,
+    Pending,
+    Placement,
+    RayGroup,
+    Resources,
+    RoleError,
+    RoleGroup,
+    RoleSpec,
+    create_groups,
+    gather_as,
+    get,
+    plan_placements,
+    plan_resources,
+    wait_ready,
+)
+from cluster.ray_init import connect, shutdown
+
+__all__ = [
+    "connect",
+    "shutdown",
+    "init_local",
+    "create_groups",
+    "RoleSpec",
+    "RoleGroup",
+    "LocalGroup",
+    "RayGroup",
+    "Placement",
+    "Resources",
+    "plan_resources",
+    "plan_placements",
+    "wait_ready",
+    "Pending",
+    "get",
+    "gather_as",
+    "RoleError",
+]

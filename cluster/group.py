@@ -1,0 +1,674 @@
+"""Role groups: N data-parallel replicas of one role class, called the same way in local and ray mode.
+
+A role is a plain class, ``Role(cfg_slice, *args, **kwargs)``, whose methods take and return typed
+batches (`actors.batch.Batch`) or plain values. A group hosts it:
+
+- `LocalGroup`: one instance in the driver process (world size 1; breakpoints work);
+- `RayGroup`: one Ray actor per replica in a placement group; every replica joins the role's
+  torch.distributed group (gloo on CPU, NCCL on GPU) before the role object is built, so the role's
+  DeepSpeed engine is one ZeRO data-parallel engine across the replicas.
+
+The driver is identical in both modes::
+
+    groups = create_groups(cfg.run.mode, {"policy": RoleSpec(Policy, cfg.policy), "critic": ...})
+    lp = groups["policy"].scatter(Policy.logprobs, rollout)   # rollout.split(N), one shard per replica
+    v = groups["critic"].scatter(Critic.values, rollout)      # both run at once
+    lp, v = get(lp, v)                                        # ONE ray.get; shards concatenated
+
+Methods are named by reference (``Policy.logprobs``), never by a string typed at the call site, and
+how their per-replica results combine is declared once on the method with `gather_as`:
+
+    class Policy:
+        @gather_as("cat")       # Batch shards -> Batch.cat (rank order = row order)
+        def logprobs(self, rollout: Rollout) -> LogProbs: ...
+        @gather_as("first")     # the replicas agree (e.g. an all-reduced metric); take rank 0's
+        def metrics(self) -> dict[str, float]: ...
+        def train(self, exp: Experience) -> dict[str, float]: ...   # default "list": per-replica list
+
+Every Batch argument and result is `check()`-ed where it crosses the boundary, and Batch results are
+moved to CPU (the driver may have no GPU). Errors inside a role method surface as `RoleError`
+naming the role, the replica rank and the method, with the replica's traceback.
+
+Placement (ray mode): one placement group per role with one bundle per replica,
+``{"CPU": num_cpus, "GPU": num_gpus}``, strategy PACK by default: bundles go on as few nodes as
+possible (NCCL within a node is fastest) but may spread when one node cannot hold them, so a
+16-GPU role still schedules on 8-GPU nodes. STRICT_PACK (all on one node, or fail) can be passed
+instead. A role whose config says ``colocate_with: other`` is placed in the other role's placement
+group: replica i of both runs in bundle i, on the same node and the same device(s), each actor
+asking for a fraction of the bundle's GPU (`plan_resources` has the arithmetic). On a cluster
+without GPUs ``num_gpus`` is treated as 0 (logged), so the same config runs on CPU.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import logging
+import traceback
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+import torch
+
+from actors.batch import Batch
+import cluster.dist as dist
+
+__all__ = [
+    "GatherMode",
+    "gather_as",
+    "RoleError",
+    "Pending",
+    "get",
+    "RoleGroup",
+    "LocalGroup",
+    "RayGroup",
+    "Placement",
+    "Resources",
+    "plan_resources",
+    "plan_placements",
+    "RoleSpec",
+    "create_groups",
+    "wait_ready",
+]
+
+log = logging.getLogger(__name__)
+
+GatherMode = Literal["cat", "list", "first"]
+_GATHER_ATTR = "__rlhf_gather__"
+_GATHER_MODES = ("cat", "list", "first")
+
+
+def gather_as(mode: GatherMode) -> Callable[[Callable], Callable]:
+    """Declare how a role method's per-replica results combine: "cat", "list" (default) or "first".
+
+    "cat": the results are shards of one Batch class, concatenated in rank order (the inverse of the
+    split that `RoleGroup.scatter` made). "list": the list of per-replica results, in rank order.
+    "first": rank 0's result (for values every replica computes identically, e.g. all-reduced).
+    Only sets an attribute: the method stays a plain method, callable without any group.
+    """
+    if mode not in _GATHER_MODES:
+        raise ValueError(f"gather mode must be one of {_GATHER_MODES}, got {mode!r}")
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _GATHER_ATTR, mode)
+        return fn
+
+    return mark
+
+
+class RoleError(RuntimeError):
+    """A role method (or constructor) failed in a replica; says which role, rank and method.
+
+    The message carries the replica's own traceback (the remote frames are not in the driver's).
+    """
+
+    def __init__(self, message: str, role: str = "", rank: int = -1, method: str = ""):
+        super().__init__(message)
+        self.role, self.rank, self.method = role, rank, method
+
+    def __reduce__(self):  # keep the attributes across Ray's pickling
+        return (type(self), (self.args[0], self.role, self.rank, self.method))
+
+
+# ------------------------------------------------------------------------------------ invocation
+
+
+def _method_name(role_cls: type, method: Callable) -> str:
+    """Name of `method` after checking that it is `role_cls`'s own attribute (``Role.method``)."""
+    name = getattr(method, "__name__", None)
+    if name is None or not callable(method):
+        raise TypeError(f"expected a method of {role_cls.__name__} such as {role_cls.__name__}.some_method, got {method!r}")
+    if getattr(role_cls, name, None) != method:
+        raise TypeError(f"{getattr(method, '__qualname__', name)} is not a method of {role_cls.__name__}")
+    return name
+
+
+def _gather_mode(method: Callable) -> GatherMode:
+    return getattr(method, _GATHER_ATTR, "list")
+
+
+def _label(role: str, rank: int, world_size: int) -> str:
+    return f"role '{role}' replica {rank}/{world_size}"
+
+
+def _invoke(obj: Any, role: str, rank: int, world_size: int, method: str, args: tuple, kwargs: dict) -> Any:
+    """Call ``obj.method(*args, **kwargs)`` as a boundary crossing: check batches, CPU results, RoleError."""
+    try:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, Batch):
+                value.check()
+        result = getattr(obj, method)(*args, **kwargs)
+        if isinstance(result, Batch):
+            result = result.to("cpu").check()
+        return result
+    except Exception as exc:
+        where = f"{_label(role, rank, world_size)}: {type(obj).__name__}.{method}"
+        raise RoleError(
+            f"{where} raised {type(exc).__name__}: {exc}\n--- traceback in the replica ---\n{traceback.format_exc()}",
+            role,
+            rank,
+            method,
+        ) from exc
+
+
+def _construct(role_cls: type, cfg: Any, args: tuple, kwargs: dict, role: str, rank: int, world_size: int) -> Any:
+    try:
+        return role_cls(cfg, *args, **kwargs)
+    except Exception as exc:
+        raise RoleError(
+            f"{_label(role, rank, world_size)}: {role_cls.__name__}(...) raised {type(exc).__name__}: {exc}\n"
+            f"--- traceback in the replica ---\n{traceback.format_exc()}",
+            role,
+            rank,
+            "__init__",
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------- Pending
+
+
+class Pending:
+    """The not-yet-gathered results of one group call; resolve with `get()` / `cluster.get(...)`.
+
+    In ray mode it holds one ObjectRef per called replica; in local mode the value is already there.
+    """
+
+    def __init__(self, *, role: str, method: str, mode: GatherMode | Literal["single"], refs=None, values=None,
+                 labels: Sequence[str] = ()):
+        self.role, self.method, self.mode = role, method, mode
+        self._refs = refs  # list[ObjectRef] | None
+        self._values = values  # list | None (local mode, or after resolution)
+        self._labels = list(labels)  # per ref: who, for errors
+        self._done = False
+        self._result: Any = None
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else f"{len(self._refs or self._values or [])} replica(s) running"
+        return f"Pending({self.role}.{self.method}, gather={self.mode}, {state})"
+
+    def get(self) -> Any:
+        """Wait for and gather this call's results (one ``ray.get``)."""
+        return get(self)
+
+    def _finish(self, values: list) -> Any:
+        if self.mode == "single":
+            result = values[0]
+        elif self.mode == "first":
+            result = values[0]
+        elif self.mode == "list":
+            result = list(values)
+        else:  # "cat"
+            if not all(isinstance(v, Batch) for v in values):
+                kinds = sorted({type(v).__name__ for v in values})
+                raise TypeError(f"{self.role}.{self.method} is declared gather_as('cat') but returned {kinds}, not Batch")
+            result = type(values[0]).cat(values)
+        self._done, self._result, self._refs, self._values = True, result, None, None
+        return result
+
+
+def get(*pendings: Pending) -> Any:
+    """Gather several calls with ONE ``ray.get``: the value of one Pending, or a tuple for several.
+
+    Calls already resolved (local mode, or earlier gets) are returned as they are. A failure in any
+    replica raises its `RoleError` (role, rank, method, replica traceback); a dead replica raises a
+    `RoleError` naming it.
+    """
+    if not pendings:
+        raise TypeError("get() needs at least one Pending")
+    unique = list({id(p): p for p in pendings}.values())  # the same Pending may be passed twice
+    waiting = [p for p in unique if not p._done and p._refs is not None]
+    if waiting:
+        import ray
+
+        refs = [r for p in waiting for r in p._refs]
+        try:
+            values = ray.get(refs)
+        except ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, RoleError):
+                raise cause from None
+            raise
+        except ray.exceptions.RayActorError as err:
+            raise _actor_error(err, waiting) from err
+        start = 0
+        for p in waiting:
+            n = len(p._refs)
+            p._finish(values[start : start + n])
+            start += n
+    for p in unique:
+        if not p._done:
+            p._finish(p._values)
+    results = tuple(p._result for p in pendings)
+    return results[0] if len(results) == 1 else results
+
+
+def _actor_error(err: Exception, waiting: list[Pending]) -> RoleError:
+    """A RoleError naming the replica whose actor died, found by asking each ref in turn."""
+    import ray
+
+    for p in waiting:
+        for ref, label in zip(p._refs, p._labels):
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.RayActorError:
+                return RoleError(f"{label}: the actor died during {p.role}.{p.method}: {err}", p.role, -1, p.method)
+            except Exception:  # other failures or not ready: not the dead one
+                continue
+    return RoleError(f"a replica died: {err}")
+
+
+# ------------------------------------------------------------------------------------- interface
+
+
+class RoleGroup(abc.ABC):
+    """N replicas of one role. Call methods by reference; every call returns a `Pending`."""
+
+    name: str
+    role_cls: type
+
+    @property
+    @abc.abstractmethod
+    def world_size(self) -> int:
+        """Number of replicas (1 in local mode)."""
+
+    def scatter(self, method: Callable, batch: Batch, *args: Any, **kwargs: Any) -> Pending:
+        """``batch.split(world_size)``: shard i goes to replica i, with the same `args`/`kwargs` for all.
+
+        The batch's rows must divide evenly by the number of replicas. Gathered by the method's
+        `gather_as` mode ("cat" restores the original row order).
+        """
+        if not isinstance(batch, Batch):
+            raise TypeError(f"scatter needs a Batch as its first argument, got {type(batch).__name__}")
+        name = _method_name(self.role_cls, method)
+        shards = batch.check().split(self.world_size)
+        return self._submit(name, _gather_mode(method), [(shard, *args) for shard in shards], kwargs)
+
+    def broadcast(self, method: Callable, *args: Any, **kwargs: Any) -> Pending:
+        """Call `method` with the same arguments on every replica (e.g. save, metrics, collectives)."""
+        name = _method_name(self.role_cls, method)
+        return self._submit(name, _gather_mode(method), [args] * self.world_size, kwargs)
+
+    def call_rank0(self, method: Callable, *args: Any, **kwargs: Any) -> Pending:
+        """Call `method` on replica 0 only; its result is returned as is.
+
+        Only for methods without collectives: under ZeRO a method that touches the engine (forward,
+        gathered params) on one rank waits forever for the others. Use `broadcast` with
+        ``gather_as("first")`` for those.
+        """
+        name = _method_name(self.role_cls, method)
+        return self._submit(name, "single", [args], kwargs)
+
+    @abc.abstractmethod
+    def _submit(self, method: str, mode: str, per_rank_args: list[tuple], kwargs: dict) -> Pending:
+        """Start ``method(*per_rank_args[r], **kwargs)`` on replicas 0..len(per_rank_args)-1."""
+
+    def shutdown(self) -> None:
+        """Release the replicas (ray: kill the actors; local: drop the object)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.role_cls.__name__}, replicas={self.world_size})"
+
+
+# ----------------------------------------------------------------------------------------- local
+
+
+class LocalGroup(RoleGroup):
+    """The role as one plain object in this process: world size 1, no Ray.
+
+    Joins the process-wide world of size 1 (`cluster.dist.init_local`), shared by every local role.
+    Calls run eagerly when made and return resolved Pendings; an error is raised at the call (as a
+    `RoleError` chained to the original exception, so a debugger's post-mortem lands in the role).
+    ``cfg.replicas`` is ignored: ZeRO over one replica gives the same numbers by construction.
+    """
+
+    def __init__(self, role_cls: type, cfg: Any, *, name: str, args: tuple = (), kwargs: dict | None = None):
+        self.name, self.role_cls = name, role_cls
+        replicas = getattr(cfg, "replicas", 1)
+        if replicas != 1:
+            log.info("local mode: role %r runs as 1 replica (config asks for %d)", name, replicas)
+        dist.init_local()
+        self.role = _construct(role_cls, cfg, tuple(args), dict(kwargs or {}), name, 0, 1)
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    def _submit(self, method: str, mode: str, per_rank_args: list[tuple], kwargs: dict) -> Pending:
+        values = [_invoke(self.role, self.name, 0, 1, method, a, kwargs) for a in per_rank_args]
+        return Pending(role=self.name, method=method, mode=mode, values=values, labels=[_label(self.name, 0, 1)])
+
+    def shutdown(self) -> None:
+        self.role = None
+
+
+# ----------------------------------------------------------------------------------- placement
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """Per-replica actor request, and per-bundle reservation, of one role in a placement group."""
+
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_resources(cfgs: Mapping[str, Any], *, has_gpus: bool) -> dict[str, tuple[str, int, Resources, Resources]]:
+    """Pure placement arithmetic: role -> (placement name, bundles, bundle size, actor request).
+
+    cfgs: role name -> config slice with replicas, num_cpus, num_gpus, colocate_with.
+
+    - A role alone: ``replicas`` bundles of exactly its (num_cpus, num_gpus).
+    - Colocated roles (a ``colocate_with`` chain) share one placement group, replica i of each in
+      bundle i. CPUs add up (threads are not shared). GPUs are SHARED, which is the point of
+      colocation: the bundle holds the largest ``num_gpus`` among them and each role's actors ask
+      for an equal fraction of it, so Ray puts them on the same device(s) (e.g. two roles of 1 GPU
+      -> 1 GPU per bundle, 0.5 per actor).
+    - ``has_gpus=False``: every num_gpus is 0 (the same config runs on a CPU-only cluster).
+    - A replica uses one device (``cuda:0`` of what Ray gives it), so num_gpus > 1 is an error.
+    """
+    for name, c in cfgs.items():
+        if c.num_gpus > 1:
+            raise ValueError(f"{name}.num_gpus={c.num_gpus}: a replica drives one device; use more replicas")
+    root = _resolve_colocation(cfgs)
+    members: dict[str, list[str]] = {}
+    for name, r in root.items():
+        members.setdefault(r, []).append(name)
+    plan = {}
+    for names in members.values():
+        bundles = max(cfgs[m].replicas for m in names)
+        gpus = max(cfgs[m].num_gpus for m in names) if has_gpus else 0.0
+        bundle = Resources(num_cpus=sum(cfgs[m].num_cpus for m in names), num_gpus=gpus)
+        share = gpus / len(names)
+        for m in names:
+            plan[m] = ("+".join(names), bundles, bundle, Resources(num_cpus=cfgs[m].num_cpus, num_gpus=share))
+    return plan
+
+
+class Placement:
+    """One Ray placement group: bundle i hosts replica i of every role placed in it.
+
+    `requests` holds each member role's per-actor resource request (`plan_resources`).
+    Reference-counted by the groups using it; removed when the last of them shuts down.
+    """
+
+    def __init__(self, num_bundles: int, bundle: Resources, requests: Mapping[str, Resources], *,
+                 strategy: str = "PACK", name: str = ""):
+        from ray.util.placement_group import placement_group
+
+        if strategy not in ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"):
+            raise ValueError(f"unknown placement strategy {strategy!r}")
+        spec = {k: v for k, v in (("CPU", bundle.num_cpus), ("GPU", bundle.num_gpus)) if v > 0}
+        self.bundles = [dict(spec or {"CPU": 0.001}) for _ in range(num_bundles)]  # a bundle cannot be empty
+        self.requests = dict(requests)
+        self.strategy, self.name = strategy, name
+        self.pg = placement_group(self.bundles, strategy=strategy)
+        self._users = 0
+
+    def __repr__(self) -> str:
+        return f"Placement({self.name!r}, {len(self.bundles)} x {self.bundles[0]}, {self.strategy})"
+
+    def _acquire(self) -> None:
+        self._users += 1
+
+    def _release(self) -> None:
+        self._users -= 1
+        if self._users <= 0:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
+
+
+def _resolve_colocation(cfgs: Mapping[str, Any]) -> dict[str, str]:
+    """role -> the root role whose placement it uses (following colocate_with chains)."""
+    root: dict[str, str] = {}
+    for name in cfgs:
+        seen, cur = [name], name
+        while getattr(cfgs[cur], "colocate_with", None):
+            nxt = cfgs[cur].colocate_with
+            if nxt not in cfgs:
+                raise ValueError(f"{cur}.colocate_with={nxt!r} names no role of this job ({', '.join(cfgs)})")
+            if nxt in seen:
+                raise ValueError(f"colocation cycle: {' -> '.join(seen + [nxt])}")
+            seen.append(nxt)
+            cur = nxt
+        root[name] = cur
+    return root
+
+
+def plan_placements(cfgs: Mapping[str, Any], *, strategy: str = "PACK") -> dict[str, Placement]:
+    """One `Placement` per role, shared by colocated roles (see `plan_resources`); needs Ray.
+
+    On a cluster without GPUs every num_gpus becomes 0, with a warning naming the roles.
+    """
+    has_gpus = _cluster_has_gpus()
+    wanted = [n for n, c in cfgs.items() if c.num_gpus > 0]
+    if wanted and not has_gpus:
+        log.warning("the Ray cluster has no GPUs: %s run on CPU (num_gpus -> 0)", ", ".join(wanted))
+    plan = plan_resources(cfgs, has_gpus=has_gpus)
+    placements: dict[str, Placement] = {}
+    for name, (group_name, bundles, bundle, _) in plan.items():
+        if group_name not in placements:
+            requests = {m: req for m, (g, _, _, req) in plan.items() if g == group_name}
+            placements[group_name] = Placement(bundles, bundle, requests, strategy=strategy, name=group_name)
+    return {name: placements[plan[name][0]] for name in cfgs}
+
+
+# ------------------------------------------------------------------------------------------- ray
+
+
+class _Replica:
+    """The Ray actor hosting one replica of a role (one process, one rank of the role's group)."""
+
+    def __init__(self, role: str, rank: int, world_size: int, num_cpus: float):
+        self.role_name, self.rank, self.world_size = role, rank, world_size
+        self.role = None
+        # Ray sets OMP_NUM_THREADS for the process; torch's intra-op pool is sized here explicitly so
+        # that replicas sharing a node do not each grab every core.
+        torch.set_num_threads(max(1, int(num_cpus)))
+
+    def __repr__(self) -> str:  # Ray prefixes this replica's log lines with it
+        return f"{self.role_name}[{self.rank}]"
+
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0 only: this node's IP and a free port for the torch.distributed rendezvous."""
+        return dist.node_ip(), dist.free_port()
+
+    def setup(self, master: tuple[str, int], payload: tuple) -> None:
+        """Join the role's process group, then build the role object (its DeepSpeed engine needs the group)."""
+        role_cls, cfg, args, kwargs = payload
+        try:
+            dist.init_distributed(rank=self.rank, world_size=self.world_size, master_addr=master[0],
+                                  master_port=master[1], local_rank=0)
+        except Exception as exc:
+            raise RoleError(f"{_label(self.role_name, self.rank, self.world_size)}: torch.distributed setup "
+                            f"with {master[0]}:{master[1]} failed: {exc}\n{traceback.format_exc()}",
+                            self.role_name, self.rank, "setup") from exc
+        self.role = _construct(role_cls, cfg, args, kwargs, self.role_name, self.rank, self.world_size)
+
+    def call(self, method: str, args: tuple, kwargs: dict) -> Any:
+        return _invoke(self.role, self.role_name, self.rank, self.world_size, method, args, kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _remote_replica():
+    import ray
+
+    return ray.remote(_Replica)
+
+
+class RayGroup(RoleGroup):
+    """N Ray actors, one replica each, forming one torch.distributed group and one ZeRO engine.
+
+    Start-up: actors are created in `placement` (or a new placement group of ``cfg.replicas``
+    bundles); rank 0 reports its IP and a free port; every replica then joins the process group and
+    constructs the role. The address travels as an ObjectRef argument, so nothing here blocks the
+    driver: with ``wait=False`` several groups start concurrently and `wait_ready` waits for all.
+
+    Per-replica environment: ``DS_ACCELERATOR=cpu`` and ``OMP_NUM_THREADS=max(1, int(num_cpus))``
+    on CPU-only replicas; on GPU replicas Ray sets CUDA_VISIBLE_DEVICES to the replica's own GPU(s),
+    so each uses ``cuda:0`` (LOCAL_RANK 0). Replicas of ONE role must not share a GPU (NCCL refuses
+    two ranks on one device); fractional GPUs are for colocating different roles.
+    The role class must be importable by the workers (installed package, or the job's working_dir).
+    """
+
+    def __init__(
+        self,
+        role_cls: type,
+        cfg: Any,
+        *,
+        name: str,
+        placement: Placement | None = None,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        wait: bool = True,
+        ready_timeout_s: float = 600.0,
+    ):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not connected: call cluster.connect() before creating a RayGroup")
+        self.name, self.role_cls = name, role_cls
+        self.ready_timeout_s = ready_timeout_s
+        replicas = int(cfg.replicas)
+        if placement is None:
+            placement = plan_placements({name: cfg})[name]
+        if name not in placement.requests:
+            raise ValueError(f"{placement} was not planned for role {name!r} (plan it with plan_placements)")
+        if replicas > len(placement.bundles):
+            raise ValueError(f"role {name!r} has {replicas} replicas but {placement} has {len(placement.bundles)} bundles")
+        request = placement.requests[name]
+        num_cpus, num_gpus = request.num_cpus, request.num_gpus
+        self.placement = placement
+        placement._acquire()
+        env = {"OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
+        if num_gpus == 0:
+            env["DS_ACCELERATOR"] = "cpu"
+        remote_cls = _remote_replica()
+        self._actors = [
+            remote_cls.options(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=placement.pg, placement_group_bundle_index=rank
+                ),
+                runtime_env={"env_vars": env},
+                max_restarts=0,
+            ).remote(name, rank, replicas, num_cpus)
+            for rank in range(replicas)
+        ]
+        self._labels = [_label(name, r, replicas) for r in range(replicas)]
+        master = self._actors[0].master_address.remote()
+        payload = ray.put((role_cls, cfg, tuple(args), dict(kwargs or {})))
+        self._ready = [a.setup.remote(master, payload) for a in self._actors]
+        if wait:
+            try:
+                wait_ready([self])
+            except BaseException:
+                self.shutdown()
+                raise
+
+    @property
+    def world_size(self) -> int:
+        return len(self._actors)
+
+    def _submit(self, method: str, mode: str, per_rank_args: list[tuple], kwargs: dict) -> Pending:
+        import ray
+
+        # Ray resolves ObjectRefs passed as top-level arguments: an argument shared by several
+        # replicas is put in the object store once instead of being serialised per replica.
+        shared = len(per_rank_args) > 1
+        kw = ray.put(kwargs) if shared and kwargs else kwargs
+        same_args = shared and all(a is per_rank_args[0] for a in per_rank_args)
+        common = ray.put(per_rank_args[0]) if same_args else None
+        refs = [
+            actor.call.remote(method, common if same_args else args, kw)
+            for actor, args in zip(self._actors, per_rank_args)
+        ]
+        return Pending(role=self.name, method=method, mode=mode, refs=refs, labels=self._labels[: len(refs)])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+        if self.placement is not None:
+            self.placement._release()
+            self.placement = None
+
+
+def wait_ready(groups: Iterable[RoleGroup]) -> None:
+    """Wait until every RayGroup in `groups` has placed its replicas and built its role objects.
+
+    Placement first, with each group's ``ready_timeout_s``, so that a request the cluster cannot
+    satisfy (e.g. more GPUs than exist) fails with the group's name instead of hanging; then one
+    ``ray.get`` over every replica's setup, which raises the `RoleError` of a failed constructor.
+    """
+    import ray
+
+    ray_groups = [g for g in groups if isinstance(g, RayGroup) and g._ready is not None]
+    if not ray_groups:
+        return
+    pgs = {id(g.placement): g for g in ray_groups}
+    timeout = max(g.ready_timeout_s for g in ray_groups)
+    refs = {g.placement.pg.ready(): g for g in pgs.values()}
+    done, not_done = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    if not_done:
+        stuck = ", ".join(repr(refs[r].placement) for r in not_done)
+        raise RuntimeError(f"placement not satisfiable after {timeout:.0f} s: {stuck}; cluster has {ray.cluster_resources()}")
+    pending = [Pending(role=g.name, method="__init__", mode="list", refs=g._ready, labels=g._labels) for g in ray_groups]
+    get(*pending)
+    for g in ray_groups:
+        g._ready = None
+
+
+# -------------------------------------------------------------------------------------- factory
+
+
+@dataclasses.dataclass
+class RoleSpec:
+    """What to host for one role: its class, its config slice and extra constructor arguments."""
+
+    role_cls: type
+    cfg: Any
+    """The role's config slice; its PlacementConfig fields (replicas, num_cpus, num_gpus, colocate_with) place it."""
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+def create_groups(
+    mode: Literal["local", "ray"], specs: Mapping[str, RoleSpec], *, strategy: str = "PACK"
+) -> dict[str, RoleGroup]:
+    """All role groups of a job, in local or ray mode, with colocation resolved from the configs.
+
+    Ray mode: placement groups via `plan_placements`, then every replica of every role starts
+    concurrently and this returns when all roles are constructed (one wait). Local mode: each role
+    constructed in turn in this process. Needs `cluster.connect()` first in ray mode.
+    """
+    if mode == "local":
+        return {name: LocalGroup(s.role_cls, s.cfg, name=name, args=s.args, kwargs=s.kwargs) for name, s in specs.items()}
+    if mode != "ray":
+        raise ValueError(f"mode must be 'local' or 'ray', got {mode!r}")
+    placements = plan_placements({name: s.cfg for name, s in specs.items()}, strategy=strategy)
+    groups: dict[str, RoleGroup] = {}
+    try:
+        for name, s in specs.items():
+            groups[name] = RayGroup(s.role_cls, s.cfg, name=name, placement=placements[name], args=s.args,
+                                    kwargs=s.kwargs, wait=False)
+        wait_ready(groups.values())
+    except BaseException:
+        for g in groups.values():
+            g.shutdown()
+        for placement in {id(p): p for p in placements.values()}.values():
+            if placement._users == 0:  # planned but never used by a group
+                placement._acquire()
+                placement._release()
+        raise
+    return groups

@@ -1,0 +1,24 @@
+"""Shared fixtures. Only `*_ray.py` tests may request `ray_cluster` (the tiering rule in DESIGN.md)."""
+
+import os
+
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (ray.init costs ~4-10 s; tests share it).
+
+    8 logical CPUs on this 2-core machine: Ray over-subscribes logical CPUs, and test replicas ask
+    for 0.5 each. Workers must import the test modules that define test roles: pytest puts tests/ on
+    the driver's sys.path (rootdir-style imports, module name `test_cluster_ray`), so the same
+    directory goes on the workers' PYTHONPATH. Nothing is uploaded (no working_dir or py_modules).
+    """
+    import cluster
+
+    pythonpath = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH", "")) if p)
+    cluster.connect(num_cpus=8, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    yield
+    cluster.shutdown()

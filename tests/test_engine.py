@@ -1,0 +1,359 @@
+"""DeepSpeed engines in one process (world size 1, no Ray): the loss contract, LR schedule,
+checkpoints, LoRA, frozen engines, ZeRO-3 gathering; and the typed batch base class.
+
+The model is a tiny LlamaForCausalLM built from a config (hidden 32, 2 layers, vocab 64).
+A note on what can be asserted after one AdamW step: its first update is ``lr * g / (|g| + eps)``,
+about ``lr * sign(g)``, so parameters alone barely see a wrong gradient SCALE (e.g. DeepSpeed's
+division by the accumulation steps). The tests therefore compare gradient norms against plain
+PyTorch as well as parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from actors.batch import Batch, BatchError, spec
+from actors.engine import (
+    apply_lora,
+    backward,
+    build_engine,
+    deepspeed_config,
+    gathered_params,
+    load_checkpoint,
+    lr_multiplier,
+    save_checkpoint,
+    step,
+)
+from cluster.dist import init_local
+from orchestrator.config import LoraConfig, ModelConfig, TrainableConfig
+
+PARTITION_ALL = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}  # ZeRO-3 splits even tiny params
+LR = 1e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world():
+    init_local()
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def minibatch(rows: int = 4, seq: int = 10, seed: int = 1):
+    """Token ids and a next-token loss mask with different valid counts per row: 9+1 | 5+2 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (rows, seq), generator=g)
+    valid = torch.tensor([9, 1, 5, 2, 7, 3, 8, 4][:rows])
+    mask = (torch.arange(seq - 1)[None, :] < valid[:, None]).float()
+    return ids, mask
+
+
+def nll_sum(model, ids, mask) -> torch.Tensor:
+    """sum over valid positions of -log p(token t+1 | tokens <= t)."""
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    nll = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    return (nll * mask).sum()
+
+
+def flat_params(engine) -> torch.Tensor:
+    with gathered_params(engine) as module:
+        return torch.cat([p.detach().float().flatten() for p in module.parameters()]).clone()
+
+
+def train_cfg(stage: int, micro: int, **kw) -> TrainableConfig:
+    base = dict(zero_stage=stage, micro_batch_size=micro, lr=LR, grad_clip=1.0, weight_decay=0.1)
+    return TrainableConfig(**{**base, **kw})
+
+
+def one_step(stage: int, micro: int, aggregate: str = "global") -> tuple[dict, torch.Tensor, float]:
+    """One optimizer step over the 4-row minibatch in micro-batches of `micro` rows.
+
+    aggregate="global": each micro-batch contributes sum(nll)/N_global (the team rule).
+    aggregate="per_micro_mean": each contributes mean over its own tokens / n_micro (the classic bug).
+    """
+    ids, mask = minibatch()
+    engine = build_engine(tiny_llama(), train_cfg(stage, micro), train=True, total_steps=10, minibatch_size=4,
+                          overrides=PARTITION_ALL)
+    n_micro, n_global = 4 // micro, mask.sum()
+    loss_total = 0.0
+    for k in range(n_micro):
+        rows = slice(k * micro, (k + 1) * micro)
+        total = nll_sum(engine, ids[rows], mask[rows])
+        if aggregate == "global":
+            loss = total / n_global
+        else:
+            loss = total / mask[rows].sum() / n_micro
+        backward(engine, loss)
+        loss_total += loss.item()
+    stats = step(engine)
+    return stats, flat_params(engine), loss_total
+
+
+def reference_grad_norm() -> tuple[float, float]:
+    """Plain PyTorch, one process, whole minibatch: (loss, |grad|) of sum(nll)/N_global."""
+    ids, mask = minibatch()
+    model = tiny_llama()
+    loss = nll_sum(model, ids, mask) / mask.sum()
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+
+
+# ------------------------------------------------------------------------------- loss contract
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_micro_batches_with_accumulation_equal_one_full_batch(stage):
+    ref_loss, ref_norm = reference_grad_norm()
+    assert ref_norm > 1.0, "gradient clipping (1.0) must be active so that it is covered"
+    full_stats, full_params, full_loss = one_step(stage, micro=4)
+    acc_stats, acc_params, acc_loss = one_step(stage, micro=2)
+    bug_stats, bug_params, bug_loss = one_step(stage, micro=2, aggregate="per_micro_mean")
+
+    assert full_loss == pytest.approx(ref_loss, rel=1e-6)
+    assert acc_loss == pytest.approx(ref_loss, rel=1e-6)
+    assert full_stats["grad_norm"] == pytest.approx(ref_norm, rel=1e-5)
+    assert acc_stats["grad_norm"] == pytest.approx(ref_norm, rel=1e-5)
+    assert (acc_params - full_params).abs().max().item() < 1e-6
+    assert (full_params - flat_params_of_fresh_model()).abs().max().item() > 0.5 * LR  # the step moved them
+
+    # The per-micro-batch mean weighs the 7-token micro-batch like the 10-token one: detectably wrong.
+    assert abs(bug_loss - ref_loss) > 1e-3  # float noise is ~1e-7
+    assert abs(bug_stats["grad_norm"] - ref_norm) > 1e-3
+    assert (bug_params - full_params).abs().max().item() > 1e-4
+
+
+def flat_params_of_fresh_model() -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in tiny_llama().parameters()])
+
+
+def test_plain_engine_backward_would_divide_by_accumulation_steps():
+    """Documents the DeepSpeed behaviour `backward` compensates (ZeRO-0, world size 1, GAS=2)."""
+    ids, mask = minibatch()
+    engine = build_engine(tiny_llama(), train_cfg(0, 2), train=True, minibatch_size=4)
+    for rows in (slice(0, 2), slice(2, 4)):
+        engine.backward(nll_sum(engine, ids[rows], mask[rows]) / mask.sum())  # DeepSpeed divides by GAS
+    plain = torch.cat([p.grad.flatten() for p in engine.module.parameters()])
+
+    engine = build_engine(tiny_llama(), train_cfg(0, 2), train=True, minibatch_size=4)
+    for rows in (slice(0, 2), slice(2, 4)):
+        backward(engine, nll_sum(engine, ids[rows], mask[rows]) / mask.sum())
+    ours = torch.cat([p.grad.flatten() for p in engine.module.parameters()])
+
+    _, ref_norm = reference_grad_norm()
+    assert ours.norm().item() == pytest.approx(ref_norm, rel=1e-6)
+    torch.testing.assert_close(plain, ours / 2, rtol=1e-6, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------- LR schedule
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        # warmup_steps=2, total_steps=6; k = updates done before this one.
+        # warmup (k+1)/2: 0.5, 1.0; then p = (k-2)/4 for k = 2..6.
+        ("constant", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]),  # 1 - p
+        # (1 + cos(pi p)) / 2 at p = 0, 1/4, 1/2, 3/4, 1: 1, (1 + sqrt(2)/2)/2, 1/2, (1 - sqrt(2)/2)/2, 0
+        ("cosine", [0.5, 1.0, 1.0, 0.8535533905932737, 0.5, 0.14644660940672627, 0.0]),
+    ],
+)
+def test_lr_schedule_matches_hand_computed_values(schedule, expected):
+    assert [lr_multiplier(k, warmup_steps=2, total_steps=6, schedule=schedule) for k in range(7)] == pytest.approx(
+        expected, rel=1e-12, abs=1e-15
+    )
+    # The engine applies it: the lr of each update, as seen by the optimizer's param groups.
+    peak = 2e-3
+    ids, mask = minibatch(rows=1)
+    cfg = train_cfg(2, 1, lr=peak, warmup_steps=2, lr_schedule=schedule)
+    engine = build_engine(tiny_llama(), cfg, train=True, total_steps=6, minibatch_size=1)
+    lrs = []
+    for _ in range(7):
+        backward(engine, nll_sum(engine, ids, mask) / mask.sum())
+        lrs.append(step(engine)["lr"])
+    assert lrs == pytest.approx([peak * e for e in expected], rel=1e-12, abs=1e-15)
+
+
+def test_lr_schedule_rejects_decay_without_horizon():
+    with pytest.raises(ValueError, match="total_steps"):
+        lr_multiplier(0, warmup_steps=5, total_steps=5, schedule="linear")
+    with pytest.raises(ValueError, match="total_steps"):
+        build_engine(tiny_llama(), train_cfg(0, 1, lr_schedule="cosine"), train=True, total_steps=0, minibatch_size=1)
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def test_deepspeed_config_batch_arithmetic_and_frozen_stages():
+    cfg = train_cfg(2, 4)
+    ds = deepspeed_config(cfg, train=True, world_size=2, minibatch_size=32)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (32, 4, 4)
+    assert ds["managed_gradient_accumulation"] is False
+    assert ds["optimizer"]["params"]["torch_adam"] is True
+    with pytest.raises(ValueError, match="multiple"):
+        deepspeed_config(cfg, train=True, world_size=2, minibatch_size=12)
+    off = deepspeed_config(train_cfg(3, 4, offload_optimizer=True, offload_params=True, dtype="bf16"),
+                           train=True, world_size=1, minibatch_size=4)
+    assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert off["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert off["bf16"]["enabled"] and off["data_types"]["grad_accum_dtype"] == "fp32"
+    frozen = deepspeed_config(ModelConfig(zero_stage=2), train=False, world_size=2)
+    assert frozen["zero_optimization"]["stage"] == 0 and "optimizer" not in frozen
+    assert deepspeed_config(ModelConfig(zero_stage=3), train=False, world_size=2)["zero_optimization"]["stage"] == 3
+
+
+@pytest.mark.parametrize(
+    "stage, options",
+    [(2, dict(dtype="bf16", offload_optimizer=True)), (3, dict(offload_optimizer=True, offload_params=True))],
+    ids=["z2-bf16-offload-opt", "z3-offload-opt-params"],
+)
+def test_offload_and_bf16_train_without_compiled_ops(stage, options):
+    ids, mask = minibatch()
+    engine = build_engine(tiny_llama(), train_cfg(stage, 4, **options), train=True, minibatch_size=4,
+                          overrides=PARTITION_ALL)
+    assert type(engine.basic_optimizer) is torch.optim.AdamW  # torch_adam, even with offload
+    before = flat_params(engine)
+    backward(engine, nll_sum(engine, ids, mask) / mask.sum())
+    stats = step(engine)
+    assert math.isfinite(stats["grad_norm"])
+    assert (flat_params(engine) - before).abs().max().item() > 0
+
+
+# -------------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_checkpoint_round_trip_is_exact(stage, tmp_path):
+    ids, mask = minibatch()
+    cfg = train_cfg(stage, 2, warmup_steps=2, lr_schedule="cosine")
+
+    def train(engine, n):
+        lrs = []
+        for _ in range(n):
+            for rows in (slice(0, 2), slice(2, 4)):
+                backward(engine, nll_sum(engine, ids[rows], mask[rows]) / mask.sum())
+            lrs.append(step(engine)["lr"])
+        return lrs
+
+    a = build_engine(tiny_llama(seed=0), cfg, train=True, total_steps=6, minibatch_size=4, overrides=PARTITION_ALL)
+    train(a, 2)
+    save_checkpoint(a, tmp_path, "step2", client_state={"kl_coef": 0.05})
+    lrs_a = train(a, 2)
+    params_a = flat_params(a)
+
+    b = build_engine(tiny_llama(seed=123), cfg, train=True, total_steps=6, minibatch_size=4, overrides=PARTITION_ALL)
+    assert load_checkpoint(b, tmp_path, "step2") == {"kl_coef": 0.05}
+    lrs_b = train(b, 2)
+    assert lrs_a == lrs_b
+    assert torch.equal(params_a, flat_params(b))
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(b, tmp_path, "missing")
+
+
+# ---------------------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "grad-checkpointing"])
+def test_lora_trains_adapters_and_extra_modules_only(checkpointing):
+    ids, mask = minibatch()
+    cfg = train_cfg(0, 4, lr=1e-2, weight_decay=0.0, lora=LoraConfig(enabled=True, r=4, alpha=8),
+                    gradient_checkpointing=checkpointing)
+    engine = build_engine(tiny_llama(), cfg, train=True, minibatch_size=4, trainable=("lm_head",))
+    assert engine.module.is_activation_checkpointing == checkpointing
+    before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    trainable = {n for n, p in engine.module.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".lm_head." in n for n in trainable)
+    for _ in range(2):  # lora_A gets no gradient while lora_B is still 0, so it moves on step 2
+        backward(engine, nll_sum(engine, ids, mask) / mask.sum())
+        step(engine)
+    for name, p in engine.module.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == (name in trainable), name
+    with pytest.raises(ValueError, match="value_head"):
+        apply_lora(tiny_llama(), LoraConfig(enabled=True), trainable=("value_head",))
+
+
+# ------------------------------------------------------------------------------ frozen engines
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_frozen_engine_has_no_optimizer_and_matches_the_model(stage):
+    ids, _ = minibatch()
+    with torch.no_grad():
+        expected = tiny_llama()(input_ids=ids).logits
+    engine = build_engine(tiny_llama(), ModelConfig(zero_stage=stage), train=False, overrides=PARTITION_ALL)
+    assert not isinstance(engine.optimizer, torch.optim.Optimizer)  # None, or ZeRO-3's parameter manager
+    assert engine.lr_scheduler is None
+    assert not any(p.requires_grad for p in engine.module.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(engine(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+    partitioned = all(p.numel() == 0 for p in engine.module.parameters())
+    assert partitioned == (stage == 3)
+    with gathered_params(engine) as module:  # whole weights, e.g. for generate
+        assert all(p.numel() > 0 for p in module.parameters())
+        out = module.generate(ids[:, :4], attention_mask=torch.ones_like(ids[:, :4]), max_new_tokens=3,
+                              do_sample=False, pad_token_id=0)
+    assert out.shape == (4, 7)
+
+
+def test_frozen_bf16_engine_casts_the_model():
+    engine = build_engine(tiny_llama(), ModelConfig(dtype="bf16"), train=False)
+    assert {p.dtype for p in engine.module.parameters()} == {torch.bfloat16}
+
+
+def test_build_engine_requires_lora_for_extra_trainable_modules():
+    with pytest.raises(ValueError, match="LoRA"):
+        build_engine(tiny_llama(), train_cfg(0, 1), train=True, minibatch_size=1, trainable=("lm_head",))
+
+
+# ------------------------------------------------------------------------------- typed batches
+
+
+@dataclasses.dataclass
+class Toy(Batch):
+    ids: torch.Tensor = spec("B T", torch.long)  # (B, T) token ids
+    logprobs: torch.Tensor = spec("B T-1", torch.float32)  # (B, T-1) log p(token t+1)
+    texts: list[str] | None = None  # (B,) per-row strings
+    extra: torch.Tensor | None = spec("B", optional=True)  # (B,) optional per-row value
+
+
+def toy(rows: int = 6, seq: int = 5) -> Toy:
+    return Toy(ids=torch.arange(rows * seq).view(rows, seq), logprobs=torch.randn(rows, seq - 1),
+               texts=[f"row{i}" for i in range(rows)])
+
+
+def test_batch_split_cat_round_trip_and_select():
+    b = toy().check()
+    shards = b.split(3)
+    assert [s.num_rows for s in shards] == [2, 2, 2] and shards[1].texts == ["row2", "row3"]
+    assert shards[0].ids.untyped_storage().nbytes() == shards[0].ids.numel() * 8  # a copy, not a view
+    back = Toy.cat(shards)
+    assert torch.equal(back.ids, b.ids) and back.texts == b.texts and back.extra is None
+    picked = b.select(torch.tensor([4, 1]))
+    assert picked.ids[:, 0].tolist() == [20, 5] and picked.texts == ["row4", "row1"]
+    assert b.to("cpu").num_rows == 6
+    with pytest.raises(BatchError, match="cannot split 6 rows into 4"):
+        b.split(4)
+
+
+def test_batch_check_names_the_bad_field():
+    with pytest.raises(BatchError, match=r"Toy.logprobs: dim T-1 has size 5, so T=6; but T=5 from ids"):
+        Toy(ids=torch.zeros(2, 5, dtype=torch.long), logprobs=torch.zeros(2, 5)).check()
+    with pytest.raises(BatchError, match=r"Toy.ids: dtype torch.int32, declared torch.int64"):
+        Toy(ids=torch.zeros(2, 5, dtype=torch.int32), logprobs=torch.zeros(2, 4)).check()
+    with pytest.raises(BatchError, match=r"Toy.texts: list has 1 elements, batch has 2 rows"):
+        Toy(ids=torch.zeros(2, 5, dtype=torch.long), logprobs=torch.zeros(2, 4), texts=["a"]).check()
+    with pytest.raises(BatchError, match=r"Toy.extra: shape \(3,\) does not lead with 2 rows"):
+        Toy(ids=torch.zeros(2, 5, dtype=torch.long), logprobs=torch.zeros(2, 4), extra=torch.zeros(3)).check()
+    with pytest.raises(BatchError, match="different trailing shapes"):
+        Toy.cat([toy(2, 5), toy(2, 6)])
