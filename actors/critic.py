@@ -11,7 +11,7 @@ import os
 import torch
 
 from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint
-from actors.lm import ValueModel, train_minibatches
+from actors.lm import ValueModel, train_minibatches, peak_memory_mb
 from actors.modeling import load_causal_lm
 from cluster.group import gather_as
 from actors.types import Experience, Rollout, TokenValues
@@ -32,6 +32,11 @@ class CriticActor:
             trainable=("value_head",) if cfg.lora.enabled else (),  # with LoRA the head still trains
         )
 
+
+    @gather_as("list")
+    def peak_memory_mb(self) -> float:
+        """Peak memory of this replica's process (for `rlhf bench`)."""
+        return peak_memory_mb()
     def _values(self, sequences, attention_mask, prompt_len):
         """(b, T): the value of the state before each response token, read through the engine (ZeRO hooks)."""
         return self.engine(sequences, attention_mask)[:, prompt_len - 1 : -1]

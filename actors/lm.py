@@ -139,3 +139,12 @@ def train_minibatches(engine, exp, minibatch_rows: int, micro_batch_size: int, l
         stats.add(f"{prefix}/lr", info["lr"], 1.0)
         stats.add(f"{prefix}/grad_norm", info["grad_norm"], 1.0)
     return stats.as_dict()
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, else the peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -10,7 +10,7 @@ import os
 import torch
 
 from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint, unwrap
-from actors.lm import response_logprobs, train_minibatches
+from actors.lm import response_logprobs, train_minibatches, peak_memory_mb
 from actors.modeling import load_causal_lm, load_tokenizer
 from cluster.group import gather_as
 from actors.types import Experience, PromptBatch, Rollout, TokenValues
@@ -32,6 +32,11 @@ class PolicyActor:
         self.pad_id = self.tokenizer.pad_token_id
         self.engine = build_engine(model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size)
 
+
+    @gather_as("list")
+    def peak_memory_mb(self) -> float:
+        """Peak memory of this replica's process (for `rlhf bench`)."""
+        return peak_memory_mb()
     # ---------------------------------------------------------------- rollout
     @gather_as("cat")
     @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from actors.engine import build_engine
-from actors.lm import response_logprobs
+from actors.lm import response_logprobs, peak_memory_mb
 from actors.modeling import load_causal_lm
 from cluster.group import gather_as
 from actors.types import Rollout, TokenValues
@@ -24,6 +24,11 @@ class ReferenceActor:
         model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.engine = build_engine(model, cfg, train=False)
 
+
+    @gather_as("list")
+    def peak_memory_mb(self) -> float:
+        """Peak memory of this replica's process (for `rlhf bench`)."""
+        return peak_memory_mb()
     @gather_as("cat")
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> TokenValues:

@@ -14,6 +14,7 @@ import importlib
 import torch
 
 from cluster.group import gather_as
+from actors.lm import peak_memory_mb
 from actors.types import Rollout, Scores
 
 
@@ -51,6 +52,11 @@ class RewardActor:
         else:
             raise ValueError(f"reward.kind={cfg.kind!r} is not available in this role")
 
+
+    @gather_as("list")
+    def peak_memory_mb(self) -> float:
+        """Peak memory of this replica's process (for `rlhf bench`)."""
+        return peak_memory_mb()
     @gather_as("cat")
     def score(self, rollout: Rollout) -> Scores:
         if self.cfg.kind == "function":

@@ -2,6 +2,7 @@
 
     rlhf ppo [--config F] [key=value ...]            PPO on the built-in default, or your model and data
     rlhf config <job> [--config F] [key=value ...]   print the resolved config as YAML
+    rlhf bench ppo [--size tiny|small|50m]          per-phase time, tokens/s, peak memory per role
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
     rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
 
@@ -36,6 +37,12 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
 
     train(cfg)
     return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from orchestrator.bench import run
+
+    return run(args)
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -74,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with config values (see `rlhf config ppo`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. policy.lr=1e-6 run.mode=local")
     p.set_defaults(func=_cmd_ppo)
+
+    p = sub.add_parser("bench", help="benchmarks: per-phase time, tokens/s, peak memory per role")
+    from orchestrator.bench import add_args as add_bench_args
+
+    add_bench_args(p)
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)

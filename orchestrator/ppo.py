@@ -245,7 +245,7 @@ def train(cfg: PPOConfig) -> dict:
             metrics_log.write(step + 1, metrics)
         bar.set_postfix_str(
             f"reward {metrics['reward/score']:.3f} kl {metrics['kl/mean']:.3f} "
-            f"gen {metrics['time/generate']:.1f}s train {metrics['time/train']:.1f}s"
+            f"gen {metrics['time/generate']:.1f}s train {metrics['time/critic_update+policy_update']:.1f}s"
         )
         if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.run.steps:
             ev = evaluate(roles, eval_rows, tokenizer.pad_token_id, gold)
@@ -270,52 +270,83 @@ def train(cfg: PPOConfig) -> dict:
     return summary
 
 
-def ppo_step(roles: Roles, cfg: PPOConfig, prompts: PromptStream, kl_ctl: KLController, moments: RunningMoments, step: int) -> dict:
-    """One PPO step; every line a timed call. Returns the step's metrics."""
-    t = {}
+def ppo_step(
+    roles: Roles, cfg: PPOConfig, prompts: PromptStream, kl_ctl: KLController, moments: RunningMoments, step: int,
+    profile: bool = False,
+) -> dict:
+    """One PPO step; every line a timed call. Returns the step's metrics.
+
+    Calls that can overlap are issued together and gathered with one `get`; with `profile=True`
+    (`rlhf bench ppo`) they run one after another so that each phase gets its own wall time.
+    """
+    t: dict[str, float] = {}
     t0 = time.perf_counter()
     batch = prompts.next(cfg.ppo.rollout_batch_size)
-    rollout = get(roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step))
-    t["generate"] = time.perf_counter() - t0
+    t["driver"] = time.perf_counter() - t0
+    (rollout,) = _run({"generate": lambda: roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step)}, t, profile)
 
-    t0 = time.perf_counter()
-    ref_call = (
-        roles.reference.scatter(ReferenceActor.logprobs, rollout)
-        if roles.reference is not None
-        else roles.policy.scatter(PolicyActor.reference_logprobs, rollout)
+    scores, ref_lp, old_lp, values = _run(
+        {
+            "score": lambda: roles.reward.scatter(RewardActor.score, rollout),
+            "reference": lambda: (
+                roles.reference.scatter(ReferenceActor.logprobs, rollout)
+                if roles.reference is not None
+                else roles.policy.scatter(PolicyActor.reference_logprobs, rollout)
+            ),
+            "old_logprobs": lambda: roles.policy.scatter(PolicyActor.logprobs, rollout),
+            "values": lambda: roles.critic.scatter(CriticActor.values, rollout),
+        },
+        t,
+        profile,
     )
-    scores, ref_lp, old_lp, values = get(
-        roles.reward.scatter(RewardActor.score, rollout),
-        ref_call,
-        roles.policy.scatter(PolicyActor.logprobs, rollout),
-        roles.critic.scatter(CriticActor.values, rollout),
-    )
-    t["score_ref_values"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     exp, metrics = make_experience(rollout, scores, ref_lp, old_lp, values, cfg.ppo, kl_ctl, moments)
-    g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)
-    policy_plan = schedule(exp, epochs=cfg.ppo.epochs, minibatch_size=cfg.ppo.minibatch_size, replicas=roles.policy.world_size, generator=g)
-    g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)
-    critic_plan = schedule(exp, epochs=cfg.ppo.epochs, minibatch_size=cfg.ppo.minibatch_size, replicas=roles.critic.world_size, generator=g)
+    plans = {}
+    for name, group in (("policy", roles.policy), ("critic", roles.critic)):
+        g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)  # the same minibatches for both
+        plans[name] = schedule(exp, epochs=cfg.ppo.epochs, minibatch_size=cfg.ppo.minibatch_size, replicas=group.world_size, generator=g)
     t["advantages"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    policy_stats, critic_stats = get(
-        roles.policy.scatter(PolicyActor.train, policy_plan, minibatch_rows=cfg.ppo.minibatch_size // roles.policy.world_size),
-        roles.critic.scatter(CriticActor.train, critic_plan, minibatch_rows=cfg.ppo.minibatch_size // roles.critic.world_size),
+    mb_policy = cfg.ppo.minibatch_size // roles.policy.world_size
+    mb_critic = cfg.ppo.minibatch_size // roles.critic.world_size
+    critic_stats, policy_stats = _run(
+        {
+            "critic_update": lambda: roles.critic.scatter(CriticActor.train, plans["critic"], minibatch_rows=mb_critic),
+            "policy_update": lambda: roles.policy.scatter(PolicyActor.train, plans["policy"], minibatch_rows=mb_policy),
+        },
+        t,
+        profile,
     )
-    t["train"] = time.perf_counter() - t0
 
     from actors.lm import merge_stats
 
     metrics.update(merge_stats(policy_stats))
     metrics.update(merge_stats(critic_stats))
     metrics.update({f"time/{k}": v for k, v in t.items()})
-    tokens = float(rollout.action_mask.sum())
     metrics["time/step"] = sum(t.values())
-    metrics["time/tokens_per_s"] = tokens / max(metrics["time/step"], 1e-9)
+    metrics["time/tokens_per_s"] = float(rollout.action_mask.sum()) / max(metrics["time/step"], 1e-9)
     return metrics
+
+
+def _run(calls: dict, times: dict, profile: bool) -> list:
+    """Issue `calls` (name -> zero-arg function returning a Pending) and gather them.
+
+    Concurrently with one `get` (the time is recorded under the names joined by '+'), or one by one
+    when profiling.
+    """
+    if profile:
+        out = []
+        for name, make in calls.items():
+            t0 = time.perf_counter()
+            out.append(get(make()))
+            times[name] = time.perf_counter() - t0
+        return out
+    t0 = time.perf_counter()
+    pending = [make() for make in calls.values()]
+    out = get(*pending)
+    times["+".join(calls)] = time.perf_counter() - t0
+    return list(out) if len(pending) > 1 else [out]
 
 
 def _driver_state(step, kl_ctl, moments, prompts, history) -> dict:

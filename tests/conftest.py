@@ -7,9 +7,12 @@ import pytest
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray cluster for the whole session (ray.init costs ~4-10 s; tests share it).
+    """One local Ray cluster per test module (ray.init costs ~4-10 s; a module's tests share it).
+
+    Module scope, not session: `test_job_submit_ray.py` starts its own `ray start --head` cluster,
+    and two clusters on one small machine compete for its two cores.
 
     8 logical CPUs on this 2-core machine: Ray over-subscribes logical CPUs, and test replicas ask
     for 0.5 each. Workers must import the test modules that define test roles: pytest puts tests/ on

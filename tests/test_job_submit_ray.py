@@ -7,10 +7,12 @@ other Ray cluster on the machine (e.g. another test module's) is touched.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,14 +48,19 @@ def test_rlhf_ppo_under_ray_job_submit(tmp_path):
            "PYTHONPATH": os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)}
     env.pop("RAY_ADDRESS", None)
     port, dash = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4", "--disable-usage-stats",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
-        _wait_http(dash, 120)
+        try:
+            _wait_http(dash, 180)
+        except TimeoutError:
+            os.killpg(head.pid, signal.SIGTERM)
+            raise AssertionError("ray start --head failed:\n" + head.communicate(timeout=30)[0][-3000:]) from None
         out_dir = tmp_path / "job"
         overrides = [
             f"policy.path={model_dir}", f"run.output_dir={out_dir}", "run.mode=ray", "run.steps=1",
@@ -78,3 +85,4 @@ def test_rlhf_ppo_under_ray_job_submit(tmp_path):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
