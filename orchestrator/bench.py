@@ -122,4 +122,5 @@ def _print_table(r: dict) -> None:
     print(f"{'step':<16}{r['step_s']:>10.3f}")
     print(f"tokens/s: {r['tokens_per_s_generate']:.0f} in generation, {r['tokens_per_s_step']:.0f} over the whole step "
           f"({r['generated_tokens_per_step']:.0f} response tokens per step); role start-up {r['startup_s']:.1f} s")
-    print("peak memory per role (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_memory_mb"].items()))
+    shared = " (local mode: one process hosts every role, so these are the same number)" if r["mode"] == "local" else ""
+    print("peak memory per role (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_memory_mb"].items()) + shared)

@@ -135,7 +135,10 @@ class Evaluation:
     gold: float | None
     length: float
     samples: list = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # the task's own evaluation (gold by query type, length in words...)
+
+    def record(self) -> dict:
+        return {"reward": self.reward, "gold": self.gold, "length_tokens": self.length, "task": self.extra}
 
 
 def evaluate(roles: Roles, eval_rows: list[dict], pad_id: int, gold: bool) -> Evaluation:
@@ -232,7 +235,7 @@ def train(cfg: PPOConfig) -> dict:
 
     if "start_eval" not in history:
         ev = evaluate(roles, eval_rows, tokenizer.pad_token_id, gold)
-        history["start_eval"] = {"reward": ev.reward, "gold": ev.gold, "length": ev.length, **ev.extra}
+        history["start_eval"] = ev.record()
         _write_samples(out / "samples_start.jsonl", ev.samples)
         log.info("start eval: reward %.4f gold %s length %.1f", ev.reward, _fmt(ev.gold), ev.length)
 
@@ -256,7 +259,7 @@ def train(cfg: PPOConfig) -> dict:
     bar.close()
 
     ev = evaluate(roles, eval_rows, tokenizer.pad_token_id, gold)
-    history["end_eval"] = {"reward": ev.reward, "gold": ev.gold, "length": ev.length, **ev.extra}
+    history["end_eval"] = ev.record()
     _write_samples(out / "samples_end.jsonl", ev.samples)
     get(roles.policy.broadcast(PolicyActor.export, str(out / "policy")))  # a collective under ZeRO-3; rank 0 writes
     records = metrics_log.read()
@@ -390,5 +393,5 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"  held-out reward:                                {s.get('reward', math.nan):.4f} -> {e.get('reward', math.nan):.4f}")
     if s.get("gold") is not None:
         print(f"  held-out GOLD score (never seen by PPO):        {s['gold']:.4f} -> {e['gold']:.4f}")
-    print(f"  held-out response length (tokens):              {s.get('length', math.nan):.1f} -> {e.get('length', math.nan):.1f}")
+    print(f"  held-out response length (tokens):              {s.get('length_tokens', math.nan):.1f} -> {e.get('length_tokens', math.nan):.1f}")
     print(f"  exported policy: {out / 'policy'}   curves: {out / 'curves.png'}   samples: {out / 'samples_end.jsonl'}")
