@@ -124,3 +124,41 @@ def test_interrupted_checkpoint_keeps_the_last_good_one(tmp_path):
         with ckpt.atomic_checkpoint(out, step, keep=2) as folder:
             ckpt.save_driver_state(folder, {"step": step})
     assert [p.name for p in ckpt.complete_checkpoints(out)] == ["step_000004", "step_000006"]
+
+
+def test_lora_policy_and_critic_reference_is_the_policy_without_adapters(model_dir, tmp_path):
+    """With LoRA there is no reference role: reference log-probs come from the policy with its adapters
+    disabled, and they must equal a separate frozen copy of the initial model, even after updates."""
+    import cluster
+    from actors.policy import PolicyActor
+    from actors.reference import ReferenceActor
+    from orchestrator.ppo import train
+
+    out = tmp_path / "lora"
+    cfg = tiny_ppo_config(model_dir, str(out), "policy.lora.enabled=true", "critic.lora.enabled=true", "policy.lora.r=4")
+    summary = train(cfg)
+    assert summary["steps"] == 2
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "policy")  # adapters merged into plain weights
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+    cluster.init_local()
+    kw = dict(seed=0, total_steps=2, minibatch_size=cfg.ppo.minibatch_size)
+    policy = cluster.LocalGroup(PolicyActor, cfg.policy, name="policy", kwargs=dict(model_path=model_dir, **kw))
+    policy.role.load_checkpoint(str(ckpt.latest_checkpoint(str(out))))
+    reference = cluster.LocalGroup(
+        ReferenceActor, cfg.reference, name="reference", kwargs=dict(model_path=model_dir, temperature=1.0, micro_batch_size=2)
+    )
+    from orchestrator.ppo import to_prompt_batch
+    from orchestrator.data import load_prompts
+    from actors.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    data, _ = load_prompts(cfg.data, tokenizer)
+    rollout = policy.role.generate(to_prompt_batch([data[i] for i in range(4)], tokenizer.pad_token_id), seed=3)
+    without_adapters = policy.role.reference_logprobs(rollout).values
+    frozen = reference.role.logprobs(rollout).values
+    with_adapters = policy.role.logprobs(rollout).values
+    torch.testing.assert_close(without_adapters, frozen, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(with_adapters, frozen, atol=1e-4)  # the adapters did learn something
