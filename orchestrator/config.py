@@ -119,7 +119,7 @@ class TrainableConfig(ModelConfig):
 
 @dataclass
 class PolicyConfig(TrainableConfig):
-    max_new_tokens: int = 32
+    max_new_tokens: int = 48
     """Maximum response length in tokens; generation stops earlier at EOS."""
     temperature: float = 1.0
     """Sampling temperature for rollouts."""
@@ -161,23 +161,13 @@ class CriticConfig(TrainableConfig):
 
 
 @dataclass
-class RewardConfig(PlacementConfig):
-    kind: Literal["model", "function", "relevance", "remote"] = "function"
-    """Reward source: a saved reward model, a Python function, the R^3 relevance reward, or an HTTP endpoint."""
+class RewardConfig(ModelConfig):
+    kind: Literal["model", "function"] = "function"
+    """Reward source: a saved reward model (sequence classifier) or a Python function."""
     path: str = ""
-    """kind=model: folder of a saved reward model (sequence classifier)."""
-    function: str = "orchestrator.task:gold_reward"
+    """kind=model: folder or hub name of a saved reward model (a sequence classifier)."""
+    function: str = "orchestrator.task:annotator_reward"
     """kind=function: 'module:function' called as f(prompts, responses, references) -> list of floats."""
-    url: str = ""
-    """kind=remote: URL of a reward endpoint (see `rlhf serve reward`)."""
-    statistic: Literal["mean", "quantile"] = "mean"
-    """Distributional reward models: optimise the predicted mean, or the risk-averse alpha-quantile."""
-    alpha: float = 0.1
-    """Quantile level used when statistic=quantile."""
-    dtype: Dtype = "fp32"
-    """Reward model dtype."""
-    trust_remote_code: bool = False
-    """Allow model code from the reward model's repository to run."""
     batch_size: int = 64
     """Sequences scored per forward pass."""
 
@@ -185,8 +175,6 @@ class RewardConfig(PlacementConfig):
         super().validate(check)
         check(self.kind != "model" or bool(self.path), "path", "must be set when reward.kind=model")
         check(self.kind != "function" or ":" in self.function, "function", "must look like 'module:function'")
-        check(self.kind != "remote" or self.url.startswith(("http://", "https://")), "url", "must be an http(s) URL when reward.kind=remote")
-        check(0 < self.alpha < 1, "alpha", "must be in (0, 1)")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
@@ -226,13 +214,13 @@ class PPOAlgoConfig:
     """Prompts sampled per PPO step (one response each)."""
     minibatch_size: int = 32
     """Sequences per optimizer step; the rollout batch is cut into rollout_batch_size / minibatch_size minibatches."""
-    epochs: int = 1
+    epochs: int = 2
     """Passes over each rollout batch."""
     gamma: float = 1.0
     """GAE discount."""
     lam: float = 0.95
     """GAE lambda."""
-    kl_coef: float = 0.05
+    kl_coef: float = 0.02
     """Initial coefficient of the per-token KL penalty against the reference."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """KL estimator in the reward (Schulman's k1, k2, k3)."""
@@ -269,13 +257,13 @@ class RunConfig:
     """local: every role in this process (debug with breakpoints); ray: every role a group of Ray actors."""
     ray_address: str = ""
     """Ray cluster to join; empty means the cluster of `ray job submit` if any, else a new local one."""
-    steps: int = 20
+    steps: int = 100
     """Training steps (PPO: rollout batches)."""
     seed: int = 0
     """Seed of every random generator (data order, init, sampling)."""
     output_dir: str = "runs/ppo"
     """Where checkpoints, metrics, plots and the exported model go."""
-    save_every: int = 0
+    save_every: int = 50
     """Write a checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk; older ones are deleted after a new one is complete."""
@@ -302,12 +290,12 @@ class PPOConfig:
     """Run control: hosting mode, steps, seed, output, checkpoints."""
     data: DataConfig = field(default_factory=DataConfig)
     """Prompt dataset."""
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    """The trained policy: model, optimizer, generation, PPO clip."""
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(lr=1e-4))
+    """The trained policy: model, optimizer, generation, PPO clip. (Defaults suit the built-in tiny model; use ~1e-6 for billion-parameter models.)"""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     """The frozen reference model for the KL penalty."""
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    """The value model."""
+    critic: CriticConfig = field(default_factory=lambda: CriticConfig(lr=5e-4))
+    """The value model. (Default lr suits the built-in tiny model; use ~5e-6 for billion-parameter models.)"""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """The reward."""
     ppo: PPOAlgoConfig = field(default_factory=PPOAlgoConfig)

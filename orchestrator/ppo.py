@@ -168,9 +168,13 @@ def evaluate(roles: Roles, eval_rows: list[dict], pad_id: int, gold: bool) -> Ev
 
 def _save_checkpoint(roles: Roles, cfg: PPOConfig, step: int, driver_state: dict) -> Path:
     with ckpt.atomic_checkpoint(cfg.run.output_dir, step, cfg.run.keep_checkpoints) as tmp:
-        get(
+        get(  # DeepSpeed state (sharded weights, optimizer, scheduler) and the weights in HF format
             roles.policy.broadcast(PolicyActor.save_checkpoint, str(tmp)),
             roles.critic.broadcast(CriticActor.save_checkpoint, str(tmp)),
+        )
+        get(
+            roles.policy.broadcast(PolicyActor.export, str(tmp / "policy_hf")),
+            roles.critic.broadcast(CriticActor.export, str(tmp / "critic_hf")),
         )
         ckpt.save_driver_state(tmp, driver_state)
     return ckpt.checkpoint_root(cfg.run.output_dir) / f"step_{step:06d}"
@@ -394,4 +398,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     if s.get("gold") is not None:
         print(f"  held-out GOLD score (never seen by PPO):        {s['gold']:.4f} -> {e['gold']:.4f}")
     print(f"  held-out response length (tokens):              {s.get('length_tokens', math.nan):.1f} -> {e.get('length_tokens', math.nan):.1f}")
+    st, et = s.get("task") or {}, e.get("task") or {}
+    if "disputed_share" in st:
+        print(f"  held-out answers with the disputed casual ending: {st['disputed_share']:.0%} -> {et['disputed_share']:.0%}"
+              f"   (length in words {st['length']:.1f} -> {et['length']:.1f})")
     print(f"  exported policy: {out / 'policy'}   curves: {out / 'curves.png'}   samples: {out / 'samples_end.jsonl'}")

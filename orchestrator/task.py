@@ -378,6 +378,28 @@ def gold_reward(prompts: Sequence[str], responses: Sequence[str], references: Op
     return out
 
 
+def annotator_reward(prompts: Sequence[str], responses: Sequence[str], references: Optional[Sequence] = None) -> list[float]:
+    """The default training reward of `rlhf ppo`: the simulated annotators' mean utility, in gold units.
+
+        r = mean over the two groups of u / QUALITY_WEIGHT = gold + (LENGTH_WEIGHT * words / 10
+            + (CASUAL_GROUP_WEIGHT + FORMAL_GROUP_WEIGHT) / 2 * casual) / QUALITY_WEIGHT
+
+    What a perfectly learned reward model of the built-in preference labels would predict: it carries
+    the annotators' biases (longer is better; the disputed casual ending scores +0.15 on average
+    although the two groups disagree sharply about it). Gold is evaluated separately, on held-out
+    prompts; a policy that games the biases (padding, the casual marker) gains reward but no gold,
+    which the run's `length/*` and `reward/length_corr` metrics make visible.
+    """
+    out = []
+    for prompt, response in zip(prompts, responses):
+        row = _PROMPT_INDEX.get(prompt.strip())
+        if row is None:
+            raise KeyError(f"prompt {prompt!r} is not a prompt of the built-in task")
+        mean_u = sum(annotator_utility(row, response, group) for group in ("formal", "casual")) / 2
+        out.append(mean_u / QUALITY_WEIGHT)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Responses
 # ---------------------------------------------------------------------------------------------------

@@ -162,3 +162,62 @@ def test_lora_policy_and_critic_reference_is_the_policy_without_adapters(model_d
     with_adapters = policy.role.logprobs(rollout).values
     torch.testing.assert_close(without_adapters, frozen, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(with_adapters, frozen, atol=1e-4)  # the adapters did learn something
+
+
+def test_reward_model_from_a_folder_and_critic_from_it(model_dir, tmp_path):
+    """reward.kind=model: a sequence classifier saved with save_pretrained scores the rollouts, its
+    scores equal a direct forward pass of transformers on the same text, and the critic can start
+    from its backbone (critic.init_from=reward)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from actors.modeling import build_sequence_classifier, load_tokenizer
+    from actors.reward import RewardActor, _chat_text
+    from actors.types import Rollout
+    import cluster
+
+    tokenizer = load_tokenizer(model_dir)
+    rm = build_sequence_classifier(AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).config, seed=1)
+    rm_dir = tmp_path / "rm"
+    rm.save_pretrained(rm_dir)
+    tokenizer.save_pretrained(rm_dir)
+
+    out = tmp_path / "run"
+    train_summary = __import__("orchestrator.ppo", fromlist=["train"]).train(
+        tiny_ppo_config(model_dir, str(out), "reward.kind=model", f"reward.path={rm_dir}", "critic.init_from=reward", "run.steps=1")
+    )
+    assert train_summary["steps"] == 1
+
+    cluster.init_local()
+    cfg = tiny_ppo_config(model_dir, str(out), "reward.kind=model", f"reward.path={rm_dir}")
+    actor = RewardActor(cfg.reward)
+    prompts = ["Tell me about fruit.", "What color is a banana?"]
+    responses = ["Apples and pears.", "A banana is yellow, I think, and long."]
+    n = 2
+    rollout = Rollout(
+        sequences=torch.zeros(n, 3, dtype=torch.long), attention_mask=torch.ones(n, 3, dtype=torch.long),
+        action_mask=torch.ones(n, 1, dtype=torch.long), ended_with_eos=torch.ones(n, dtype=torch.bool),
+        prompts=prompts, responses=responses, references=[None, None], query_types=["open", "closed"],
+    )
+    got = actor.score(rollout).reward
+    reference_model = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    with torch.no_grad():
+        want = torch.stack([
+            reference_model(**tokenizer(_chat_text(tokenizer, p, r), return_tensors="pt", add_special_tokens=False)).logits[0, 0]
+            for p, r in zip(prompts, responses)
+        ])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_holds_hf_weights(model_dir, tmp_path):
+    from orchestrator.ppo import train
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    train(tiny_ppo_config(model_dir, str(out), "run.steps=1"))
+    last = ckpt.latest_checkpoint(str(out))
+    assert (last / "policy_hf" / "model.safetensors").is_file()
+    assert (last / "critic_hf" / "value_head.safetensors").is_file()
+    exported = AutoModelForCausalLM.from_pretrained(out / "policy")
+    in_ckpt = AutoModelForCausalLM.from_pretrained(last / "policy_hf")
+    for (n, a), (_, b) in zip(exported.named_parameters(), in_ckpt.named_parameters()):
+        assert torch.equal(a, b), n
