@@ -71,6 +71,7 @@ import deepspeed  # noqa: E402
 from deepspeed.runtime.engine import DeepSpeedEngine  # noqa: E402
 
 from orchestrator.config import LoraConfig, ModelConfig, TrainableConfig  # noqa: E402
+from orchestrator.configtree import deep_merge  # noqa: E402
 
 __all__ = [
     "lr_multiplier",
@@ -141,15 +142,6 @@ def _lr_scheduler_factory(cfg: TrainableConfig, total_steps: int):
 
 
 # ----------------------------------------------------------------------------------------- config
-
-
-def _deep_update(base: dict, overrides: dict) -> dict:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def deepspeed_config(
@@ -236,7 +228,7 @@ def deepspeed_config(
                 "train_batch_size": world_size,
             }
         )
-    return _deep_update(ds, copy.deepcopy(overrides or {}))
+    return deep_merge(ds, copy.deepcopy(overrides or {}))
 
 
 # ------------------------------------------------------------------------------------------ LoRA

@@ -192,10 +192,11 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _merge(base: dict, new: dict) -> dict:
+def deep_merge(base: dict, new: dict) -> dict:
+    """Merge nested dict `new` into `base` in place (values of `new` win); returns `base`."""
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+            deep_merge(base[k], v)
         else:
             base[k] = v
     return base
@@ -262,7 +263,7 @@ def load(cls: type, path: str | None = None, overrides: list[str] | None = None)
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
         raw = loaded
-    _merge(raw, parse_overrides(overrides or []))
+    deep_merge(raw, parse_overrides(overrides or []))
     cfg = build(cls, raw)
     validate(cfg)
     return cfg
