@@ -212,8 +212,9 @@ def train(cfg: PPOConfig) -> dict:
         cluster.connect(cfg.run.ray_address, num_cpus=max(float(os.cpu_count() or 1), math.ceil(wanted)))
     else:
         cluster.init_local()
+    t_roles = time.perf_counter()
     roles = start_roles(cfg, policy_path, total_optimizer_steps)
-    log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - timer, cfg.run.mode)
+    log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - t_roles, cfg.run.mode)
 
     kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
     moments = RunningMoments()
