@@ -94,16 +94,16 @@ class PolicyActor:
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> TokenValues:
         """log pi_old(a_t | s_t), (B, T), computed in micro-batches."""
-        return TokenValues(values=self._logprobs(self.engine, rollout))
+        return TokenValues(values=self._logprobs(rollout))
 
     @gather_as("cat")
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> TokenValues:
         """With LoRA: log pi_ref from the same weights with the adapters disabled (no model copy)."""
         with unwrap(self.engine).disable_adapter():
-            return TokenValues(values=self._logprobs(self.engine, rollout))
+            return TokenValues(values=self._logprobs(rollout))
 
-    def _logprobs(self, model, rollout: Rollout) -> torch.Tensor:
+    def _logprobs(self, rollout: Rollout) -> torch.Tensor:
         was_training = self.engine.training
         self.engine.eval()
         device = self.engine.device
@@ -111,7 +111,7 @@ class PolicyActor:
         for sl in _micro_batches(rollout.num_rows, self.cfg.micro_batch_size):
             out.append(
                 response_logprobs(
-                    model,
+                    self.engine,
                     rollout.sequences[sl].to(device),
                     rollout.attention_mask[sl].to(device),
                     rollout.prompt_len,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import statistics
 import time
 from pathlib import Path
@@ -31,7 +29,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import cluster
     from actors.critic import CriticActor
     from actors.modeling import load_tokenizer
     from actors.policy import PolicyActor
@@ -42,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_job_config
     from orchestrator.data import load_prompts
     from orchestrator.experience import KLController, RunningMoments
-    from orchestrator.ppo import PromptStream, ppo_step, start_roles
+    from orchestrator.ppo import PromptStream, connect_hosting, optimizer_steps, ppo_step, start_roles
 
     if args.size not in BUILTIN_SIZES:
         raise SystemExit(f"rlhf bench: --size must be one of {', '.join(BUILTIN_SIZES)}")
@@ -53,16 +50,13 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.run.seed)
     tokenizer = load_tokenizer(model_dir)
     data, _ = load_prompts(cfg.data, tokenizer)
-    if cfg.run.mode == "ray":
-        wanted = sum(getattr(cfg, r).num_cpus * getattr(cfg, r).replicas for r in ("policy", "reference", "critic", "reward"))
-        cluster.connect(cfg.run.ray_address, num_cpus=max(float(os.cpu_count() or 1), math.ceil(wanted)))
-    else:
-        cluster.init_local()
+    connect_hosting(cfg)
     t0 = time.perf_counter()
-    roles = start_roles(cfg, model_dir, total_optimizer_steps=(args.steps + 1) * cfg.ppo.epochs * (cfg.ppo.rollout_batch_size // cfg.ppo.minibatch_size))
+    roles = start_roles(cfg, model_dir, optimizer_steps(cfg))
     startup = time.perf_counter() - t0
     stream = PromptStream(data, tokenizer.pad_token_id, cfg.run.seed)
-    kl_ctl, moments = KLController(cfg.ppo.kl_coef), RunningMoments()
+    kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
+    moments = RunningMoments()
     records = [ppo_step(roles, cfg, stream, kl_ctl, moments, step, profile=True) for step in range(args.steps + 1)][1:]
 
     memory = {}

@@ -156,7 +156,8 @@ __all__ = [
     "Advantages",
     "compute_advantages",
     "kl_metric",
-    "masked_mean",
+    "make_experience",
+    "schedule",
 ]
 
 

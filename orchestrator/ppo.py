@@ -92,6 +92,23 @@ def to_prompt_batch(rows: list[dict], pad_id: int) -> PromptBatch:
     )
 
 
+def optimizer_steps(cfg: PPOConfig) -> int:
+    """Optimizer steps of the whole run (the LR schedule's length): one per minibatch per epoch per step."""
+    return cfg.run.steps * cfg.ppo.epochs * (cfg.ppo.rollout_batch_size // cfg.ppo.minibatch_size)
+
+
+def connect_hosting(cfg: PPOConfig) -> None:
+    """Ray mode: join (or start) the cluster; local mode: the in-process world of size 1."""
+    import cluster
+
+    if cfg.run.mode == "ray":
+        # a new local cluster gets enough logical CPUs for every replica (Ray over-subscribes cores)
+        wanted = sum(getattr(cfg, r).num_cpus * getattr(cfg, r).replicas for r in ("policy", "reference", "critic", "reward"))
+        cluster.connect(cfg.run.ray_address, num_cpus=max(float(os.cpu_count() or 1), math.ceil(wanted)))
+    else:
+        cluster.init_local()
+
+
 @dataclass
 class Roles:
     policy: object
@@ -201,19 +218,9 @@ def train(cfg: PPOConfig) -> dict:
     gold = cfg.data.path == "builtin:prompts"
     log.info("data: %d train prompts, %d eval prompts (gold evaluation: %s)", len(train_set), len(eval_rows), gold)
 
-    steps_per_rollout = cfg.ppo.epochs * (cfg.ppo.rollout_batch_size // cfg.ppo.minibatch_size)
-    total_optimizer_steps = cfg.run.steps * steps_per_rollout
-
-    import cluster
-
-    if cfg.run.mode == "ray":
-        # a new local cluster gets enough logical CPUs for every replica (Ray over-subscribes cores)
-        wanted = sum(getattr(cfg, r).num_cpus * getattr(cfg, r).replicas for r in ("policy", "reference", "critic", "reward"))
-        cluster.connect(cfg.run.ray_address, num_cpus=max(float(os.cpu_count() or 1), math.ceil(wanted)))
-    else:
-        cluster.init_local()
+    connect_hosting(cfg)
     t_roles = time.perf_counter()
-    roles = start_roles(cfg, policy_path, total_optimizer_steps)
+    roles = start_roles(cfg, policy_path, optimizer_steps(cfg))
     log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - t_roles, cfg.run.mode)
 
     kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
