@@ -59,8 +59,17 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _section_list(tp: Any) -> type | None:
+    """The item class of a `list[SomeConfig]` field (a list of config sections), else None."""
+    if get_origin(tp) is list:
+        (item,) = get_args(tp)
+        if dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
 def all_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of a config class (nested dataclasses expanded)."""
+    """Every dotted leaf key of a config class (nested dataclasses expanded; a list of sections is one key)."""
     keys = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
@@ -192,17 +201,49 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def deep_merge(base: dict, new: dict) -> dict:
-    """Merge nested dict `new` into `base` in place (values of `new` win); returns `base`."""
+def _indexed(v: Any) -> bool:
+    """A dict whose keys are list indices: what `key.0.field=value` overrides of a list become."""
+    return isinstance(v, dict) and bool(v) and all(str(k).isdigit() for k in v)
+
+
+def deep_merge(base: dict, new: dict, prefix: str = "") -> dict:
+    """Merge nested dict `new` into `base` in place (values of `new` win); returns `base`.
+
+    Index keys address list items: merging {"components": {"1": {"weight": 0.3}}} into a base whose
+    `components` is a list updates item 1 (or appends it when it is the next index).
+    """
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            deep_merge(base[k], v)
+            deep_merge(base[k], v, f"{prefix}{k}.")
+        elif _indexed(v) and isinstance(base.get(k), list):
+            items = base[k]
+            for i, sub in sorted(((int(i), sub) for i, sub in v.items())):
+                if i < len(items) and isinstance(items[i], dict) and isinstance(sub, dict):
+                    deep_merge(items[i], sub, f"{prefix}{k}.{i}.")
+                elif i <= len(items):
+                    items[i:i + 1] = [sub]
+                else:
+                    raise ConfigError(f"config key '{prefix}{k}.{i}': the list has {len(items)} items; "
+                                      f"list indices must be 0, 1, ... without gaps")
         else:
             base[k] = v
     return base
 
 
-def build(cls: type, raw: dict, prefix: str = "", root: type | None = None) -> Any:
+def _build_sections(item_tp: type, value: Any, key: str) -> list:
+    """A `list[SomeConfig]` field from a list of mappings (index overrides were merged in by `deep_merge`)."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config key '{key}': expected a list of {item_tp.__name__} mappings, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        item_key = f"{key}.{i}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"config key '{item_key}': expected a mapping of {item_tp.__name__} fields, got {item!r}")
+        out.append(build(item_tp, item, item_key + ".", item_tp, item_key + "."))
+    return out
+
+
+def build(cls: type, raw: dict, prefix: str = "", root: type | None = None, root_prefix: str = "") -> Any:
     """Instantiate `cls` from a nested dict, coercing types; unknown keys raise ConfigError."""
     root = root or cls
     hints = _hints(cls)
@@ -214,14 +255,16 @@ def build(cls: type, raw: dict, prefix: str = "", root: type | None = None) -> A
             while isinstance(v, dict) and len(v) == 1:  # name the leaf the user typed: 'polcy.lr'
                 (sub, v), = v.items()
                 key = f"{key}.{sub}"
-            raise _unknown(key, all_keys(root))
+            raise _unknown(key, all_keys(root, root_prefix))
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             if v is None:
                 v = {}
             if not isinstance(v, dict):
                 raise ConfigError(f"config key '{key}' is a section; set its fields, e.g. '{key}.<field>=...'")
-            kwargs[k] = build(tp, v, key + ".", root)
+            kwargs[k] = build(tp, v, key + ".", root, root_prefix)
+        elif _section_list(tp) is not None:
+            kwargs[k] = _build_sections(_section_list(tp), [] if v is None else v, key)
         else:
             kwargs[k] = _coerce(v, tp, key)
     return cls(**kwargs)
@@ -263,6 +306,9 @@ def load(cls: type, path: str | None = None, overrides: list[str] | None = None)
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
         raw = loaded
+    # start from the defaults as instantiated, so a section's default_factory (e.g. DPO's
+    # RunConfig(output_dir="runs/dpo")) survives an override of one of its fields
+    raw = deep_merge(to_dict(cls()), raw)
     deep_merge(raw, parse_overrides(overrides or []))
     cfg = build(cls, raw)
     validate(cfg)
@@ -292,6 +338,10 @@ def validate(cfg: Any, prefix: str = "") -> None:
         child = getattr(cfg, f.name)
         if dataclasses.is_dataclass(child):
             validate(child, f"{prefix}{f.name}.")
+        elif isinstance(child, list):
+            for i, item in enumerate(child):
+                if dataclasses.is_dataclass(item):
+                    validate(item, f"{prefix}{f.name}.{i}.")
     if hasattr(cfg, "validate"):
         cfg.validate(Check(prefix, cfg))
 
@@ -317,6 +367,10 @@ def to_yaml(cfg: Any, comments: bool = True, indent: int = 0) -> str:
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
             lines.append(to_yaml(value, comments, indent + 1))
+        elif value and isinstance(value, list) and all(dataclasses.is_dataclass(v) for v in value):
+            lines.append(f"{pad}{f.name}:")  # a list of sections: block YAML, fields documented above
+            dumped = yaml.safe_dump([to_dict(v) for v in value], default_flow_style=False, sort_keys=False, width=10_000)
+            lines.extend(f"{pad}  {line}" for line in dumped.splitlines())
         else:
             dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=10_000).strip()
             if dumped.startswith("{") and dumped.endswith("}"):

@@ -77,7 +77,7 @@ def test_list_and_optional_values():
         (["policy.zero_stage=4"], "config key 'policy.zero_stage': must be 0, 1, 2 or 3"),
         (["policy.top_p=1.5"], "config key 'policy.top_p': must be in (0, 1]"),
         (["reward.batch_size=0"], "config key 'reward.batch_size': must be >= 1"),
-        (["reward.kind=remote"], "config key 'reward.kind': 'remote' is not one of 'model', 'function'"),
+        (["reward.kind=lottery"], "config key 'reward.kind': 'lottery' is not one of 'model', 'function', 'relevance', 'remote', 'weighted'"),
         (["policy.offload_params=true"], "config key 'policy.offload_params': needs zero_stage=3"),
         (["reward.kind=model"], "config key 'reward.path': must be set when reward.kind=model"),
         # batch sizes that do not divide across replicas
