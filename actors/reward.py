@@ -1,21 +1,38 @@
-"""The reward role: one `score(rollout) -> Scores` for every kind of reward.
+"""The reward role: one scorer interface for every kind of reward, and `RewardActor` around it.
+
+A scorer is a callable `scorer(prompts, responses, references, query_types) -> Scores` over N rows
+(reward float32 (N,), and the predicted std (N,) where the reward has one). `build_scorer(cfg)` makes
+one from a `RewardConfig`; `RewardActor` (the PPO role) and `rlhf serve reward` both use it.
 
 Kinds (config `reward.kind`):
 - `function`: a Python callable named 'module:function', called as
   f(prompts, responses, references) -> list of floats (one per response);
-- `model`: a saved sequence-classifier reward model (a Hugging Face folder), scoring the text
-  `prompt + response` with its own tokenizer; frozen, optionally sharded with ZeRO-3.
+- `model`: a saved reward model (a Hugging Face sequence-classifier folder whose config's
+  `rlhf_reward` describes the head, see actors/reward_head.py; none means Bradley-Terry), scoring the
+  conversation rendered by `_chat_text` with its own tokenizer, right-padded, `reward.batch_size` rows per
+  forward; frozen, optionally sharded with ZeRO-3. The RL reward is the normalised mean or
+  alpha-quantile (`reward.statistic`, `reward.alpha`); distributional models also return their std;
+- `relevance`: R^3, preference-free (actors/relevance.py);
+- `remote`: an HTTP endpoint served by `rlhf serve reward` (actors/remote_reward.py);
+- `weighted`: sum_k w_k * r_k over `reward.components` (any kinds but weighted). Its std, when a
+  component has one, is sqrt(sum_k w_k^2 std_k^2): the std of a sum of independent terms, where a
+  component without a std (function, relevance, Bradley-Terry) is deterministic and adds none.
+  Independence of two distributional components is an assumption (both see the same text).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Callable, Sequence
 
 import torch
 
 from cluster.group import gather_as
 from actors.lm import peak_memory_mb
 from actors.types import Rollout, Scores
+
+Scorer = Callable[[list, list, list, list], Scores]
+"""scorer(prompts, responses, references, query_types) -> Scores, all lists of N rows."""
 
 
 def load_function(spec: str):
@@ -33,53 +50,151 @@ def load_function(spec: str):
     return fn
 
 
-class RewardActor:
-    """Scores rollouts. Receives only its `RewardConfig` slice."""
+def build_scorer(cfg, *, max_new_tokens: int = 0) -> Scorer:
+    """The scorer of a `RewardConfig`. `max_new_tokens`: the policy's generation budget, used by
+    kind=relevance when `reward.max_new_tokens` is 0 (PPO passes policy.max_new_tokens; else 512)."""
+    kind = cfg.kind
+    if kind == "function":
+        return FunctionScorer(cfg.function)
+    if kind == "model":
+        return ModelScorer.from_config(cfg)
+    if kind == "relevance":
+        from actors.relevance import RelevanceScorer
 
-    def __init__(self, cfg, *, seed: int = 0):
+        return RelevanceScorer.from_config(cfg, max_new_tokens=max_new_tokens)
+    if kind == "remote":
+        from actors.remote_reward import RemoteScorer
+
+        return RemoteScorer(cfg.url, cfg.timeout_s, cfg.batch_size)
+    if kind == "weighted":
+        return WeightedScorer([(c.weight, build_scorer(c, max_new_tokens=max_new_tokens)) for c in cfg.components])
+    raise ValueError(f"reward.kind={kind!r} is not one of function, model, relevance, remote, weighted")
+
+
+def check_reward_config(cfg) -> None:
+    """Checks that need the model folder but not the weights (run by the driver before any actor starts):
+    a kind=model folder is a reward model whose head supports `reward.statistic` / `reward.alpha`."""
+    parts = cfg.components if cfg.kind == "weighted" else [cfg]
+    for i, part in enumerate(parts):
+        if part.kind == "model":
+            read_head(part, key=f"reward.components.{i}." if cfg.kind == "weighted" else "reward.")
+
+
+def read_head(cfg, key: str = "reward."):
+    """The `RewardHead` of the folder `cfg.path`, checked against `cfg.statistic` and `cfg.alpha`."""
+    from transformers import AutoConfig
+
+    from actors.reward_head import RewardHead
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        head = RewardHead.from_config(config)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{key}path={cfg.path!r} is not a readable reward model: {e}") from None
+    try:
+        head.check_statistic(cfg.statistic, cfg.alpha)
+    except ValueError as e:  # the message names reward.statistic / reward.alpha; name the component too
+        raise ValueError(str(e).replace("reward.", key, 1)) from None
+    return head
+
+
+def _as_rows(values: Sequence | None, n: int) -> list:
+    return [None] * n if values is None else list(values)
+
+
+class FunctionScorer:
+    """kind=function: f(prompts, responses, references) -> N floats."""
+
+    def __init__(self, spec: str):
+        self.spec, self.fn = spec, load_function(spec)
+
+    def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
+        values = [float(v) for v in self.fn(list(prompts), list(responses), _as_rows(references, len(responses)))]
+        if len(values) != len(responses):
+            raise ValueError(f"reward.function {self.spec!r} returned {len(values)} scores for {len(responses)} responses")
+        return Scores(reward=torch.tensor(values, dtype=torch.float32))
+
+
+class ModelScorer:
+    """kind=model: a saved reward model. `engine` is anything that forwards like the HF module (a frozen
+    DeepSpeed engine in PPO); `head` reads the RL reward and std off the `num_labels` outputs."""
+
+    def __init__(self, engine, tokenizer, head, *, statistic: str = "mean", alpha: float = 0.5, batch_size: int = 64):
+        head.check_statistic(statistic, alpha)
+        self.engine, self.tokenizer, self.head = engine, tokenizer, head
+        self.statistic, self.alpha, self.batch_size = statistic, alpha, batch_size
+        self.tokenizer.padding_side = "right"
+
+    @classmethod
+    def from_config(cls, cfg) -> "ModelScorer":
+        import torch.distributed as tdist
+
+        from actors.engine import build_engine
+        from actors.modeling import load_sequence_classifier, load_tokenizer
+        from cluster.dist import init_local
+
+        head = read_head(cfg)
+        tokenizer = load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        model = load_sequence_classifier(cfg.path, num_labels=head.num_labels, dtype=cfg.dtype,
+                                         trust_remote_code=cfg.trust_remote_code)
+        if not tdist.is_initialized():  # a bare process (e.g. a Serve replica): a world of one
+            init_local()
+        engine = build_engine(model, cfg, train=False, total_steps=1)
+        return cls(engine, tokenizer, head, statistic=cfg.statistic, alpha=cfg.alpha, batch_size=cfg.batch_size)
+
+    @torch.no_grad()
+    def outputs(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """(N, num_labels) raw head outputs, float32, `batch_size` rows per right-padded forward."""
+        tok, out = self.tokenizer, []
+        device = next(self.engine.module.parameters()).device
+        for i in range(0, len(responses), self.batch_size):
+            texts = [_chat_text(tok, p, r) for p, r in zip(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            logits = self.engine(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device)).logits
+            out.append(logits.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.head.num_labels)
+
+    def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
+        reward, std = self.head.reward(self.outputs(list(prompts), list(responses)), self.statistic, self.alpha)
+        return Scores(reward=reward, std=std)
+
+
+class WeightedScorer:
+    """kind=weighted: reward = sum_k w_k r_k; std = sqrt(sum_k w_k^2 std_k^2) over the components
+    that have one (independent terms; see the module docstring), None when none has."""
+
+    def __init__(self, parts: list[tuple[float, Scorer]]):
+        self.parts = parts
+
+    def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
+        n = len(responses)
+        references, query_types = _as_rows(references, n), _as_rows(query_types, n)
+        scored = [(w, s(prompts, responses, references, query_types)) for w, s in self.parts]
+        reward = sum(w * sc.reward for w, sc in scored)  # (N,)
+        var = [w**2 * sc.std**2 for w, sc in scored if sc.std is not None]
+        std = torch.stack(var).sum(0).sqrt() if var else None
+        components = torch.stack([sc.reward for _, sc in scored], dim=1)  # (N, K) unweighted
+        return Scores(reward=reward.float(), std=std, components=components.float())
+
+
+class RewardActor:
+    """The PPO reward role: a thin shell around `build_scorer`. Receives only its `RewardConfig` slice."""
+
+    def __init__(self, cfg, *, seed: int = 0, max_new_tokens: int = 0):
         self.cfg = cfg
         torch.manual_seed(seed)
-        if cfg.kind == "function":
-            self.fn = load_function(cfg.function)
-        elif cfg.kind == "model":
-            from actors.engine import build_engine
-            from actors.modeling import load_sequence_classifier, load_tokenizer
-
-            self.tokenizer = load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
-            self.tokenizer.padding_side = "right"
-            model = load_sequence_classifier(cfg.path, num_labels=1, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-            self.engine = build_engine(model, cfg, train=False, total_steps=1)
-        else:
-            raise ValueError(f"reward.kind={cfg.kind!r} is not available in this role")
-
+        self.scorer = build_scorer(cfg, max_new_tokens=max_new_tokens)
 
     @gather_as("list")
     def peak_memory_mb(self) -> float:
         """Peak memory of this replica's process (for `rlhf bench`)."""
         return peak_memory_mb()
+
     @gather_as("cat")
     def score(self, rollout: Rollout) -> Scores:
-        if self.cfg.kind == "function":
-            values = self.fn(list(rollout.prompts), list(rollout.responses), list(rollout.references))
-            values = [float(v) for v in values]
-            if len(values) != len(rollout.responses):
-                raise ValueError(
-                    f"reward.function {self.cfg.function!r} returned {len(values)} scores for {len(rollout.responses)} responses"
-                )
-            return Scores(reward=torch.tensor(values, dtype=torch.float32))
-        return Scores(reward=self._model_scores(rollout.prompts, rollout.responses))
-
-    @torch.no_grad()
-    def _model_scores(self, prompts: list, responses: list) -> torch.Tensor:
-        tok = self.tokenizer
-        out = []
-        for i in range(0, len(responses), self.cfg.batch_size):
-            texts = [_chat_text(tok, p, r) for p, r in zip(prompts[i : i + self.cfg.batch_size], responses[i : i + self.cfg.batch_size])]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            device = next(self.engine.module.parameters()).device
-            logits = self.engine(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device)).logits
-            out.append(logits[:, 0].float().cpu())
-        return torch.cat(out)
+        n = len(rollout.responses)
+        return self.scorer(list(rollout.prompts), list(rollout.responses),
+                           _as_rows(rollout.references, n), _as_rows(rollout.query_types, n))
 
 
 def _chat_text(tokenizer, prompt: str, response: str) -> str:

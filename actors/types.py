@@ -42,6 +42,7 @@ class Rollout(Batch):
 class Scores(Batch):
     reward: torch.Tensor = spec("B", torch.float32)  # (B,) scalar reward per sequence
     std: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) predicted reward std (distributional RMs)
+    components: torch.Tensor = spec("B K", torch.float32, optional=True)  # (B, K) unweighted rewards of a weighted sum's K terms
 
 
 @dataclass

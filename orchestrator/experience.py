@@ -157,14 +157,17 @@ __all__ = [
     "compute_advantages",
     "kl_metric",
     "make_experience",
+    "reward_metrics",
     "schedule",
 ]
 
 
-def make_experience(rollout, scores, ref_logprobs, old_logprobs, values, algo, kl_ctl: KLController, moments):
+def make_experience(rollout, scores, ref_logprobs, old_logprobs, values, algo, kl_ctl: KLController, moments,
+                    std_threshold: float = 1.0):
     """Rollout + scores + the three per-token views -> an `Experience` and its metrics.
 
     algo: the `PPOAlgoConfig` slice. Every number is computed by `losses/` through the helpers above.
+    std_threshold: `reward.std_threshold`, for the reward diagnostics (`reward_metrics`).
     """
     from actors.types import Experience
 
@@ -178,10 +181,8 @@ def make_experience(rollout, scores, ref_logprobs, old_logprobs, values, algo, k
     kl = kl_metric(shaped.kl, mask)
     lengths = mask.sum(-1).float()
     metrics = {
-        "reward/score": scores.reward.mean().item(),
-        "reward/score_std": scores.reward.std().item() if scores.reward.numel() > 1 else 0.0,
+        **reward_metrics(scores, lengths, std_threshold),
         "reward/shaped": shaped.scores.mean().item(),
-        "reward/length_corr": _pearson(scores.reward, lengths),
         "kl/mean": kl,
         "kl/coef": kl_ctl.coef,
         "length/mean": lengths.mean().item(),
@@ -191,8 +192,6 @@ def make_experience(rollout, scores, ref_logprobs, old_logprobs, values, algo, k
         "critic/explained_variance": _explained_variance(values.values, adv.returns, mask),
         "policy/advantages_mean": masked_mean(adv.advantages, mask).item(),
     }
-    if scores.std is not None:
-        metrics["reward/pred_std"] = scores.std.mean().item()
     kl_ctl.update(kl, rollout.num_rows)
     exp = Experience(
         sequences=rollout.sequences,
@@ -205,6 +204,30 @@ def make_experience(rollout, scores, ref_logprobs, old_logprobs, values, algo, k
         mb_tokens=torch.zeros(rollout.num_rows),
     )
     return exp, metrics
+
+
+def reward_metrics(scores, lengths: torch.Tensor, std_threshold: float) -> dict:
+    """The per-step reward diagnostics, so that reward hacking and hidden disagreement are seen, not guessed.
+
+    reward/score, reward/score_std: mean and (unbiased) std of the sequence rewards over the batch;
+    reward/length_corr: Pearson correlation of reward with response length in tokens;
+    distributional rewards (scores.std set): reward/pred_std, the mean predicted std, and
+    reward/std_above_threshold, the share of responses whose predicted std > `std_threshold`;
+    weighted sums (scores.components set): reward/component_<k>, the mean unweighted reward of term k.
+    """
+    reward = scores.reward
+    metrics = {
+        "reward/score": reward.mean().item(),
+        "reward/score_std": reward.std().item() if reward.numel() > 1 else 0.0,
+        "reward/length_corr": _pearson(reward, lengths),
+    }
+    if scores.std is not None:
+        metrics["reward/pred_std"] = scores.std.mean().item()
+        metrics["reward/std_above_threshold"] = (scores.std > std_threshold).float().mean().item()
+    if scores.components is not None:
+        for k, mean in enumerate(scores.components.mean(0).tolist()):
+            metrics[f"reward/component_{k}"] = mean
+    return metrics
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
