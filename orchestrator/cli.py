@@ -1,10 +1,16 @@
 """The `rlhf` command line.
 
     rlhf ppo [--config F] [key=value ...]            PPO on the built-in default, or your model and data
+    rlhf dpo [--config F] [key=value ...]            DPO / IPO / cDPO on one policy actor (ray mode: Ray Train workers)
+    rlhf rm [--config F] [key=value ...]             train a reward model (bradley_terry, mean_variance, categorical, mixture, odin)
+    rlhf rm eval --path DIR [key=value ...]          evaluate a saved reward model: JSON report and plots
     rlhf config <job> [--config F] [key=value ...]   print the resolved config as YAML
     rlhf bench ppo [--size tiny|small|50m]          per-phase time, tokens/s, peak memory per role
+    rlhf bench dpo [--size tiny|small|50m]          DPO pairs/s, tokens/s, peak memory
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
     rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
+    rlhf experiment hidden-context                   DPL std, ODIN and risk-averse PPO on the built-in data
+    rlhf serve reward --path DIR [--port 8000]      a reward as a Ray Serve HTTP endpoint (PPO: reward.kind=remote)
 
 Errors in user input (config keys and values, data rows) end the run with one line on stderr that
 names the key, file, row or field, and exit code 2.
@@ -39,6 +45,36 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rm(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_job_config
+
+    overrides = list(args.overrides)
+    if overrides[:1] == ["eval"]:
+        overrides = overrides[1:] + ([f"path={args.path}"] if args.path else [])
+        cfg = load_job_config("rm_eval", args.config, overrides)
+        from orchestrator.rm_eval import eval_saved_model
+
+        eval_saved_model(cfg)
+        return 0
+    if args.path:
+        raise ConfigError("--path is an option of `rlhf rm eval`; the backbone to train is model.path=...")
+    cfg = load_job_config("rm", args.config, overrides)  # every key checked before anything starts
+    from orchestrator.rm import train
+
+    train(cfg)
+    return 0
+
+
+def _cmd_dpo(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_job_config
+
+    cfg = load_job_config("dpo", args.config, args.overrides)  # every key checked before anything starts
+    from orchestrator.dpo import train
+
+    train(cfg)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from orchestrator.bench import run
 
@@ -57,7 +93,18 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
         argv = ["--out", args.out or "runs/dpl-synthetic", "--seed", str(args.seed)]
         return dpl_synthetic.main(argv + (["--quick"] if args.quick else []))
+    if args.name == "hidden-context":
+        from orchestrator.experiments import hidden_context
+
+        argv = ["--out", args.out or "runs/hidden-context", "--seed", str(args.seed)]
+        return hidden_context.main(argv + (["--quick"] if args.quick else []))
     raise AssertionError(args.name)
+
+
+def _cmd_serve_reward(args: argparse.Namespace) -> int:
+    from orchestrator.serve import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. policy.lr=1e-6 run.mode=local")
     p.set_defaults(func=_cmd_ppo)
 
+    p = sub.add_parser("dpo", help="DPO / IPO / cDPO: one policy actor; ray mode scales out with Ray Train and DeepSpeed ZeRO")
+    p.add_argument("--config", help="YAML file with config values (see `rlhf config dpo`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. dpo.loss=ipo run.mode=local policy.replicas=2")
+    p.set_defaults(func=_cmd_dpo)
+
+    p = sub.add_parser("rm", help="train a reward model (`rlhf rm eval --path DIR`: evaluate a saved one)",
+                       description="rlhf rm [key=value ...] trains (see `rlhf config rm`); "
+                                   "rlhf rm eval --path DIR [key=value ...] evaluates a saved model (see `rlhf config rm_eval`).")
+    p.add_argument("--config", help="YAML file with config values (see `rlhf config rm` / `rlhf config rm_eval`)")
+    p.add_argument("--path", help="rm eval: the saved reward model folder (same as path=DIR)")
+    p.add_argument("overrides", nargs="*", metavar="[eval] key=value",
+                   help="'eval' first to evaluate; dotted overrides, e.g. model.objective=mean_variance run.mode=local")
+    p.set_defaults(func=_cmd_rm)
+
     p = sub.add_parser("bench", help="benchmarks: per-phase time, tokens/s, peak memory per role")
     from orchestrator.bench import add_args as add_bench_args
 
@@ -97,11 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_check)
 
     p = sub.add_parser("experiment", help="reproducible experiments that print their findings")
-    p.add_argument("name", choices=["dpl-synthetic"], help="dpl-synthetic: DPL paper's 1-D hidden-context experiment")
+    p.add_argument("name", choices=["dpl-synthetic", "hidden-context"],
+                   help="dpl-synthetic: the DPL paper's 1-D hidden-context experiment; hidden-context: DPL std, ODIN "
+                        "and risk-averse PPO on the built-in preference data")
     p.add_argument("--out", help="output folder (default runs/<name>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer training steps")
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP")
+    serve_sub = p.add_subparsers(dest="serve_command", metavar="WHAT", required=True)
+    p = serve_sub.add_parser("reward", help="a reward (a saved reward model, or any reward.kind) as a Ray Serve JSON endpoint",
+                             description="Deploys the reward on Ray Serve (bound to 127.0.0.1 by default), prints the URL "
+                                         "and blocks until Ctrl-C. Wire format and detached use: orchestrator/serve.py.")
+    from orchestrator.serve import add_args as add_serve_args
+
+    add_serve_args(p)
+    p.set_defaults(func=_cmd_serve_reward)
     return parser
 
 

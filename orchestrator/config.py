@@ -162,20 +162,62 @@ class CriticConfig(TrainableConfig):
 
 @dataclass
 class RewardConfig(ModelConfig):
-    kind: Literal["model", "function"] = "function"
-    """Reward source: a saved reward model (sequence classifier) or a Python function."""
+    """The PPO reward (actors/reward.py builds one scorer per kind)."""
+
+    kind: Literal["model", "function", "relevance", "remote", "weighted"] = "function"
+    """Reward source: model (a saved reward model), function ('module:function'), relevance (R^3: embedding relevance x length incentive x repetition penalty), remote (an HTTP endpoint of `rlhf serve reward`), weighted (a weighted sum of `components`)."""
     path: str = ""
-    """kind=model: folder or hub name of a saved reward model (a sequence classifier)."""
+    """kind=model: folder or hub name of a saved reward model (a sequence classifier; its config's rlhf_reward describes the head, none means Bradley-Terry)."""
     function: str = "orchestrator.task:annotator_reward"
     """kind=function: 'module:function' called as f(prompts, responses, references) -> list of floats."""
     batch_size: int = 64
-    """Sequences scored per forward pass."""
+    """Sequences scored per forward pass (kind=remote: per HTTP request)."""
+    statistic: Literal["mean", "quantile"] = "mean"
+    """kind=model: the RL reward read off a distributional model: its mean, or its alpha-quantile (the DPL paper's risk-averse reward; distributional models only)."""
+    alpha: float = 0.1
+    """kind=model, statistic=quantile: the quantile level in (0, 1); lower is more risk-averse."""
+    std_threshold: float = 1.0
+    """Diagnostics of distributional rewards: the per-step metric reward/std_above_threshold is the share of responses whose predicted std (in normalised reward units) exceeds this."""
+    embedding_model: str = "builtin:minilm"
+    """kind=relevance: sentence-transformers model name or folder; builtin:minilm is the packaged all-MiniLM-L6-v2 (no download). A plain Hugging Face encoder (e.g. facebook/contriever) gets Contriever-style mean pooling."""
+    max_new_tokens: int = 0
+    """kind=relevance: the generation budget that sets the top of the closed-prompt scale F (R^3); 0 = the policy's policy.max_new_tokens (512 outside PPO)."""
+    url: str = ""
+    """kind=remote: the endpoint, e.g. http://127.0.0.1:8000/reward (POST JSON prompts/responses/references/query_types)."""
+    timeout_s: float = 60.0
+    """kind=remote: seconds to wait for one HTTP request."""
+    components: list[RewardComponentConfig] = field(default_factory=list)
+    """kind=weighted: the summed rewards, each a reward config (any kind but weighted) with a `weight`; e.g. in YAML `components: [{kind: model, path: rm, weight: 1.0}, {kind: relevance, weight: 0.5}]`, or `reward.components.1.weight=0.3`."""
 
     def validate(self, check: Check) -> None:
         super().validate(check)
         check(self.kind != "model" or bool(self.path), "path", "must be set when reward.kind=model")
         check(self.kind != "function" or ":" in self.function, "function", "must look like 'module:function'")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.statistic == "mean" or self.kind == "model", "statistic",
+              "quantile needs reward.kind=model (a distributional reward model; in a weighted sum, set it on the component)")
+        check(0 < self.alpha < 1, "alpha", "must be in (0, 1)")
+        check(self.std_threshold >= 0, "std_threshold", "must be >= 0")
+        check(self.kind != "relevance" or bool(self.embedding_model), "embedding_model", "must be set when reward.kind=relevance")
+        check(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
+        check(self.kind != "remote" or self.url.startswith(("http://", "https://")), "url",
+              "must be an http:// or https:// URL when reward.kind=remote")
+        check(self.timeout_s > 0, "timeout_s", "must be > 0")
+        check(self.kind != "weighted" or len(self.components) > 0, "components", "must list at least one reward when reward.kind=weighted")
+        check(self.kind == "weighted" or not self.components, "components", "is only read when reward.kind=weighted")
+
+
+@dataclass
+class RewardComponentConfig(RewardConfig):
+    """One term of a weighted reward: a reward config and its weight."""
+
+    weight: float = 1.0
+    """Factor of this reward in the sum."""
+
+    def validate(self, check: Check) -> None:
+        check(self.kind != "weighted", "kind", "a component cannot itself be weighted (no nesting)")
+        super().validate(check)
+        check(self.weight == self.weight and abs(self.weight) != float("inf"), "weight", "must be a finite number")
 
 
 @dataclass
@@ -321,7 +363,143 @@ class PPOConfig:
             check(other != role, f"{role}.colocate_with", "cannot name the role itself")
 
 
-JOBS: dict[str, type] = {"ppo": PPOConfig}
+@dataclass
+class RewardModelConfig(TrainableConfig):
+    """The reward model of `rlhf rm`: a causal-LM backbone with a score head (`actors.reward_head`)."""
+
+    path: str = "builtin:tiny"
+    """Backbone: Hugging Face causal-LM name or folder, or builtin:<size> (the SFT-warm-started built-in policy); the score head is new."""
+    objective: Literal["bradley_terry", "mean_variance", "categorical", "mixture", "odin"] = "bradley_terry"
+    """Training objective and head layout (losses from losses.preference; table in actors/reward_head.py)."""
+    num_atoms: int = 10
+    """objective=categorical: number of atoms of the utility distribution on [0, 1]."""
+    num_components: int = 2
+    """objective=mixture: number of Gaussian components."""
+    head_init_scale: float = 0.01
+    """Factor on the freshly initialised score head, so training starts near a constant reward (the DPL code's 0.01)."""
+    variance_penalty: float = 0.0
+    """objective=mean_variance: weight of the penalty on the predicted spread."""
+    entropy_coeff: float = 0.0
+    """objective=categorical: weight of the entropy bonus."""
+    odin_length_coef: float = 1.0
+    """objective=odin: weight of the term that ties the length head to response length and frees the quality head of it."""
+    odin_orth_coef: float = 1.0
+    """objective=odin: weight of the orthogonality of the two heads' weight vectors."""
+
+    def validate(self, check: Check) -> None:
+        super().validate(check)
+        check(self.num_atoms >= 2, "num_atoms", "must be >= 2")
+        check(self.num_components >= 1, "num_components", "must be >= 1")
+        check(self.head_init_scale > 0, "head_init_scale", "must be > 0")
+        for key in ("variance_penalty", "entropy_coeff", "odin_length_coef", "odin_orth_coef"):
+            check(getattr(self, key) >= 0, key, "must be >= 0")
+
+
+@dataclass
+class RMTrainConfig:
+    batch_size: int = 32
+    """Preference pairs per optimizer step, over all replicas (each pair is two sequences)."""
+    norm_pairs: int = 256
+    """Training pairs whose responses set the saved normalisation (mean and std of the reward); 0 = all."""
+    eval_max_pairs: int = 0
+    """Held-out pairs used by the evaluation (0 = all)."""
+    group_by: str = ""
+    """Optional column of the evaluation data (e.g. pair_kind) to break accuracy and predicted std down by."""
+
+    def validate(self, check: Check) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.norm_pairs >= 0, "norm_pairs", "must be >= 0")
+        check(self.eval_max_pairs >= 0, "eval_max_pairs", "must be >= 0")
+
+
+@dataclass
+class RMConfig:
+    """The `rlhf rm` job: train a reward model on preference pairs, evaluate it, save a self-describing folder."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/rm", steps=300, save_every=100))
+    """Run control: hosting mode, optimizer steps, seed, output, checkpoints."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="builtin:preferences"))
+    """Preference pairs (train split; held-out pairs from eval_path / eval_split)."""
+    model: RewardModelConfig = field(
+        default_factory=lambda: RewardModelConfig(lr=1e-3, warmup_steps=25, lr_schedule="cosine", micro_batch_size=16))
+    """Backbone, objective, head, optimizer, replicas and ZeRO stage. micro_batch_size counts pairs. (Defaults suit the built-in tiny model; use lr ~1e-5 for billion-parameter backbones.)"""
+    rm: RMTrainConfig = field(default_factory=RMTrainConfig)
+    """Batch size, normalisation and evaluation."""
+
+    def validate(self, check: Check) -> None:
+        per_step = self.model.replicas * self.model.micro_batch_size
+        check(self.rm.batch_size % per_step == 0, "rm.batch_size",
+              f"({self.rm.batch_size}) must be divisible by model.replicas x model.micro_batch_size = {per_step}")
+        check(self.model.colocate_with is None, "model.colocate_with", "must be empty: rlhf rm has one role")
+        check(self.model.lr_schedule == "constant" or self.model.warmup_steps < self.run.steps, "model.warmup_steps",
+              f"({self.model.warmup_steps}) must be below run.steps ({self.run.steps}) with lr_schedule={self.model.lr_schedule}")
+
+
+@dataclass
+class RMEvalConfig:
+    """The `rlhf rm eval` job: evaluate a saved reward model folder on preference pairs."""
+
+    path: str = ""
+    """Folder of a saved reward model (written by `rlhf rm`, its config carries rlhf_reward)."""
+    output_dir: str = ""
+    """Where report.json and the plots go; empty means <path>/eval."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="builtin:preferences", split="test"))
+    """Pairs to evaluate: data.path at data.split (a local file is read whole)."""
+    batch_size: int = 32
+    """Pairs per forward pass."""
+    max_pairs: int = 0
+    """Evaluate at most this many pairs (0 = all)."""
+    group_by: str = ""
+    """Optional data column (e.g. pair_kind) to break accuracy and predicted std down by."""
+    trust_remote_code: bool = False
+    """Allow model code from the model folder to run. Off unless you trust the source."""
+
+    def validate(self, check: Check) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")  # path is checked when the job runs
+        check(self.max_pairs >= 0, "max_pairs", "must be >= 0")
+
+
+@dataclass
+class DPOAlgoConfig:
+    loss: Literal["dpo", "ipo", "cdpo"] = "dpo"
+    """dpo: Rafailov et al. 2023 (sigmoid loss); ipo: Azar et al. 2023 (squared loss, beta is IPO's tau); cdpo: conservative DPO, labels flipped with probability dpo.label_smoothing (losses/dpo.py)."""
+    beta: float = 0.1
+    """Strength of the KL regularisation towards the reference (DPO beta; IPO tau)."""
+    label_smoothing: float = 0.1
+    """loss=cdpo only: the assumed label-noise rate eps in (0, 0.5)."""
+    batch_size: int = 32
+    """Preference pairs per optimizer step over all workers (each pair is two sequences in one forward pass)."""
+    eval_pairs: int = 256
+    """Held-out pairs of the preference evaluation (the first ones of the eval split; 0 = all)."""
+
+    def validate(self, check: Check) -> None:
+        check(self.beta > 0, "beta", "must be > 0")
+        check(self.loss != "cdpo" or 0 < self.label_smoothing < 0.5, "label_smoothing", "must be in (0, 0.5) for dpo.loss=cdpo")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.eval_pairs >= 0, "eval_pairs", "must be >= 0")
+
+
+@dataclass
+class DPOConfig:
+    """The `rlhf dpo` job: DPO / IPO / cDPO on one policy actor; ray mode scales it out with Ray Train."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(mode="local", output_dir="runs/dpo", steps=100, save_every=50, eval_every=25))
+    """Run control: hosting mode (local: this process; ray: Ray Train TorchTrainer with policy.replicas workers), optimizer steps, seed, output, checkpoints, evaluation interval. Local by default: one worker needs no cluster, and Ray start-up took ~2.5 of the 7 minutes of the built-in default on a loaded 2-core machine."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="builtin:preferences"))
+    """Preference pairs (train split; held-out pairs from eval_path / eval_split)."""
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(lr=2e-4, micro_batch_size=16))
+    """The trained policy and its reference (its own initial weights, or with LoRA its adapter-free base). replicas = data-parallel workers; micro_batch_size counts pairs; the generation fields set the held-out gold evaluation's sampling; clip_eps and entropy_coef are PPO's and unused. (Defaults suit the built-in tiny model; use lr ~5e-7 for billion-parameter models.)"""
+    dpo: DPOAlgoConfig = field(default_factory=DPOAlgoConfig)
+    """Loss, beta, batch size, evaluation pairs."""
+
+    def validate(self, check: Check) -> None:
+        per_step = self.policy.replicas * self.policy.micro_batch_size
+        check(self.dpo.batch_size % per_step == 0, "dpo.batch_size",
+              f"({self.dpo.batch_size}) must be divisible by policy.replicas x policy.micro_batch_size = {per_step}")
+        check(self.policy.colocate_with is None, "policy.colocate_with", "must be empty: rlhf dpo has one role")
+
+
+JOBS: dict[str, type] = {"ppo": PPOConfig, "rm": RMConfig, "rm_eval": RMEvalConfig, "dpo": DPOConfig}
 
 
 def load_job_config(job: str, path: str | None = None, overrides: list[str] | None = None):

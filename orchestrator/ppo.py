@@ -25,11 +25,11 @@ import torch
 from actors.critic import CriticActor
 from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
-from actors.reward import RewardActor
+from actors.reward import RewardActor, check_reward_config
 from actors.types import PromptBatch
 from cluster import RoleSpec, create_groups, get
 from orchestrator import checkpoint as ckpt
-from orchestrator.config import PPOConfig, to_yaml
+from orchestrator.config import ConfigError, PPOConfig, to_yaml
 from orchestrator.experience import KLController, RunningMoments, make_experience, schedule
 from orchestrator.metrics import MetricsLogger, plot_curves
 
@@ -97,13 +97,15 @@ def optimizer_steps(cfg: PPOConfig) -> int:
     return cfg.run.steps * cfg.ppo.epochs * (cfg.ppo.rollout_batch_size // cfg.ppo.minibatch_size)
 
 
-def connect_hosting(cfg: PPOConfig) -> None:
-    """Ray mode: join (or start) the cluster; local mode: the in-process world of size 1."""
+def connect_hosting(cfg: PPOConfig, roles: tuple[str, ...] = ("policy", "reference", "critic", "reward")) -> None:
+    """Ray mode: join (or start) the cluster; local mode: the in-process world of size 1.
+
+    `roles`: the config sections of the job's roles (`rlhf rm` passes its one `model` section)."""
     import cluster
 
     if cfg.run.mode == "ray":
         # a new local cluster gets enough logical CPUs for every replica (Ray over-subscribes cores)
-        wanted = sum(getattr(cfg, r).num_cpus * getattr(cfg, r).replicas for r in ("policy", "reference", "critic", "reward"))
+        wanted = sum(getattr(cfg, r).num_cpus * getattr(cfg, r).replicas for r in roles)
         cluster.connect(cfg.run.ray_address, num_cpus=max(float(os.cpu_count() or 1), math.ceil(wanted)))
     else:
         cluster.init_local()
@@ -130,7 +132,7 @@ def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) ->
     specs = {
         "policy": RoleSpec(PolicyActor, cfg.policy, kwargs=dict(model_path=policy_path, **common)),
         "critic": RoleSpec(CriticActor, cfg.critic, kwargs=dict(model_path=critic_path, **common)),
-        "reward": RoleSpec(RewardActor, cfg.reward, kwargs=dict(seed=seed)),
+        "reward": RoleSpec(RewardActor, cfg.reward, kwargs=dict(seed=seed, max_new_tokens=cfg.policy.max_new_tokens)),
     }
     if not lora_reference:
         specs["reference"] = RoleSpec(
@@ -202,6 +204,10 @@ def train(cfg: PPOConfig) -> dict:
     from actors.modeling import load_tokenizer
     from orchestrator.data import load_prompts
 
+    try:  # e.g. reward.statistic=quantile on a Bradley-Terry folder: fail before anything starts
+        check_reward_config(cfg.reward)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
@@ -316,7 +322,8 @@ def ppo_step(
     )
 
     t0 = time.perf_counter()
-    exp, metrics = make_experience(rollout, scores, ref_lp, old_lp, values, cfg.ppo, kl_ctl, moments)
+    exp, metrics = make_experience(rollout, scores, ref_lp, old_lp, values, cfg.ppo, kl_ctl, moments,
+                                   std_threshold=cfg.reward.std_threshold)
     plans = {}
     for name, group in (("policy", roles.policy), ("critic", roles.critic)):
         g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)  # the same minibatches for both

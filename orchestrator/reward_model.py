@@ -45,6 +45,7 @@ logger = logging.getLogger("rlhf.reward_model")
 __all__ = [
     "RMRecipe",
     "encode_pairs",
+    "sequence_outputs",
     "sequence_rewards",
     "bradley_terry_batch",
     "length_grouped_batches",
@@ -125,13 +126,14 @@ def encode_pairs(tokenizer, rows: Sequence[Mapping]) -> list[dict]:
     return out
 
 
-def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scalar rewards (N,) float32 of right-padded sequences: the score head at the last non-pad token.
+def sequence_outputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+    """Score-head outputs (N, num_labels) float32 of right-padded sequences, at the last non-pad token.
 
-    input_ids:      (N, T) long, right-padded with `model.config.pad_token_id`
+    input_ids:      (N, T) long, right-padded with the pad id (`pad_id`, default `model.config.pad_token_id`)
     attention_mask: (N, T) 1 on tokens, 0 on padding (must be exactly where input_ids == pad id)
+    `model` may be a DeepSpeed engine (pass `pad_id` then: the engine has no `config`).
     """
-    pad_id = model.config.pad_token_id
+    pad_id = model.config.pad_token_id if pad_id is None else pad_id
     if pad_id is None:
         raise ValueError("the reward model's config has no pad_token_id; the head could not find the last token")
     is_pad = input_ids == pad_id
@@ -142,8 +144,12 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         )
     if (attention_mask[:, 1:] > attention_mask[:, :-1]).any() or not attention_mask[:, 0].all():
         raise ValueError("sequence_rewards: sequences must be right-padded and non-empty")
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, 1)
-    return logits[:, 0].float()
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()  # (N, num_labels)
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar rewards (N,) float32 of right-padded sequences: output 0 of `sequence_outputs`."""
+    return sequence_outputs(model, input_ids, attention_mask)[:, 0]
 
 
 def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,13 +5,13 @@ No network, no Ray; caches go to tmp_path through RLHF_CACHE. About 15 s on 2 bu
 
 import json
 import random
-import types
 
 import pytest
 import torch
 
 from actors import modeling
-from actors.reward import RewardActor
+from actors.reward import ModelScorer
+from actors.reward_head import RewardHead
 from orchestrator import builtin, reward_model, task
 from orchestrator.reward_model import RMRecipe
 
@@ -133,7 +133,7 @@ def test_pad_position_garbage_is_refused_because_transformers_pools_by_pad_id(to
 
 
 class _Engine:
-    """Stand-in for the frozen ZeRO-0 fp32 DeepSpeed engine of RewardActor: it only forwards."""
+    """Stand-in for the frozen ZeRO-0 fp32 DeepSpeed engine of ModelScorer: it only forwards."""
 
     def __init__(self, module):
         self.module = module
@@ -153,13 +153,11 @@ def test_ppo_time_scores_equal_training_forward_and_reload_is_exact(tok, trained
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
 
-    # RewardActor's own scoring code, on the saved folder, loaded as its __init__ loads it
-    actor = RewardActor.__new__(RewardActor)
-    actor.cfg = types.SimpleNamespace(batch_size=3)  # batches cut differently from the training path
-    actor.tokenizer = modeling.load_tokenizer(str(folder))
-    actor.tokenizer.padding_side = "right"
-    actor.engine = _Engine(reloaded)
-    ppo_scores = actor._model_scores(prompts, responses)
+    # the PPO reward's own scoring code (kind=model), on the saved folder, loaded as from_config loads it;
+    # batches of 3 are cut differently from the training path
+    scorer = ModelScorer(_Engine(reloaded), modeling.load_tokenizer(str(folder)), RewardHead.from_config(reloaded.config),
+                         batch_size=3)
+    ppo_scores = scorer(prompts, responses).reward
 
     r_chosen, r_rejected = reward_model.pair_rewards(model, tok, rows)  # the training path: encode + collate
     torch.testing.assert_close(torch.cat([r_chosen, r_rejected]), ppo_scores, atol=1e-5, rtol=0)

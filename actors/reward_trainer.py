@@ -1,0 +1,212 @@
+"""The reward-model role of `rlhf rm`: a sequence classifier trained on preference pairs with any objective
+of `actors.reward_head.RewardHead` (Bradley-Terry, mean-variance / categorical / mixture DPL, ODIN).
+
+The model is `AutoModelForSequenceClassification` on a causal-LM backbone with `head.num_labels`
+outputs; its score head reads the last non-pad token (`orchestrator.reward_model.sequence_outputs`)
+and starts scaled by `head_init_scale` (0.01, as the DPL code does). Full fine-tuning or LoRA (the
+score head then trains in full next to the adapters). Hosted like every role (`cluster.group`): one
+object in local mode, or N Ray replicas forming one DeepSpeed ZeRO data-parallel engine.
+
+The loss contract (`actors.engine`): one `train_step` call is one optimizer step over the replica's
+shard of a minibatch of `global_pairs` pairs. A micro-batch of b pairs contributes
+``sum(per-pair loss) / global_pairs + batch_term * b / global_pairs`` (`LossTerms`), so per-pair
+terms give the full-batch gradient however the minibatch is sharded or micro-batched; batch-level
+terms (ODIN's length decorrelation and orthogonality, the categorical entropy bonus) are computed
+per micro-batch and weighted by its share, as the ODIN and DPL code do per device.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from actors.batch import Batch, spec
+from actors.engine import backward, build_engine, gathered_params, load_checkpoint, save_checkpoint, step, unwrap
+from actors.lm import TokenStats
+from actors.reward_head import RewardHead
+from cluster.group import gather_as
+
+__all__ = ["Pairs", "PairOutputs", "collate_pairs", "pair_outputs", "head_from_config", "RewardModelActor"]
+
+
+@dataclass
+class Pairs(Batch):
+    """B preference pairs, one row per pair (so a row split never separates a pair)."""
+
+    chosen_ids: torch.Tensor = spec("B C", torch.long)  # (B, C) prompt + chosen response, right-padded with the pad id
+    chosen_mask: torch.Tensor = spec("B C", torch.long)  # (B, C) 1 on tokens
+    rejected_ids: torch.Tensor = spec("B R", torch.long)  # (B, R) prompt + rejected response, right-padded
+    rejected_mask: torch.Tensor = spec("B R", torch.long)  # (B, R) 1 on tokens
+    chosen_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of chosen (ODIN's length)
+    rejected_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of rejected
+
+
+@dataclass
+class PairOutputs(Batch):
+    chosen: torch.Tensor = spec("B K", torch.float32)  # (B, K) score-head outputs of chosen, K = head.num_labels
+    rejected: torch.Tensor = spec("B K", torch.float32)  # (B, K) score-head outputs of rejected
+
+
+def collate_pairs(rows: Sequence[dict], pad_id: int) -> Pairs:
+    """Rows with prompt_ids / chosen_ids / rejected_ids (`orchestrator.data.load_preferences`) -> `Pairs`."""
+    from orchestrator.reward_model import _right_pad
+
+    if not rows:
+        raise ValueError("collate_pairs: no rows")
+    chosen_ids, chosen_mask = _right_pad([list(r["prompt_ids"]) + list(r["chosen_ids"]) for r in rows], pad_id)
+    rejected_ids, rejected_mask = _right_pad([list(r["prompt_ids"]) + list(r["rejected_ids"]) for r in rows], pad_id)
+    return Pairs(
+        chosen_ids=chosen_ids, chosen_mask=chosen_mask, rejected_ids=rejected_ids, rejected_mask=rejected_mask,
+        chosen_len=torch.tensor([len(r["chosen_ids"]) for r in rows], dtype=torch.long),
+        rejected_len=torch.tensor([len(r["rejected_ids"]) for r in rows], dtype=torch.long),
+    )
+
+
+def _forward(model, pairs: Pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over chosen and rejected of `pairs`: (out_chosen (b, K), out_rejected (b, K)).
+
+    Both halves are cut to the longest real sequence of this micro-batch (trailing padding of the
+    full minibatch costs nothing) and stacked into one (2b, T) batch.
+    """
+    from orchestrator.reward_model import sequence_outputs
+
+    width = int(max(pairs.chosen_mask.sum(-1).max(), pairs.rejected_mask.sum(-1).max()))
+    b = pairs.num_rows
+
+    def fit(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = ids[:, :width], mask[:, :width]
+        extra = width - ids.shape[1]
+        if extra > 0:
+            ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
+            mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+        return ids, mask
+
+    c_ids, c_mask = fit(pairs.chosen_ids, pairs.chosen_mask)
+    r_ids, r_mask = fit(pairs.rejected_ids, pairs.rejected_mask)
+    out = sequence_outputs(model, torch.cat([c_ids, r_ids]), torch.cat([c_mask, r_mask]), pad_id=pad_id)
+    return out[:b], out[b:]
+
+
+@torch.no_grad()
+def pair_outputs(model, pairs: Pairs, pad_id: int, micro_batch_size: int) -> PairOutputs:
+    """Head outputs of every pair in eval mode, `micro_batch_size` pairs per forward; `model` is a
+    Hugging Face sequence classifier or a DeepSpeed engine around one."""
+    was_training = model.training
+    model.eval()
+    device = next(unwrap(model).parameters()).device
+    chosen, rejected = [], []
+    for i in range(0, pairs.num_rows, micro_batch_size):
+        micro = pairs.select(slice(i, i + micro_batch_size)).to(device)
+        out_c, out_r = _forward(model, micro, pad_id)
+        chosen.append(out_c.cpu())
+        rejected.append(out_r.cpu())
+    model.train(was_training)
+    return PairOutputs(chosen=torch.cat(chosen), rejected=torch.cat(rejected))
+
+
+def head_from_config(cfg) -> RewardHead:
+    """The `RewardHead` of a `RewardModelConfig` (only the fields its objective uses)."""
+    return RewardHead(
+        objective=cfg.objective,
+        num_atoms=cfg.num_atoms if cfg.objective == "categorical" else 0,
+        num_components=cfg.num_components if cfg.objective == "mixture" else 0,
+        variance_penalty=cfg.variance_penalty,
+        entropy_coeff=cfg.entropy_coeff,
+        odin_length_coef=cfg.odin_length_coef,
+        odin_orth_coef=cfg.odin_orth_coef,
+    )
+
+
+class RewardModelActor:
+    """Trains one reward model. Receives only its `RewardModelConfig` slice."""
+
+    def __init__(self, cfg, *, model_path: str, seed: int, total_steps: int, minibatch_size: int):
+        from actors.modeling import load_sequence_classifier, load_tokenizer
+        from orchestrator.reward_model import scale_score_head
+
+        self.cfg = cfg
+        self.head = head_from_config(cfg)
+        torch.manual_seed(seed)  # the fresh score head: identical on every replica and in local mode
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
+        model = load_sequence_classifier(model_path, num_labels=self.head.num_labels, dtype=cfg.dtype,
+                                         trust_remote_code=cfg.trust_remote_code)
+        if not hasattr(model, "score"):
+            raise ValueError(f"model.path={model_path!r}: {type(model).__name__} has no `score` head "
+                             "(rlhf rm needs a causal-LM backbone whose sequence classifier names its head `score`)")
+        scale_score_head(model, cfg.head_init_scale)
+        self.pad_id = model.config.pad_token_id
+        self.engine = build_engine(
+            model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size,
+            trainable=("score",) if cfg.lora.enabled else (),  # with LoRA the head still trains in full
+        )
+        self.engine.train()
+
+    def _score_weight(self) -> torch.Tensor:
+        """The score head's weight (num_labels, H) as the autograd graph sees it (ODIN's orthogonality)."""
+        for name, param in self.engine.module.named_parameters():
+            if name.split(".")[-2:] == ["score", "weight"]:
+                if param.numel() == 0:  # partitioned by ZeRO-3 and not persisted whole
+                    raise ValueError("objective=odin with model.zero_stage=3 needs the score head kept whole "
+                                     "(DeepSpeed keeps params under stage3_param_persistence_threshold whole)")
+                return param
+        raise ValueError("no score.weight parameter found")
+
+    def train_step(self, pairs: Pairs, global_pairs: int) -> dict:
+        """One optimizer step over this replica's pairs (micro-batches of `cfg.micro_batch_size` pairs).
+
+        Returns `TokenStats` sums weighted by pairs (merge replicas with `actors.lm.merge_stats`):
+        rm/loss (per-pair + batch terms), rm/accuracy (chosen's mean utility above rejected's),
+        rm/margin, the objective's extra terms, rm/lr and rm/grad_norm.
+        """
+        device = self.engine.device
+        self.engine.train()
+        stats = TokenStats()
+        for i in range(0, pairs.num_rows, self.cfg.micro_batch_size):
+            micro = pairs.select(slice(i, i + self.cfg.micro_batch_size)).to(device)
+            b = micro.num_rows
+            out_c, out_r = _forward(self.engine, micro, self.pad_id)
+            odin = self.head.objective == "odin"
+            terms = self.head.loss(out_c, out_r, micro.chosen_len if odin else None, micro.rejected_len if odin else None,
+                                   self._score_weight() if odin else None)
+            loss = terms.pair.sum() / global_pairs + terms.batch * (b / global_pairs)
+            backward(self.engine, loss)
+            with torch.no_grad():
+                mean_c, mean_r = self.head.mean(out_c), self.head.mean(out_r)
+                stats.add("rm/loss", (terms.pair.mean() + terms.batch).item(), b)
+                stats.add("rm/accuracy", ((mean_c > mean_r).float() + 0.5 * (mean_c == mean_r).float()).mean().item(), b)
+                stats.add("rm/margin", (mean_c - mean_r).mean().item(), b)
+                for name, value in terms.parts.items():
+                    stats.add(f"rm/{name}", float(value), b)
+        info = step(self.engine)
+        stats.add("rm/lr", info["lr"], 1.0)
+        stats.add("rm/grad_norm", info["grad_norm"], 1.0)
+        return stats.as_dict()
+
+    @gather_as("cat")
+    def outputs(self, pairs: Pairs) -> PairOutputs:
+        """Head outputs (eval mode, no gradients) of this replica's pairs."""
+        return pair_outputs(self.engine, pairs, self.pad_id, self.cfg.micro_batch_size)
+
+    def save_checkpoint(self, folder: str) -> None:
+        save_checkpoint(self.engine, folder, tag="reward_model", client_state={"rng": torch.get_rng_state()})
+
+    def load_checkpoint(self, folder: str) -> None:
+        state = load_checkpoint(self.engine, folder, tag="reward_model")
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+
+    def export(self, folder: str, rlhf_reward: dict) -> None:
+        """A self-describing `save_pretrained` folder: safetensors, tokenizer, and `rlhf_reward` in its config
+        (LoRA merged into the weights). A collective under ZeRO-3; rank 0 writes."""
+        os.makedirs(folder, exist_ok=True)
+        with gathered_params(self.engine) as model:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            if rank == 0:
+                to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+                to_save.config.rlhf_reward = dict(rlhf_reward)
+                to_save.save_pretrained(folder, safe_serialization=True)
+                self.tokenizer.save_pretrained(folder)
