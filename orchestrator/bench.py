@@ -1,4 +1,5 @@
 """`rlhf bench ppo`: per-phase wall time, tokens per second and peak memory per role.
+`rlhf bench dpo`: pairs per second, tokens per second and peak memory of the DPO actor (`run_dpo`).
 
 Runs real PPO steps on a built-in Llama of the chosen size (random init: speed does not depend on
 the weights) with every phase issued one after another (`ppo_step(profile=True)`), so each phase
@@ -18,7 +19,7 @@ PHASES = ("generate", "score", "reference", "old_logprobs", "values", "advantage
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job", choices=["ppo"], help="what to benchmark")
+    p.add_argument("job", choices=["ppo", "dpo"], help="what to benchmark")
     p.add_argument("--size", default="tiny", help="built-in model size: tiny (~1M), small (~11M), 50m (~51M)")
     p.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
     p.add_argument("--out", default="runs/bench", help="folder for bench_<job>_<size>.json")
@@ -27,6 +28,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.job == "dpo":
+        return run_dpo(args)
     import torch
 
     from actors.critic import CriticActor
@@ -118,3 +121,95 @@ def _print_table(r: dict) -> None:
           f"({r['generated_tokens_per_step']:.0f} response tokens per step); role start-up {r['startup_s']:.1f} s")
     shared = " (local mode: one process hosts every role, so these are the same number)" if r["mode"] == "local" else ""
     print("peak memory per role (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_memory_mb"].items()) + shared)
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    """DPO optimizer steps on a built-in Llama of the chosen size (random init), in this process.
+
+    Measures the reference pass (no-grad forward of chosen + rejected, as before training) and the
+    training step (forward + backward + AdamW) on the same `dpo.batch_size` pairs of
+    builtin:preferences, after one warm-up batch. Tokens count prompt + response of both sequences of
+    each pair (padding excluded). One local worker: Ray Train workers run this same code, each on
+    1/W of the batch.
+    """
+    import torch
+
+    import cluster
+    from actors.dpo import DPOActor, dpo_loss_args
+    from actors.lm import peak_memory_mb
+    from actors.modeling import load_tokenizer
+    from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir
+    from orchestrator.config import ConfigError, load_job_config
+    from orchestrator.dpo import PairStream, all_pair_logprobs, load_pair_data
+
+    if args.size not in BUILTIN_SIZES:
+        raise SystemExit(f"rlhf bench: --size must be one of {', '.join(BUILTIN_SIZES)}")
+    model_dir = builtin_model_dir(args.size)
+    overrides = [f"policy.path={model_dir}", "run.mode=local", f"run.steps={args.steps + 1}",
+                 "run.output_dir=" + str(Path(args.out) / "run"), *args.overrides]
+    cfg = load_job_config("dpo", args.config, overrides)
+    if cfg.run.mode != "local" or cfg.policy.replicas != 1:
+        raise ConfigError("rlhf bench dpo measures one local worker: run.mode must be local and policy.replicas 1")
+    data = load_pair_data(cfg, load_tokenizer(model_dir))
+    cluster.init_local()
+    torch.set_num_threads(max(1, int(cfg.policy.num_cpus)))
+    torch.manual_seed(cfg.run.seed)
+    B = cfg.dpo.batch_size
+    t0 = time.perf_counter()
+    actor = DPOActor(cfg.policy, model_path=model_dir, seed=cfg.run.seed, total_steps=args.steps + 1, pairs_per_step=B)
+    startup = time.perf_counter() - t0
+    stream = PairStream(len(data.train), cfg.run.seed)
+    batches = [[data.train[i] for i in stream.next(B)] for _ in range(args.steps + 1)]
+    tokens = [sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows) for rows in batches]
+
+    refs, ref_times = [], []
+    for rows in batches:
+        t0 = time.perf_counter()
+        refs.append(all_pair_logprobs(actor, rows, reference=True))
+        ref_times.append(time.perf_counter() - t0)
+    loss_args = dpo_loss_args(cfg.dpo.loss, cfg.dpo.beta, cfg.dpo.label_smoothing)
+    step_times = []
+    for rows, ref in zip(batches, refs):
+        t0 = time.perf_counter()
+        actor.train_step(rows, ref[:, 0], ref[:, 1], B, loss_args)
+        step_times.append(time.perf_counter() - t0)
+
+    measured_tokens = statistics.mean(tokens[1:])
+    step_s, ref_s = statistics.mean(step_times[1:]), statistics.mean(ref_times[1:])
+    result = {
+        "job": "dpo",
+        "size": args.size,
+        "parameters": _count_params(model_dir),
+        "mode": "local",
+        "zero_stage": cfg.policy.zero_stage,
+        "dtype": cfg.policy.dtype,
+        "lora": cfg.policy.lora.enabled,
+        "threads": torch.get_num_threads(),
+        "batch_pairs": B,
+        "micro_batch_pairs": cfg.policy.micro_batch_size,
+        "steps_measured": args.steps,
+        "startup_s": round(startup, 2),
+        "tokens_per_batch": round(measured_tokens, 1),
+        "train_step_s": round(step_s, 4),
+        "train_pairs_per_s": round(B / step_s, 1),
+        "train_tokens_per_s": round(measured_tokens / step_s, 1),
+        "reference_pass_s": round(ref_s, 4),
+        "reference_pairs_per_s": round(B / ref_s, 1),
+        "reference_tokens_per_s": round(measured_tokens / ref_s, 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench_dpo_{args.size}_local.json"
+    path.write_text(json.dumps(result, indent=2))
+    r = result
+    print(f"\nrlhf bench dpo: builtin:{r['size']} ({r['parameters'] / 1e6:.1f}M params), one local worker, {r['threads']} thread(s), "
+          f"{r['batch_pairs']} pairs per step in micro-batches of {r['micro_batch_pairs']}, {r['dtype']}, ZeRO-{r['zero_stage']}"
+          f"{', LoRA' if r['lora'] else ''}, mean of {r['steps_measured']} steps after 1 warm-up "
+          f"({r['tokens_per_batch']:.0f} tokens per batch, chosen + rejected)")
+    print(f"{'phase':<26}{'seconds':>9}{'pairs/s':>10}{'tokens/s':>11}")
+    print(f"{'train step (fwd+bwd+adam)':<26}{step_s:>9.3f}{r['train_pairs_per_s']:>10.1f}{r['train_tokens_per_s']:>11.0f}")
+    print(f"{'reference pass (no grad)':<26}{ref_s:>9.3f}{r['reference_pairs_per_s']:>10.1f}{r['reference_tokens_per_s']:>11.0f}")
+    print(f"peak memory (resident set of this process): {r['peak_memory_mb']:.0f} MB; actor start-up {r['startup_s']:.1f} s")
+    print(f"written {path}")
+    return 0

@@ -1,0 +1,41 @@
+"""DPO under Ray Train: two TorchTrainer workers with DeepSpeed ZeRO give the numbers of one worker
+(local mode, one process) for the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ppo_helpers import tiny_model_dir
+from test_dpo import _cfg
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(str(tmp_path_factory.mktemp("cache")))
+
+
+def _records(out_dir) -> list[dict]:
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in f]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ray_train_workers_equal_one_worker(model_dir, tmp_path, ray_cluster, stage):
+    from orchestrator.dpo import train
+
+    run = ("run.steps=3", "run.eval_every=2", "policy.micro_batch_size=2", "policy.num_cpus=0.5")
+    one = train(_cfg(model_dir, str(tmp_path / "one"), *run))  # local mode: one worker, one process
+    two = train(_cfg(model_dir, str(tmp_path / "two"), *run, "run.mode=ray", "policy.replicas=2",
+                     f"policy.zero_stage={stage}"))
+    assert two["workers"] == 2 and one["workers"] == 1
+    a, b = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 2, 3, 3]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        bad = {k: (ra[k], rb[k]) for k in ra if rb[k] != pytest.approx(ra[k], rel=2e-4, abs=1e-5)}
+        assert not bad, (ra["step"], bad)
+    # the loss moved, so equal numbers are not the trivial log 2 of step 1
+    assert abs(a[-2]["dpo/loss"] - a[1]["dpo/loss"]) > 1e-3
