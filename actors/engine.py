@@ -444,6 +444,20 @@ def gathered_params(engine_or_model: DeepSpeedEngine | nn.Module, modifier_rank:
 _CLIENT_KEY = "rlhf_client_state"  # DeepSpeed mixes its own keys into the returned client state
 
 
+def export_pretrained(engine: DeepSpeedEngine, tokenizer, folder: str | os.PathLike, config_updates: dict | None = None) -> None:
+    """A `save_pretrained` folder (safetensors + tokenizer) that transformers loads, LoRA merged into the
+    weights and `config_updates` set on the saved config. A collective under ZeRO-3; rank 0 writes."""
+    os.makedirs(folder, exist_ok=True)
+    with gathered_params(engine) as model:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 0:
+            to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+            for key, value in (config_updates or {}).items():
+                setattr(to_save.config, key, value)
+            to_save.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+
+
 def _is_lora(engine: DeepSpeedEngine) -> bool:
     return any("lora_" in name for name, _ in engine.module.named_parameters())
 

@@ -5,11 +5,10 @@ Receives only its `PolicyConfig` slice and the folder of its initial weights.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
-from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint, unwrap
+from actors.engine import build_engine, export_pretrained, gathered_params, load_checkpoint, save_checkpoint, unwrap
 from actors.lm import response_logprobs, train_minibatches, peak_memory_mb
 from actors.modeling import load_causal_lm, load_tokenizer
 from cluster.group import gather_as
@@ -147,14 +146,4 @@ class PolicyActor:
 
     def export(self, folder: str) -> None:
         """A `save_pretrained` folder (safetensors) that transformers loads; LoRA merged into the weights."""
-        os.makedirs(folder, exist_ok=True)
-        with gathered_params(self.engine) as model:
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            if rank == 0:
-                to_save = model
-                if hasattr(model, "merge_and_unload"):
-                    import copy
-
-                    to_save = copy.deepcopy(model).merge_and_unload()
-                to_save.save_pretrained(folder, safe_serialization=True)
-                self.tokenizer.save_pretrained(folder)
+        export_pretrained(self.engine, self.tokenizer, folder)

@@ -17,15 +17,13 @@ per micro-batch and weighted by its share, as the ODIN and DPL code do per devic
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from actors.batch import Batch, spec
-from actors.engine import backward, build_engine, gathered_params, load_checkpoint, save_checkpoint, step, unwrap
+from actors.engine import backward, build_engine, export_pretrained, load_checkpoint, save_checkpoint, step, unwrap
 from actors.lm import TokenStats
 from actors.reward_head import RewardHead
 from cluster.group import gather_as
@@ -202,11 +200,4 @@ class RewardModelActor:
     def export(self, folder: str, rlhf_reward: dict) -> None:
         """A self-describing `save_pretrained` folder: safetensors, tokenizer, and `rlhf_reward` in its config
         (LoRA merged into the weights). A collective under ZeRO-3; rank 0 writes."""
-        os.makedirs(folder, exist_ok=True)
-        with gathered_params(self.engine) as model:
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            if rank == 0:
-                to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
-                to_save.config.rlhf_reward = dict(rlhf_reward)
-                to_save.save_pretrained(folder, safe_serialization=True)
-                self.tokenizer.save_pretrained(folder)
+        export_pretrained(self.engine, self.tokenizer, folder, {"rlhf_reward": dict(rlhf_reward)})
