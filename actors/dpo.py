@@ -5,9 +5,9 @@ evaluation, checkpoints, `save_pretrained` export); it adds what DPO needs:
 
 - `pair_logprobs(rows)`: log pi(y | x) summed over the response tokens, for the chosen and the
   rejected answer of each pair. Chosen and rejected go through ONE forward pass: a micro-batch of b
-  pairs is collated (`orchestrator.data.collate_preferences`) into 2b right-padded sequences,
-  chosen rows first. Token log-probs come from `actors.lm.response_logprobs`, the function the PPO
-  policy and reference use.
+  pairs is collated (`actors.pairs.collate_pairs`, as for the reward model) and stacked
+  (`Pairs.stacked`) into 2b right-padded sequences, chosen rows first. Token log-probs come from
+  `actors.lm.response_logprobs`, the function the PPO policy and reference use.
 - `pair_logprobs(rows, reference=True)`: the reference. With LoRA, the same weights with the
   adapters disabled (valid at any time); without LoRA, the actor's own weights, which are the
   reference only before the first update (the driver computes them once, up front, and stores them
@@ -28,6 +28,7 @@ import torch
 
 from actors.engine import backward, step, unwrap
 from actors.lm import response_logprobs
+from actors.pairs import StackedPairs, collate_pairs
 from actors.policy import PolicyActor
 from losses.dpo import dpo_loss
 from losses.ppo import aggregate
@@ -36,8 +37,8 @@ from losses.ppo import aggregate
 PAIR_SUMS = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "logps_chosen", "logps_rejected")
 
 
-def sequence_logprobs(model, batch) -> torch.Tensor:
-    """log pi(response | prompt) per row of a `PreferenceBatch`: (2B,), fp32, chosen rows first.
+def sequence_logprobs(model, batch: StackedPairs) -> torch.Tensor:
+    """log pi(response | prompt) per row of a `StackedPairs` (`Pairs.stacked`): (2B,), fp32, chosen rows first.
 
     `response_logprobs` with prompt_len=1 scores every token from position 1 on (the batch is one
     right-padded block, prompts of different lengths); the response mask keeps the answer tokens.
@@ -68,12 +69,8 @@ class DPOActor(PolicyActor):
         b = self.cfg.micro_batch_size
         return [rows[i : i + b] for i in range(0, len(rows), b)]
 
-    def _collate(self, rows: list):
-        from orchestrator.data import PreferenceBatch, collate_preferences
-
-        batch = collate_preferences(rows, self.pad_id)
-        dev = self.engine.device
-        return PreferenceBatch(batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.response_mask.to(dev))
+    def _collate(self, rows: list) -> StackedPairs:
+        return collate_pairs(rows, self.pad_id).to(self.engine.device).stacked(self.pad_id)
 
     @torch.no_grad()
     def pair_logprobs(self, rows: list, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

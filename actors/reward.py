@@ -10,8 +10,9 @@ Kinds (config `reward.kind`):
 - `model`: a saved reward model (a Hugging Face sequence-classifier folder whose config's
   `rlhf_reward` describes the head, see actors/reward_head.py; none means Bradley-Terry), scoring the
   conversation rendered by `_chat_text` with its own tokenizer, right-padded, `reward.batch_size` rows per
-  forward; frozen, optionally sharded with ZeRO-3. The RL reward is the normalised mean or
-  alpha-quantile (`reward.statistic`, `reward.alpha`); distributional models also return their std;
+  forward, pooled exactly as in training (`actors.scoring.sequence_outputs`); frozen, optionally sharded
+  with ZeRO-3. The RL reward is the normalised mean or alpha-quantile (`reward.statistic`,
+  `reward.alpha`); distributional models also return their std;
 - `relevance`: R^3, preference-free (actors/relevance.py);
 - `remote`: an HTTP endpoint served by `rlhf serve reward` (actors/remote_reward.py);
 - `weighted`: sum_k w_k * r_k over `reward.components` (any kinds but weighted). Its std, when a
@@ -29,6 +30,7 @@ import torch
 
 from cluster.group import gather_as
 from actors.lm import peak_memory_mb
+from actors.scoring import right_pad, sequence_outputs
 from actors.types import Rollout, Scores
 
 Scorer = Callable[[list, list, list, list], Scores]
@@ -123,7 +125,6 @@ class ModelScorer:
         head.check_statistic(statistic, alpha)
         self.engine, self.tokenizer, self.head = engine, tokenizer, head
         self.statistic, self.alpha, self.batch_size = statistic, alpha, batch_size
-        self.tokenizer.padding_side = "right"
 
     @classmethod
     def from_config(cls, cfg) -> "ModelScorer":
@@ -144,14 +145,15 @@ class ModelScorer:
 
     @torch.no_grad()
     def outputs(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """(N, num_labels) raw head outputs, float32, `batch_size` rows per right-padded forward."""
-        tok, out = self.tokenizer, []
+        """(N, num_labels) raw head outputs, float32, `batch_size` rows per right-padded forward: the
+        training-time path (`actors.scoring.sequence_outputs`), pooled at the last non-pad token."""
+        tok, pad_id, out = self.tokenizer, self.tokenizer.pad_token_id, []
         device = next(self.engine.module.parameters()).device
         for i in range(0, len(responses), self.batch_size):
             texts = [_chat_text(tok, p, r) for p, r in zip(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            logits = self.engine(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device)).logits
-            out.append(logits.float().cpu())
+            input_ids, mask = right_pad(tok(texts, add_special_tokens=False).input_ids, pad_id)  # (n, T) each
+            out.append(sequence_outputs(self.engine, input_ids.to(device), mask.to(device), pad_id=pad_id,
+                                        strict=pad_id != tok.eos_token_id).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.head.num_labels)
 
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:

@@ -2,10 +2,12 @@
 of `actors.reward_head.RewardHead` (Bradley-Terry, mean-variance / categorical / mixture DPL, ODIN).
 
 The model is `AutoModelForSequenceClassification` on a causal-LM backbone with `head.num_labels`
-outputs; its score head reads the last non-pad token (`orchestrator.reward_model.sequence_outputs`)
-and starts scaled by `head_init_scale` (0.01, as the DPL code does). Full fine-tuning or LoRA (the
-score head then trains in full next to the adapters). Hosted like every role (`cluster.group`): one
-object in local mode, or N Ray replicas forming one DeepSpeed ZeRO data-parallel engine.
+outputs; its score head reads the last non-pad token (`actors.scoring.sequence_outputs`, the same path
+as PPO-time scoring) and starts scaled by `head_init_scale` (0.01, as the DPL code does). Full
+fine-tuning or LoRA (the score head then trains in full next to the adapters). Hosted like every role
+(`cluster.group`): one object in local mode, or N Ray replicas forming one DeepSpeed ZeRO
+data-parallel engine. Pairs arrive as `actors.pairs.Pairs` (one row per pair, so every replica gets
+whole pairs).
 
 The loss contract (`actors.engine`): one `train_step` call is one optimizer step over the replica's
 shard of a minibatch of `global_pairs` pairs. A micro-batch of b pairs contributes
@@ -18,29 +20,18 @@ per micro-batch and weighted by its share, as the ODIN and DPL code do per devic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from actors.batch import Batch, spec
 from actors.engine import backward, build_engine, export_pretrained, load_checkpoint, save_checkpoint, step, unwrap
 from actors.lm import TokenStats
+from actors.pairs import Pairs
 from actors.reward_head import RewardHead
+from actors.scoring import sequence_outputs
 from cluster.group import gather_as
 
-__all__ = ["Pairs", "PairOutputs", "collate_pairs", "pair_outputs", "head_from_config", "RewardModelActor"]
-
-
-@dataclass
-class Pairs(Batch):
-    """B preference pairs, one row per pair (so a row split never separates a pair)."""
-
-    chosen_ids: torch.Tensor = spec("B C", torch.long)  # (B, C) prompt + chosen response, right-padded with the pad id
-    chosen_mask: torch.Tensor = spec("B C", torch.long)  # (B, C) 1 on tokens
-    rejected_ids: torch.Tensor = spec("B R", torch.long)  # (B, R) prompt + rejected response, right-padded
-    rejected_mask: torch.Tensor = spec("B R", torch.long)  # (B, R) 1 on tokens
-    chosen_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of chosen (ODIN's length)
-    rejected_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of rejected
+__all__ = ["PairOutputs", "pair_outputs", "head_from_config", "scale_score_head", "RewardModelActor"]
 
 
 @dataclass
@@ -49,43 +40,15 @@ class PairOutputs(Batch):
     rejected: torch.Tensor = spec("B K", torch.float32)  # (B, K) score-head outputs of rejected
 
 
-def collate_pairs(rows: Sequence[dict], pad_id: int) -> Pairs:
-    """Rows with prompt_ids / chosen_ids / rejected_ids (`orchestrator.data.load_preferences`) -> `Pairs`."""
-    from orchestrator.reward_model import _right_pad
-
-    if not rows:
-        raise ValueError("collate_pairs: no rows")
-    chosen_ids, chosen_mask = _right_pad([list(r["prompt_ids"]) + list(r["chosen_ids"]) for r in rows], pad_id)
-    rejected_ids, rejected_mask = _right_pad([list(r["prompt_ids"]) + list(r["rejected_ids"]) for r in rows], pad_id)
-    return Pairs(
-        chosen_ids=chosen_ids, chosen_mask=chosen_mask, rejected_ids=rejected_ids, rejected_mask=rejected_mask,
-        chosen_len=torch.tensor([len(r["chosen_ids"]) for r in rows], dtype=torch.long),
-        rejected_len=torch.tensor([len(r["rejected_ids"]) for r in rows], dtype=torch.long),
-    )
-
-
 def _forward(model, pairs: Pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over chosen and rejected of `pairs`: (out_chosen (b, K), out_rejected (b, K)).
 
-    Both halves are cut to the longest real sequence of this micro-batch (trailing padding of the
-    full minibatch costs nothing) and stacked into one (2b, T) batch.
+    `Pairs.stacked` cuts both halves to the longest real sequence of this micro-batch (trailing
+    padding of the full minibatch costs nothing) and stacks them into one (2b, T) batch.
     """
-    from orchestrator.reward_model import sequence_outputs
-
-    width = int(max(pairs.chosen_mask.sum(-1).max(), pairs.rejected_mask.sum(-1).max()))
     b = pairs.num_rows
-
-    def fit(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = ids[:, :width], mask[:, :width]
-        extra = width - ids.shape[1]
-        if extra > 0:
-            ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
-            mask = torch.nn.functional.pad(mask, (0, extra), value=0)
-        return ids, mask
-
-    c_ids, c_mask = fit(pairs.chosen_ids, pairs.chosen_mask)
-    r_ids, r_mask = fit(pairs.rejected_ids, pairs.rejected_mask)
-    out = sequence_outputs(model, torch.cat([c_ids, r_ids]), torch.cat([c_mask, r_mask]), pad_id=pad_id)
+    batch = pairs.stacked(pad_id)
+    out = sequence_outputs(model, batch.input_ids, batch.attention_mask, pad_id=pad_id)  # (2b, K)
     return out[:b], out[b:]
 
 
@@ -119,12 +82,19 @@ def head_from_config(cfg) -> RewardHead:
     )
 
 
+def scale_score_head(model, factor: float) -> None:
+    """Multiply the freshly initialised score head by `factor` (0.01: start near a constant reward)."""
+    with torch.no_grad():
+        model.score.weight.mul_(factor)
+        if getattr(model.score, "bias", None) is not None:
+            model.score.bias.mul_(factor)
+
+
 class RewardModelActor:
     """Trains one reward model. Receives only its `RewardModelConfig` slice."""
 
     def __init__(self, cfg, *, model_path: str, seed: int, total_steps: int, minibatch_size: int):
         from actors.modeling import load_sequence_classifier, load_tokenizer
-        from orchestrator.reward_model import scale_score_head
 
         self.cfg = cfg
         self.head = head_from_config(cfg)

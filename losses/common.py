@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["log_probs_from_logits", "masked_mean", "masked_var", "pearson", "log_ndtr"]
+__all__ = ["log_probs_from_logits", "masked_mean", "masked_var", "pearson", "spearman", "log_ndtr"]
 
 # Elements per block when `log_probs_from_logits` walks the logits: bounds the temporary memory to
 # about 4 bytes * 2**24 = 64 MiB per temporary (a float32 copy of the block and its exp).
@@ -170,6 +170,28 @@ def pearson(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
     yc = y - y.mean()
     denom = (torch.linalg.vector_norm(xc) * torch.linalg.vector_norm(yc)).clamp_min(eps)
     return (xc * yc).sum() / denom
+
+
+def _average_ranks(x: Tensor) -> Tensor:
+    """0-based ranks ``(N,)`` float64 of a 1-D tensor; tied values share the mean of their ranks."""
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    first = (torch.cumsum(counts, 0) - counts).double()  # (U,) rank of the first element of each value
+    return (first + (counts.double() - 1) / 2)[inverse]
+
+
+def spearman(x: Tensor, y: Tensor) -> Tensor:
+    """Spearman rank correlation of two 1-D tensors, a 0-dim float64 tensor in [-1, 1] (no gradient).
+
+    Formula: ``pearson(rank(x), rank(y))`` with average ranks for ties (tied values share the mean of
+    the ranks they occupy), the textbook definition; a constant input gives 0 (see `pearson`).
+
+    Args:
+        x: ``(N,)``.
+        y: ``(N,)``.
+    """
+    if x.shape != y.shape or x.dim() != 1:
+        raise ValueError(f"spearman needs two 1-D tensors of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+    return pearson(_average_ranks(x.detach()), _average_ranks(y.detach()))
 
 
 # Below this point log_ndtr switches to its asymptotic expansion (see log_ndtr).

@@ -107,18 +107,21 @@ def resolve_builtin_path(path: str, cache_dir: Optional[str] = None) -> str:
     return path
 
 
-BUILTIN_DATASETS = ("prompts", "preferences", "sft")
+BUILTIN_DATASETS = ("prompts", "preferences", "hidden-context", "sft")
 
 
 def builtin_rows(name: str, split: str, seed: int = 0) -> list[dict]:
-    """Rows of a built-in dataset ("prompts", "preferences" or "sft") for split "train" or "test";
-    backs the data specs `builtin:prompts`, `builtin:preferences`, `builtin:sft`."""
+    """Rows of a built-in dataset (`BUILTIN_DATASETS`) for split "train" or "test"; backs the data specs
+    `builtin:prompts`, `builtin:preferences`, `builtin:hidden-context` (preference pairs from the annotator
+    pool of `task.HIDDEN_CONTEXT`) and `builtin:sft`."""
     if split not in task.SPLITS:
         raise ValueError(f"split of builtin:{name} must be one of {task.SPLITS}, got {split!r}")
     if name == "prompts":
         return task.prompt_rows(split, seed=seed)
     if name == "preferences":
         return task.preference_rows(split, seed=seed)
+    if name == "hidden-context":
+        return task.hidden_context_rows(split, seed=seed)
     if name == "sft":
         return task.sft_rows(seed=seed, split=split)
     raise ValueError(f"unknown built-in dataset {name!r}; choose one of {BUILTIN_DATASETS}")

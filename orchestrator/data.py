@@ -1,10 +1,10 @@
-"""Prompt and preference datasets: read, validate, apply the chat template, tokenize, limit length, collate.
+"""Prompt and preference datasets: read, validate, apply the chat template, tokenize, limit length, collate prompts.
 
 Sources (`DataConfig.path`)
     FILE.jsonl      one JSON object per line; blank lines are skipped; errors name the 1-based line
     FILE.json       a JSON array of objects (errors name the 1-based row), or the JSON-lines layout
     FILE.parquet    one row per record (errors name the 1-based row)
-    builtin:NAME    the built-in task data (`prompts`, `preferences`, `sft`), split `DataConfig.split`
+    builtin:NAME    the built-in task data (`prompts`, `preferences`, `hidden-context`, `sft`), split `DataConfig.split`
     anything else   a Hugging Face hub dataset, `datasets.load_dataset(name, split=DataConfig.split)`
 A local file is one split: `split` applies to builtin and hub data only.
 
@@ -29,7 +29,7 @@ Preference rows (`load_preferences`)
         The same holds for two chat lists sharing their leading messages.
   Output columns: prompt (plain: the string or the last user turn), prompt_text, prompt_ids, chosen,
   rejected (the response texts), chosen_ids, rejected_ids (each ending with the eos token), then every
-  other input column unchanged.
+  other input column unchanged. The reward model and DPO collate them with `actors.pairs.collate_pairs`.
 
 Rendering and tokenizing
     With a chat template (the tokenizer has one and `DataConfig.chat_template` is true): prompt_text =
@@ -700,52 +700,6 @@ def collate_prompts(rows: Sequence[Mapping], pad_id: int) -> tuple["torch.Tensor
             input_ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             attention_mask[i, width - len(s):] = 1
     return input_ids, attention_mask
-
-
-@dataclass
-class PreferenceBatch:
-    """B preference pairs as one batch of 2B sequences: rows 0..B-1 chosen, rows B..2B-1 rejected.
-
-    Row i and row B+i are the same pair. Do not cut this batch by rows for data parallelism (that
-    would separate pairs): shard the pairs first, then collate each shard.
-    """
-
-    input_ids: "torch.Tensor"  # (2B, T) long: prompt + response, right-padded with pad_id
-    attention_mask: "torch.Tensor"  # (2B, T) long: 1 on prompt and response tokens, 0 on padding
-    response_mask: "torch.Tensor"  # (2B, T) long: 1 on response tokens (same positions as input_ids, not shifted)
-
-    def __post_init__(self) -> None:
-        shapes = {tuple(t.shape) for t in (self.input_ids, self.attention_mask, self.response_mask)}
-        if len(shapes) != 1 or self.input_ids.dim() != 2 or self.input_ids.shape[0] % 2:
-            raise ValueError(f"PreferenceBatch: fields must share one (2B, T) shape, got {sorted(shapes)}")
-
-    @property
-    def num_pairs(self) -> int:
-        return self.input_ids.shape[0] // 2
-
-
-def collate_preferences(rows: Sequence[Mapping], pad_id: int) -> PreferenceBatch:
-    """One batch for a single forward pass over chosen and rejected (DPO, reward-model training).
-
-    Each sequence is prompt_ids + chosen_ids (rows 0..B-1) or prompt_ids + rejected_ids (rows
-    B..2B-1), right-padded to the longest; response_mask marks the response tokens. Log-probs of the
-    response come from logits[:, :-1] scored against input_ids[:, 1:] masked by response_mask[:, 1:].
-    """
-    import torch
-
-    if not rows:
-        raise ValueError("collate_preferences: no rows")
-    pairs = [(list(r["prompt_ids"]), list(r[k])) for k in ("chosen_ids", "rejected_ids") for r in rows]
-    width = max(len(p) + len(a) for p, a in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    response_mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    for i, (p, a) in enumerate(pairs):
-        n = len(p) + len(a)
-        input_ids[i, :n] = torch.tensor(p + a, dtype=torch.long)
-        attention_mask[i, :n] = 1
-        response_mask[i, len(p):n] = 1
-    return PreferenceBatch(input_ids, attention_mask, response_mask)
 
 
 # ---------------------------------------------------------------------------------------------

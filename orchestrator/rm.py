@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from actors.reward_trainer import PairOutputs, Pairs, RewardModelActor, collate_pairs, head_from_config
+from actors.pairs import Pairs, collate_pairs
+from actors.reward_trainer import PairOutputs, RewardModelActor, head_from_config
 from cluster import RoleSpec, create_groups, get
 from orchestrator import checkpoint as ckpt
 from orchestrator.config import RMConfig, to_yaml
@@ -37,10 +38,28 @@ log = logging.getLogger("rlhf.rm")
 ROLE = "reward_model"
 
 
+def length_grouped_batches(lengths: list[int], batch_size: int, generator: torch.Generator,
+                           group: int = 16) -> list[list[int]]:
+    """One epoch of batches (index lists, full batches only; the remainder waits for the next epoch).
+
+    Shuffle, cut into groups of `group` batches, sort each group by length, cut it into batches and
+    shuffle the batches: batches hold similar lengths (about 1.6x less padding compute on the built-in
+    pairs) while every epoch still sees a new random grouping.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    order = order[: len(order) - len(order) % batch_size]
+    span = batch_size * group
+    batches = []
+    for g in range(0, len(order), span):
+        chunk = sorted(order[g : g + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 class PairStream:
     """Minibatches of pair indices, epoch after epoch; its position is part of a checkpoint.
 
-    Each epoch is `orchestrator.reward_model.length_grouped_batches` under the seed (seed, epoch):
+    Each epoch is `length_grouped_batches` under the seed (seed, epoch):
     batches hold pairs of similar length (less padding), and the order is a pure function of the
     epoch, so (epoch, batch index) is the whole state.
     """
@@ -53,8 +72,6 @@ class PairStream:
         self._batches = self._epoch_batches()
 
     def _epoch_batches(self) -> list[list[int]]:
-        from orchestrator.reward_model import length_grouped_batches
-
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         return length_grouped_batches(self.lengths, self.batch_size, g)
 
@@ -123,7 +140,7 @@ def train(cfg: RMConfig) -> dict:
     from actors.lm import merge_stats
     from orchestrator.data import load_preferences
     from orchestrator.ppo import connect_hosting, resolve_model_path
-    from orchestrator.rm_eval import print_report, write_report
+    from orchestrator.rm_eval import ceiling_report, print_report, write_report
 
     timer = time.perf_counter()
     out = Path(cfg.run.output_dir)
@@ -190,7 +207,7 @@ def train(cfg: RMConfig) -> dict:
     bar.close()
 
     report, arrays = evaluate(group, cfg, eval_rows, pad_id)
-    report["data"] = eval_stats.source
+    report.update({**ceiling_report(eval_rows), "data": eval_stats.source})
     metrics_log.write(cfg.run.steps, {"eval/accuracy": report["pair_accuracy"]})
     info = rlhf_reward(cfg, group, norm_rows, pad_id, {**extra, "step": cfg.run.steps, "eval_data": eval_stats.source,
                                                         "eval_pair_accuracy": report["pair_accuracy"]})
@@ -206,6 +223,7 @@ def train(cfg: RMConfig) -> dict:
     summary = {
         "objective": cfg.model.objective,
         "steps": cfg.run.steps,
+        "train_pairs": len(train_rows),
         "train_accuracy_first": sum(train_acc[:k]) / k if train_acc else None,
         "train_accuracy_last": sum(train_acc[-k:]) / k if train_acc else None,
         "eval": report,

@@ -11,6 +11,9 @@ lengths, with the model's `RewardHead`:
   how much of the utility's spread the prompt-response pair explains; 1 = no hidden context), and the
   spread of sigma (mean, std, quantiles), and its correlation with length;
 - ODIN: the Pearson correlation of each head, and of their sum, with response length.
+- on the built-in preference rows (which carry `p_chosen`, the pooled probability that chosen wins):
+  `annotator_blind_ceiling`, the accuracy of the best predictor blind to the annotator group (what a
+  scalar reward can reach on those labels, in expectation).
 
 Plots: `reward_hist.png` (mean utility of chosen vs rejected), `std_vs_length.png` (distributional),
 `head_vs_length.png` (ODIN: both heads; other models: the mean utility). Values are the raw head
@@ -30,7 +33,8 @@ from losses.common import pearson
 
 log = logging.getLogger("rlhf.rm_eval")
 
-__all__ = ["evaluate_outputs", "write_report", "eval_saved_model", "print_report"]
+__all__ = ["evaluate_outputs", "annotator_blind_ceiling", "ceiling_report", "write_report", "eval_saved_model",
+           "print_report"]
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -104,6 +108,22 @@ def evaluate_outputs(head: RewardHead, chosen: torch.Tensor, rejected: torch.Ten
     return report, arrays
 
 
+def annotator_blind_ceiling(rows: list[dict]) -> float:
+    """Pair accuracy of the Bayes predictor that does not know the annotator (all a scalar reward can be):
+    it says "chosen" iff the row's `p_chosen` (the pooled probability that chosen wins,
+    `orchestrator.task.pooled_win_probability`) exceeds 0.5; a tie counts one half."""
+    if not rows:
+        raise ValueError("annotator_blind_ceiling: no rows")
+    return sum(1.0 if r["p_chosen"] > 0.5 else 0.5 if r["p_chosen"] == 0.5 else 0.0 for r in rows) / len(rows)
+
+
+def ceiling_report(rows: list[dict]) -> dict:
+    """{"annotator_blind_ceiling": value} when `rows` carry `p_chosen` (the built-in preferences), else {}."""
+    if not rows or "p_chosen" not in rows[0]:
+        return {}
+    return {"annotator_blind_ceiling": round(annotator_blind_ceiling(rows), 6)}
+
+
 def write_report(report: dict, arrays: dict, out_dir: str | Path) -> list[Path]:
     """report.json and the PNG plots into `out_dir`; returns the files written."""
     import matplotlib
@@ -175,7 +195,8 @@ def eval_saved_model(cfg) -> dict:
     import transformers
 
     from actors.modeling import load_sequence_classifier, load_tokenizer
-    from actors.reward_trainer import collate_pairs, pair_outputs
+    from actors.pairs import collate_pairs
+    from actors.reward_trainer import pair_outputs
     from orchestrator.configtree import ConfigError
     from orchestrator.data import load_preferences
 
@@ -197,7 +218,7 @@ def eval_saved_model(cfg) -> dict:
     pairs = collate_pairs(rows, model.config.pad_token_id)
     outs = pair_outputs(model, pairs, model.config.pad_token_id, cfg.batch_size)
     report, arrays = evaluate_outputs(head, outs.chosen, outs.rejected, pairs.chosen_len, pairs.rejected_len, groups)
-    report.update({"model": str(folder), "data": stats.source})
+    report.update({**ceiling_report(rows), "model": str(folder), "data": stats.source})
     out_dir = Path(cfg.output_dir) if cfg.output_dir else folder / "eval"
     write_report(report, arrays, out_dir)
     print_report(report, out_dir)
@@ -206,7 +227,8 @@ def eval_saved_model(cfg) -> dict:
 
 def print_report(report: dict, out_dir: Path | str) -> None:
     pl = report["pearson_length"]
-    print(f"{report['objective']} on {report['pairs']} held-out pairs: pair accuracy {report['pair_accuracy']:.4f}  "
+    ceiling = f" (annotator-blind ceiling {report['annotator_blind_ceiling']:.4f})" if "annotator_blind_ceiling" in report else ""
+    print(f"{report['objective']} on {report['pairs']} held-out pairs: pair accuracy {report['pair_accuracy']:.4f}{ceiling}  "
           f"pearson(mean utility, length) {pl['mean_utility']:+.4f}")
     if "r2" in report:
         s = report["sigma"]

@@ -63,6 +63,22 @@ model sees a casual effect near zero; a mean-variance model gives casual answers
 so their risk-averse (alpha = 0.1) quantile falls below that of the same answer without the marker.
 Pair kinds: independent (35%), casual-only (25%: the same answer with and without the marker),
 length-only (20%: the same answer with different fillers), quality-only (20%).
+
+The hidden-context variant (`hidden_context_rows`, data spec `builtin:hidden-context`)
+------------------------------------------------------------------------------------
+The same world and utilities with parameters (`HIDDEN_CONTEXT`) under which the hidden context, not
+label noise, dominates what a reward model sees:
+* rationality beta = 3: the label is drawn with sigmoid(3 (u1 - u2)), so the pairs both groups agree
+  on are labelled far more consistently;
+* 65% of the annotators are casual: the casual twin wins 65% of casual-only pairs, so a scalar reward
+  learns a clear preference for the disputed style, which 35% of annotators strongly reject (a
+  majority's mild taste against a minority's veto: the DPL paper's setting);
+* pair kinds independent 30%, casual-length 30% (the same content with different fillers, one of
+  them casual: length, which every annotator rewards, against the disputed marker), length-only 20%,
+  quality-only 20%;
+* 20000 train pairs, 1000 test pairs.
+Each row's `p_chosen` is the pooled probability that chosen wins; the share of test rows with
+p_chosen > 0.5 is the accuracy ceiling of any annotator-blind reward (0.7835 on the test split).
 """
 
 from __future__ import annotations
@@ -238,6 +254,18 @@ CASUAL_GROUP_WEIGHT = 4.0
 FORMAL_GROUP_WEIGHT = -2.5
 """Utility of the casual marker for the formal annotator group."""
 PAIR_KINDS: dict[str, float] = {"independent": 0.35, "casual_only": 0.25, "length_only": 0.20, "quality_only": 0.20}
+GROUPS = ("formal", "casual")
+"""The annotator groups (index 1 is the casual group)."""
+PAIR_KIND_NAMES = ("independent", "casual_only", "casual_length", "length_only", "quality_only")
+"""casual_length: the same content with different fillers, one of the two with the casual marker."""
+
+HIDDEN_CONTEXT: dict = {
+    "rationality": 3.0,
+    "casual_share": 0.65,
+    "pair_kinds": {"independent": 0.30, "casual_length": 0.30, "length_only": 0.20, "quality_only": 0.20},
+}
+"""Annotator pool and pair mix of `builtin:hidden-context` (module docstring)."""
+_HIDDEN_CONTEXT_ROWS = {"train": 20000, "test": 1000}
 
 SPLITS = ("train", "test")
 _DEFAULT_PREFERENCE_ROWS = {"train": 4000, "test": 1000}
@@ -561,6 +589,10 @@ def _pair(row: dict, kind: str, rng: random.Random) -> tuple[str, str]:
     s1, s2 = rng.random(), rng.random()  # content seeds
     if kind == "casual_only":
         q2, l2, s2, (c1, c2) = q1, l1, s1, rng.choice([(True, False), (False, True)])
+    elif kind == "casual_length":
+        q2, s2, (c1, c2) = q1, s1, rng.choice([(True, False), (False, True)])
+        while l2 == l1:
+            l2 = rng.randint(0, 3)
     elif kind == "length_only":
         q2, c2, s2 = q1, c1, s1
         while l2 == l1:
@@ -572,18 +604,35 @@ def _pair(row: dict, kind: str, rng: random.Random) -> tuple[str, str]:
     return y1, y2
 
 
-def preference_rows(split: str, seed: int = 0, n: Optional[int] = None) -> list[dict]:
+def preference_rows(split: str, seed: int = 0, n: Optional[int] = None, *, rationality: float = 1.0,
+                    casual_share: float = 0.5, pair_kinds: Optional[dict[str, float]] = None) -> list[dict]:
     """Preference rows of one split (pairs on that split's prompts). Default n: 4000 train, 1000 test.
+
+    rationality: the annotators' Boltzmann rationality beta; the first response wins with probability
+    sigmoid(beta * (u1 - u2)). 1.0 is the default data; larger values give less Bradley-Terry label
+    noise on the pairs both groups agree on, while the disputed pairs still split between the groups.
+    casual_share: the probability that a pair's annotator is from the casual group.
+    pair_kinds: weights of the pair kinds (default `PAIR_KINDS`; see `PAIR_KIND_NAMES`).
 
     Columns: prompt, chosen, rejected; annotator ("formal"|"casual"); disputed (the two responses differ
     in the casual marker, so the groups would disagree); gold_chosen, gold_rejected; len_chosen,
-    len_rejected (words); casual_chosen, casual_rejected; pair_kind; query_type.
+    len_rejected (words); casual_chosen, casual_rejected; pair_kind; query_type; p_chosen, the
+    probability that an annotator drawn from the pool prefers chosen (`pooled_win_probability`: what the
+    best annotator-blind model predicts; p_chosen > 0.5 is its right answer).
     Labels follow the annotator model of the module docstring. chosen != rejected, never empty.
     """
+    if not rationality > 0:
+        raise ValueError(f"rationality must be > 0, got {rationality}")
+    if not 0 <= casual_share <= 1:
+        raise ValueError(f"casual_share must be in [0, 1], got {casual_share}")
+    pair_kinds = PAIR_KINDS if pair_kinds is None else pair_kinds
+    unknown = sorted(set(pair_kinds) - set(PAIR_KIND_NAMES))
+    if unknown or not sum(pair_kinds.values()) > 0 or min(pair_kinds.values()) < 0:
+        raise ValueError(f"pair_kinds: need non-negative weights, some positive, of {PAIR_KIND_NAMES}; got {pair_kinds}")
     prompts = prompt_rows(split)
     n = _DEFAULT_PREFERENCE_ROWS[split] if n is None else n
     rng = random.Random(f"preferences:{split}:{seed}")
-    kinds, weights = list(PAIR_KINDS), list(PAIR_KINDS.values())
+    kinds, weights = list(pair_kinds), list(pair_kinds.values())
     rows = []
     while len(rows) < n:
         row = rng.choice(prompts)
@@ -591,9 +640,10 @@ def preference_rows(split: str, seed: int = 0, n: Optional[int] = None) -> list[
         y1, y2 = _pair(row, kind, rng)
         if y1 == y2:
             continue
-        annotator = rng.choice(["formal", "casual"])
+        # equal shares draw one bit, as builtin:preferences always has (its rows stay the same)
+        annotator = rng.choice(GROUPS) if casual_share == 0.5 else GROUPS[rng.random() < casual_share]
         (g1, n1, c1), (g2, n2, c2) = [(gold_score(row, y), n_words(y), is_casual(y)) for y in (y1, y2)]
-        margin = _utility(g1, n1, c1, annotator) - _utility(g2, n2, c2, annotator)
+        margin = rationality * (_utility(g1, n1, c1, annotator) - _utility(g2, n2, c2, annotator))
         if rng.random() >= 1 / (1 + math.exp(-margin)):  # Bradley-Terry draw: y1 wins w.p. sigmoid(margin)
             (y1, g1, n1, c1), (y2, g2, n2, c2) = (y2, g2, n2, c2), (y1, g1, n1, c1)
         rows.append({
@@ -602,8 +652,28 @@ def preference_rows(split: str, seed: int = 0, n: Optional[int] = None) -> list[
             "gold_chosen": g1, "gold_rejected": g2, "len_chosen": n1, "len_rejected": n2,
             "casual_chosen": c1, "casual_rejected": c2,
             "pair_kind": kind, "query_type": row["query_type"],
+            "p_chosen": pooled_win_probability((g1, n1, c1), (g2, n2, c2), rationality, casual_share),
         })
     return rows
+
+
+def hidden_context_rows(split: str, seed: int = 0, n: Optional[int] = None) -> list[dict]:
+    """`builtin:hidden-context`: `preference_rows` with the `HIDDEN_CONTEXT` annotators and pair mix.
+    Default n: 20000 train, 1000 test."""
+    return preference_rows(split, seed=seed, n=_HIDDEN_CONTEXT_ROWS[split] if n is None else n, **HIDDEN_CONTEXT)
+
+
+def pooled_win_probability(first: tuple[float, int, bool], second: tuple[float, int, bool],
+                           rationality: float = 1.0, casual_share: float = 0.5) -> float:
+    """P(first beats second) for an annotator drawn from the pool, each response given as (gold, words, casual):
+        casual_share * sigmoid(beta * m_casual) + (1 - casual_share) * sigmoid(beta * m_formal)
+    with m_group = u_group(first) - u_group(second) and beta the rationality. A scalar reward cannot know
+    the annotator, so predicting `first` iff this exceeds 0.5 is the best it can do (the Bayes ceiling)."""
+    p = 0.0
+    for group, share in (("casual", casual_share), ("formal", 1.0 - casual_share)):
+        m = _utility(*first, group) - _utility(*second, group)
+        p += share / (1 + math.exp(-rationality * m))
+    return p
 
 
 def corpus_texts() -> list[str]:

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from actors.pairs import collate_pairs
 from orchestrator.config import DataConfig
 from orchestrator.data import (
     DataError,
     add_data_check_args,
-    collate_preferences,
     collate_prompts,
     load_preferences,
     load_prompts,
@@ -485,22 +485,31 @@ def test_collate_prompts_left_pads():
     assert input_ids.dtype == attention_mask.dtype == torch.long
 
 
-def test_collate_preferences_chosen_then_rejected_right_padded():
+def test_collate_pairs_stacked_chosen_then_rejected_right_padded():
     rows = [
         {"prompt_ids": [5, 6], "chosen_ids": [7, 1], "rejected_ids": [8, 9, 1]},
         {"prompt_ids": [4], "chosen_ids": [3, 1], "rejected_ids": [1]},
     ]
-    b = collate_preferences(rows, pad_id=0)
-    # rows: pair 0 chosen, pair 1 chosen, pair 0 rejected, pair 1 rejected
+    pairs = collate_pairs(rows, pad_id=0).check()
+    assert pairs.num_rows == 2
+    assert pairs.prompt_len.tolist() == [2, 1]
+    assert pairs.chosen_len.tolist() == [2, 2] and pairs.rejected_len.tolist() == [3, 1]
+    b = pairs.stacked(pad_id=0)
+    # rows: pair 0 chosen, pair 1 chosen, pair 0 rejected, pair 1 rejected (chosen half padded from 4 to 5)
     assert torch.equal(b.input_ids, torch.tensor([[5, 6, 7, 1, 0], [4, 3, 1, 0, 0], [5, 6, 8, 9, 1], [4, 1, 0, 0, 0]]))
     assert torch.equal(b.attention_mask, torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]))
     assert torch.equal(b.response_mask, torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]))
-    assert b.num_pairs == 2
+    assert b.input_ids.dtype == b.attention_mask.dtype == b.response_mask.dtype == torch.long
+    # a row selection is cut to its own longest sequence (pair 1: 3 tokens)
+    one = pairs.select([1]).stacked(pad_id=0)
+    assert torch.equal(one.input_ids, torch.tensor([[4, 3, 1], [4, 1, 0]]))
+    assert torch.equal(one.attention_mask, torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert torch.equal(one.response_mask, torch.tensor([[0, 1, 1], [0, 1, 0]]))
 
 
 def test_collate_from_a_loaded_dataset(tmp_path, tok):
     ds, _ = load_preferences(cfg(write_jsonl(tmp_path / "p.jsonl", [PAIR, HH_ROW])), tok)
-    b = collate_preferences(ds, tok.pad_token_id)
+    b = collate_pairs(ds, tok.pad_token_id).stacked(tok.pad_token_id)
     r0 = ds[0]
     n = len(r0["prompt_ids"]) + len(r0["chosen_ids"])
     assert b.input_ids[0, :n].tolist() == r0["prompt_ids"] + r0["chosen_ids"]

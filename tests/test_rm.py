@@ -24,9 +24,9 @@ def _one_thread():
 
 
 def _pairs(n: int, seed: int) -> list[dict]:
-    """test_reward_model's separable pairs (fruit chosen, tools rejected, the same frame, so about the
+    """test_scoring's separable pairs (fruit chosen, tools rejected, the same frame, so about the
     same length) with 10% of the labels flipped, and a random `kind` label for the group breakdown."""
-    from test_reward_model import _separable_pairs
+    from test_scoring import _separable_pairs
 
     rng = random.Random(seed + 1000)
     rows = []

@@ -1,6 +1,7 @@
 """The built-in task world: determinism, the split, the gold score by hand, and the statistical
 properties the reward-model and PPO issues rely on (length bias, hidden context on the casual marker)."""
 
+import math
 import random
 import re
 
@@ -269,3 +270,34 @@ def test_builtin_rows_back_the_data_specs():
         builtin_rows("dialogues", "train")
     with pytest.raises(ValueError, match="split"):
         builtin_rows("prompts", "dev")
+
+
+def test_hidden_context_variant_follows_its_parameters():
+    """builtin:hidden-context: beta 3, 65% casual annotators, casual-length pairs; p_chosen is the pool's
+    win probability, and with equal shares the draw is the default data's (builtin:preferences unchanged)."""
+    rows = builtin_rows("hidden-context", "test")
+    assert len(rows) == 1000 and task.HIDDEN_CONTEXT["casual_share"] == 0.65
+    assert 0.6 < _share(rows, lambda p: p["annotator"] == "casual") < 0.7
+    kinds = {k: _share(rows, lambda p, k=k: p["pair_kind"] == k) for k in task.PAIR_KIND_NAMES}
+    assert kinds["casual_only"] == 0 and 0.25 < kinds["casual_length"] < 0.35
+    mixed = [p for p in rows if p["pair_kind"] == "casual_length"]
+    assert all(p["disputed"] and p["len_chosen"] != p["len_rejected"] for p in mixed)
+    assert all(abs(p["gold_chosen"] - p["gold_rejected"]) < 0.1 for p in mixed)  # same content (up to repetition)
+    # beta 3: each group decides the marker almost deterministically, so the pool follows the group shares
+    for group, casual_wins in (("casual", lambda s: s > 0.97), ("formal", lambda s: s < 0.03)):
+        picked = _share([p for p in mixed if p["annotator"] == group], lambda p: p["casual_chosen"])
+        assert casual_wins(picked), (group, picked)
+    # p_chosen: the pool's probability, by hand for one row
+    r = rows[0]
+    m = {g: task._utility(r["gold_chosen"], r["len_chosen"], r["casual_chosen"], g)
+         - task._utility(r["gold_rejected"], r["len_rejected"], r["casual_rejected"], g) for g in task.GROUPS}
+    by_hand = 0.65 / (1 + math.exp(-3 * m["casual"])) + 0.35 / (1 + math.exp(-3 * m["formal"]))
+    assert r["p_chosen"] == pytest.approx(by_hand, abs=1e-12)
+    # builtin:preferences is the data it was before these parameters existed (signature of that data)
+    default = builtin_rows("preferences", "test")
+    assert "".join(p["annotator"][0] for p in default[:24]) == "cccffcffccffcccffcfccfcf"
+    assert sum(p["annotator"] == "casual" for p in default) == 519
+    with pytest.raises(ValueError, match="pair_kinds"):
+        task.preference_rows("test", n=5, pair_kinds={"sideways": 1.0})
+    with pytest.raises(ValueError, match="rationality"):
+        task.preference_rows("test", n=5, rationality=0.0)

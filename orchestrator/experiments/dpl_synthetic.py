@@ -39,7 +39,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from losses.common import pearson
+from losses.common import spearman
 from losses.preference import (
     bradley_terry_loss,
     categorical_atoms,
@@ -140,12 +140,6 @@ def _train(steps: int, seed: int) -> dict[str, nn.Module]:
     return models
 
 
-def _spearman(x: Tensor, y: Tensor) -> float:
-    """Spearman rank correlation: Pearson correlation of ranks (rare exact ties get arbitrary ranks)."""
-    rank = lambda v: torch.argsort(torch.argsort(v)).double()  # noqa: E731
-    return float(pearson(rank(x), rank(y)))
-
-
 def _count_modes(p: Tensor) -> int:
     """Modes of a distribution over atoms: maximal runs of consecutive atoms with p >= MODE_MIN_PROB.
 
@@ -186,8 +180,8 @@ def _findings(ev: dict, grid: Tensor) -> dict[str, dict]:
         "bt_u(0.95)": round(bt_095, 4),
         "borda(0.75)": round(borda_075, 4),
         "borda(0.95)": round(borda_095, 4),
-        "spearman(bt_u, borda)": round(_spearman(ev["bt"], borda), 4),
-        "spearman(bt_u, expected_u)": round(_spearman(ev["bt"], grid), 4),
+        "spearman(bt_u, borda)": round(float(spearman(ev["bt"], borda)), 4),
+        "spearman(bt_u, expected_u)": round(float(spearman(ev["bt"], grid)), 4),
         "passed": bool(bt_075 > bt_095 and borda_075 > borda_095),
     }
 

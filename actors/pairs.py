@@ -1,0 +1,84 @@
+"""Preference pairs as one batch: the single collation of the reward-model role and DPO.
+
+`collate_pairs` turns dataset rows of `orchestrator.data.load_preferences` (prompt_ids, chosen_ids,
+rejected_ids) into `Pairs`, one row per pair, so a row split (`cluster.group` scattering a `Batch`
+over replicas, micro-batching) never separates a pair. `Pairs.stacked` is the view for one forward
+over both halves: chosen rows then rejected rows, cut to the longest real sequence of these pairs.
+Right padding throughout: the models are causal, so trailing padding changes no result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Sequence
+
+import torch
+
+from actors.batch import Batch, spec
+from actors.scoring import right_pad
+
+__all__ = ["Pairs", "StackedPairs", "collate_pairs"]
+
+
+class StackedPairs(NamedTuple):
+    """b pairs as 2b sequences: rows 0..b-1 chosen, rows b..2b-1 rejected (row i and row b+i are one pair).
+
+    Do not cut it by rows (that would separate pairs): select rows of `Pairs` first, then stack.
+    """
+
+    input_ids: torch.Tensor  # (2b, T) long: prompt + response, right-padded with the pad id
+    attention_mask: torch.Tensor  # (2b, T) long: 1 on prompt and response tokens, 0 on padding
+    response_mask: torch.Tensor  # (2b, T) long: 1 on response tokens (same positions as input_ids, not shifted)
+
+
+@dataclass
+class Pairs(Batch):
+    """B preference pairs, one row per pair (so a row split never separates a pair)."""
+
+    chosen_ids: torch.Tensor = spec("B C", torch.long)  # (B, C) prompt + chosen response, right-padded with the pad id
+    chosen_mask: torch.Tensor = spec("B C", torch.long)  # (B, C) 1 on tokens
+    rejected_ids: torch.Tensor = spec("B R", torch.long)  # (B, R) prompt + rejected response, right-padded
+    rejected_mask: torch.Tensor = spec("B R", torch.long)  # (B, R) 1 on tokens
+    prompt_len: torch.Tensor = spec("B", torch.long)  # (B,) prompt tokens (the same prompt starts both sequences)
+    chosen_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of chosen (ODIN's length)
+    rejected_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of rejected
+
+    def stacked(self, pad_id: int) -> StackedPairs:
+        """Chosen then rejected as one (2b, T) batch for a single forward, T the longest real sequence here.
+
+        Both halves are cut (or right-padded with `pad_id`) to T, so a micro-batch selected from a
+        long minibatch carries no padding beyond its own longest pair. response_mask marks positions
+        prompt_len .. prompt_len + chosen_len - 1 of a chosen row (rejected_len for a rejected row).
+        """
+        width = int(max(self.chosen_mask.sum(-1).max(), self.rejected_mask.sum(-1).max()))
+        positions = torch.arange(width, device=self.chosen_ids.device)  # (T,)
+        start = self.prompt_len[:, None]  # (b, 1)
+
+        def fit(ids: torch.Tensor, mask: torch.Tensor, response_len: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            ids, mask = ids[:, :width], mask[:, :width]
+            extra = width - ids.shape[1]
+            if extra > 0:
+                ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
+                mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+            response = ((positions >= start) & (positions < start + response_len[:, None])).long()  # (b, T)
+            return ids, mask, response
+
+        chosen = fit(self.chosen_ids, self.chosen_mask, self.chosen_len)
+        rejected = fit(self.rejected_ids, self.rejected_mask, self.rejected_len)
+        return StackedPairs(*(torch.cat([c, r]) for c, r in zip(chosen, rejected)))
+
+
+def collate_pairs(rows: Sequence[Mapping], pad_id: int) -> Pairs:
+    """Rows with prompt_ids / chosen_ids / rejected_ids (`orchestrator.data.load_preferences`) -> `Pairs`."""
+    if not rows:
+        raise ValueError("collate_pairs: no rows")
+    chosen_ids, chosen_mask = right_pad([list(r["prompt_ids"]) + list(r["chosen_ids"]) for r in rows], pad_id)
+    rejected_ids, rejected_mask = right_pad([list(r["prompt_ids"]) + list(r["rejected_ids"]) for r in rows], pad_id)
+
+    def lengths(key: str) -> torch.Tensor:
+        return torch.tensor([len(r[key]) for r in rows], dtype=torch.long)  # (B,)
+
+    return Pairs(
+        chosen_ids=chosen_ids, chosen_mask=chosen_mask, rejected_ids=rejected_ids, rejected_mask=rejected_mask,
+        prompt_len=lengths("prompt_ids"), chosen_len=lengths("chosen_ids"), rejected_len=lengths("rejected_ids"),
+    )
