@@ -25,3 +25,16 @@ def ray_cluster():
     cluster.connect(num_cpus=8, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     yield
     cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: under contention 2 torch threads ran up to 20x slower
+    than 1. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -1,4 +1,5 @@
-"""Shared set-up of the PPO tests: a tiny random-init model folder, a fast config, a test reward.
+"""Shared set-up of the PPO and reward tests: a tiny random-init model folder, a fast config, a test
+reward, a saved tiny reward model.
 
 Importable as `ppo_helpers` by the driver (pytest puts tests/ on sys.path) and by Ray workers
 (tests/conftest.py puts tests/ on their PYTHONPATH).
@@ -48,3 +49,23 @@ def tiny_ppo_config(model_dir: str, out_dir: str, *extra: str):
 def length_reward(prompts, responses, references=None):
     """Words / 10: varies even for a random-init policy, so advantages are never all zero."""
     return [len(r.split()) / 10.0 for r in responses]
+
+
+def save_reward_model(model_dir: str, folder, head=None, seed: int = 1) -> str:
+    """A tiny Llama sequence classifier with the layout of `head` (an `actors.reward_head.RewardHead`; None:
+    a plain 1-output classifier without rlhf_reward), its score head scaled up so that the outputs
+    spread, saved with the tokenizer."""
+    import torch
+    from transformers import AutoConfig
+
+    from actors.modeling import build_sequence_classifier, load_tokenizer
+
+    num_labels = head.num_labels if head else 1
+    model = build_sequence_classifier(AutoConfig.from_pretrained(model_dir), num_labels=num_labels, seed=seed)
+    with torch.no_grad():
+        model.score.weight.mul_(30.0)
+    if head is not None:
+        model.config.rlhf_reward = head.to_dict()
+    model.save_pretrained(folder)
+    load_tokenizer(model_dir).save_pretrained(folder)
+    return str(folder)

@@ -17,39 +17,19 @@ from actors.reward import build_scorer, check_reward_config
 from actors.reward_head import RewardHead
 from actors.types import Scores
 from orchestrator.config import ConfigError, RewardConfig, load, load_job_config, to_yaml
-from ppo_helpers import tiny_model_dir, tiny_ppo_config
+from ppo_helpers import save_reward_model, tiny_model_dir, tiny_ppo_config
 
 NORM_MEAN, NORM_STD = 0.3, 2.0
 PROMPTS = ["Tell me about fruit.", "What color is a banana?", "Describe the ocean in a few words."]
 RESPONSES = ["Apples and pears are sweet.", "A banana is yellow, I think, and long.", "Deep, blue and cold."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tiny_model_dir(str(tmp_path_factory.mktemp("cache")))
-
-
-def _save_reward_model(model_dir: str, folder, head: RewardHead | None, seed: int = 1) -> str:
-    """A tiny Llama sequence classifier with `head`'s layout (None: a plain 1-output classifier without
-    rlhf_reward), its score head scaled up so that the outputs spread, saved with the tokenizer."""
-    from transformers import AutoConfig
-
-    from actors.modeling import build_sequence_classifier, load_tokenizer
-
-    num_labels = head.num_labels if head else 1
-    model = build_sequence_classifier(AutoConfig.from_pretrained(model_dir), num_labels=num_labels, seed=seed)
-    with torch.no_grad():
-        model.score.weight.mul_(30.0)
-    if head is not None:
-        model.config.rlhf_reward = head.to_dict()
-    model.save_pretrained(folder)
-    load_tokenizer(model_dir).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +42,8 @@ def reward_dirs(model_dir, tmp_path_factory):
         "mixture": RewardHead("mixture", num_components=2, **norm),
         "odin": RewardHead("odin", **norm),
     }
-    dirs = {name: _save_reward_model(model_dir, root / name, head) for name, head in heads.items()}
-    dirs["plain"] = _save_reward_model(model_dir, root / "plain", None)
+    dirs = {name: save_reward_model(model_dir, root / name, head) for name, head in heads.items()}
+    dirs["plain"] = save_reward_model(model_dir, root / "plain", None)
     return dirs
 
 

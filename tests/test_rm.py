@@ -15,12 +15,7 @@ from orchestrator.config import load_job_config
 from ppo_helpers import tiny_model_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pairs(n: int, seed: int) -> list[dict]:

@@ -26,8 +26,7 @@ from actors.reward import build_scorer
 from actors.reward_head import RewardHead
 from cluster.dist import free_port
 from orchestrator.serve import ServeOptions, deploy, reward_config
-from ppo_helpers import tiny_model_dir, tiny_ppo_config
-from test_reward_kinds import _save_reward_model
+from ppo_helpers import save_reward_model, tiny_model_dir, tiny_ppo_config
 
 FN_BATCH = 16  # --max-batch-size of the function application
 PROMPTS = ["Tell me about fruit.", "What color is a banana?", "Describe the ocean in a few words.",
@@ -52,7 +51,7 @@ def served(ray_cluster, tmp_path_factory):
 
     torch.set_num_threads(1)
     model_dir = tiny_model_dir(str(tmp_path_factory.mktemp("cache")))
-    rm_dir = _save_reward_model(model_dir, tmp_path_factory.mktemp("rm") / "mv",
+    rm_dir = save_reward_model(model_dir, tmp_path_factory.mktemp("rm") / "mv",
                                 RewardHead("mean_variance", norm_mean=0.3, norm_std=2.0))
     port = free_port("127.0.0.1")
     fn_cfg = reward_config(None, ["reward.kind=function", f"reward.function={__name__}:serve_function_reward",
