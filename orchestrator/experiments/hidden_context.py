@@ -1,20 +1,23 @@
 """Hidden context and length bias on the built-in preference data: what DPL, ODIN and the risk-averse
 reward do about them, end to end through `rlhf rm` and `rlhf ppo`.
 
-The data (`builtin:preferences`, see `orchestrator.task`) has both problems by construction: each pair
-is labelled by one annotator from one of two groups that disagree about a casual ending ("lol !!",
-the *disputed* style: +4.0 utility for the casual group, -2.5 for the formal group), and every
-annotator prefers longer answers (+0.1 utility per word), which the gold score ignores. The label
-does not say which group labelled it: that is the hidden context.
+The data is `builtin:hidden-context` (`orchestrator.task.hidden_context_rows`): each pair is labelled
+by one annotator, 65% from a casual group and 35% from a formal group that disagree about a casual
+ending ("lol !!", the *disputed* style: +4.0 utility for the casual group, -2.5 for the formal one,
+times the rationality 3), and every annotator prefers longer answers (+0.1 utility per word), which
+the gold score ignores. The label does not say which group labelled it: that is the hidden context.
 
 Three findings, each with a pass flag:
 
 1. **DPL's std finds the disagreement.** A mean-variance DPL model's mean predicted std over the
    responses of held-out pairs the groups would disagree on (one response casual, one not:
-   `disputed`) is higher than over pairs they agree on.
+   `disputed`) is at least `STD_RATIO` times that over pairs they agree on.
 2. **ODIN's quality head is freed of length.** ODIN's quality head (its RL reward) correlates with
-   response length far less than a Bradley-Terry model trained on the same pairs with the same
-   steps (|rho| at most half of BT's), at similar held-out accuracy (within 0.05).
+   response length at most half as much as a Bradley-Terry model trained on the same pairs with the
+   same steps, while ODIN as a model (the sum of its heads, what it fits to the labels) ranks the
+   held-out pairs about as well (accuracy within `ODIN_ACCURACY_GAP` of Bradley-Terry's). The quality
+   head's own accuracy is reported too: it is lower by construction, since it ignores the length
+   preference that decides a fifth of the pairs.
 3. **The risk-averse reward avoids the disputed style.** PPO from the same SFT policy with the DPL
    model's alpha-quantile reward (`reward.statistic=quantile`) ends with a smaller share of casual
    (disputed) answers on the held-out prompts than PPO with its mean reward.
@@ -24,8 +27,8 @@ Each reward model is trained by `orchestrator.rm.train` and each policy by `orch
 same code as the commands; all outputs (models, reports, plots, metrics) stay under `--out`. A reward
 model already trained there (its final checkpoint) is reused (`run.resume=auto`), so a rerun after an
 interruption picks up where it stopped.
-`rlhf experiment hidden-context [--quick]`; `--quick` is a smoke run (few steps; findings not expected
-to pass).
+`rlhf experiment hidden-context [--quick]`; `--quick` is a smoke run (few steps and pairs; findings
+not expected to pass).
 """
 
 from __future__ import annotations
@@ -40,34 +43,22 @@ from orchestrator.config import load_job_config
 
 __all__ = ["run", "main", "format_findings"]
 
-RM_STEPS, PPO_STEPS, TRAIN_PAIRS = 600, 100, 20000
-QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS = 30, 2, 2000
+RM_STEPS, PPO_STEPS = 600, 100
+QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS, QUICK_EVAL_PAIRS = 30, 2, 2000, 200
 ALPHA = 0.1
-# ODIN's length and orthogonality weights: at 1.0 the length terms dominate the tiny model's training
-# (held-out accuracy of the quality head 0.529 after 300 steps, against 0.553 at 0.1 and 0.596 for BT).
+STD_RATIO = 1.2
+ODIN_ACCURACY_GAP = 0.03
+DATA = "builtin:hidden-context"
+# ODIN's length and orthogonality weights: at 1.0 the length terms slow the tiny model's fit (on this
+# data after 600 steps: accuracy of the sum of the heads 0.607 against 0.639 at 0.1 and 0.641 for BT).
 ODIN_COEFS = ("model.odin_length_coef=0.1", "model.odin_orth_coef=0.1")
 
 
-def _train_file(out: str, pairs: int, seed: int) -> str:
-    """`pairs` training pairs of the built-in world (same annotators as builtin:preferences, which has
-    4000): only about one pair in six (independent draws, one response casual) tells the spread of the
-    utility apart from a smaller mean difference, so the distributional model needs more pairs than that."""
-    from orchestrator import task
-
-    path = os.path.join(out, f"preferences-train-{pairs}-{seed}.jsonl")
-    if not os.path.exists(path):
-        with open(path + ".tmp", "w") as fh:
-            for row in task.preference_rows("train", seed=seed, n=pairs):
-                fh.write(json.dumps(row) + "\n")
-        os.replace(path + ".tmp", path)
-    return path
-
-
-def _rm(out: str, objective: str, steps: int, seed: int, train_file: str) -> dict:
+def _rm(out: str, objective: str, steps: int, seed: int, max_rows: int, eval_pairs: int) -> dict:
     from orchestrator.rm import train
 
     cfg = load_job_config("rm", None, [
-        f"data.path={train_file}", "data.eval_path=builtin:preferences", "data.eval_split=test",
+        f"data.path={DATA}", "data.split=train", "data.eval_split=test", f"data.max_rows={max_rows}", f"rm.eval_max_pairs={eval_pairs}",
         f"run.output_dir={out}/rm-{objective}", f"run.steps={steps}", f"run.seed={seed}", "run.mode=local",
         "run.resume=auto", "run.save_every=0", "run.eval_every=0", f"model.objective={objective}", "rm.group_by=disputed",
         *ODIN_COEFS,
@@ -88,10 +79,10 @@ def _ppo(out: str, name: str, rm_path: str, statistic: str, steps: int, seed: in
 
 def run(out: str, seed: int = 0, quick: bool = False) -> dict:
     os.makedirs(out, exist_ok=True)
-    rm_steps, ppo_steps, pairs = (QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS) if quick else (RM_STEPS, PPO_STEPS, TRAIN_PAIRS)
+    rm_steps, ppo_steps, max_rows, eval_pairs = ((QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS, QUICK_EVAL_PAIRS)
+                                                 if quick else (RM_STEPS, PPO_STEPS, 0, 0))
     t0 = time.time()
-    train_file = _train_file(out, pairs, seed)
-    rms = {obj: _rm(out, obj, rm_steps, seed, train_file) for obj in ("mean_variance", "bradley_terry", "odin")}
+    rms = {obj: _rm(out, obj, rm_steps, seed, max_rows, eval_pairs) for obj in ("mean_variance", "bradley_terry", "odin")}
     bt, mv, odin = (rms[k]["eval"] for k in ("bradley_terry", "mean_variance", "odin"))
 
     by = mv.get("by_group", {})
@@ -100,15 +91,17 @@ def run(out: str, seed: int = 0, quick: bool = False) -> dict:
     finding1 = {"std_disputed": std_disputed, "std_agreed": std_agreed,
                 "pairs_disputed": by.get("True", {}).get("pairs"), "pairs_agreed": by.get("False", {}).get("pairs"),
                 "r2": mv.get("r2"), "pair_accuracy": mv["pair_accuracy"],
-                "passed": std_disputed > std_agreed}
+                "ceiling": mv.get("annotator_blind_ceiling"), "min_ratio": STD_RATIO,
+                "passed": std_disputed >= STD_RATIO * std_agreed}
 
     rho_bt = bt["pearson_length"]["mean_utility"]
     rho_q = odin["pearson_length"]["quality"]
     finding2 = {"rho_length_bt": rho_bt, "rho_length_odin_quality": rho_q,
                 "rho_length_odin_length_head": odin["pearson_length"]["length_head"],
                 "accuracy_bt": bt["pair_accuracy"], "accuracy_odin_quality": odin["pair_accuracy"],
-                "accuracy_odin_sum": odin.get("pair_accuracy_sum"),
-                "passed": abs(rho_q) <= 0.5 * abs(rho_bt) and abs(odin["pair_accuracy"] - bt["pair_accuracy"]) <= 0.05}
+                "accuracy_odin_sum": odin["pair_accuracy_sum"], "max_accuracy_gap": ODIN_ACCURACY_GAP,
+                "passed": abs(rho_q) <= 0.5 * abs(rho_bt)
+                and abs(odin["pair_accuracy_sum"] - bt["pair_accuracy"]) <= ODIN_ACCURACY_GAP}
 
     mv_path = rms["mean_variance"]["model"]
     runs = {stat: _ppo(out, stat, mv_path, stat, ppo_steps, seed) for stat in ("mean", "quantile")}
@@ -124,8 +117,8 @@ def run(out: str, seed: int = 0, quick: bool = False) -> dict:
                 "words_mean_reward": end("mean", "length"), "words_quantile_reward": end("quantile", "length"),
                 "passed": end("quantile", "disputed_share") < end("mean", "disputed_share")}
     result = {"dpl_std_on_disputed_pairs": finding1, "odin_length_decorrelation": finding2,
-              "risk_averse_ppo": finding3, "train_pairs": pairs, "rm_steps": rm_steps, "ppo_steps": ppo_steps, "seed": seed,
-              "quick": quick, "wall_time_s": round(time.time() - t0, 1)}
+              "risk_averse_ppo": finding3, "data": DATA, "train_pairs": rms["mean_variance"]["train_pairs"],
+              "rm_steps": rm_steps, "ppo_steps": ppo_steps, "seed": seed, "quick": quick, "wall_time_s": round(time.time() - t0, 1)}
     result["passed"] = all(f["passed"] for f in (finding1, finding2, finding3))
     return result
 
@@ -135,15 +128,17 @@ def format_findings(result: dict) -> list[str]:
     flag = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     return [
         f"[{flag(f1['passed'])}] DPL (mean-variance) mean predicted std: disputed pairs {f1['std_disputed']:.4f} "
-        f"({f1['pairs_disputed']} pairs) vs agreed pairs {f1['std_agreed']:.4f} ({f1['pairs_agreed']}); "
-        f"r^2 {f1['r2']:.3f}, held-out accuracy {f1['pair_accuracy']:.3f}",
+        f"({f1['pairs_disputed']} pairs) vs agreed pairs {f1['std_agreed']:.4f} ({f1['pairs_agreed']}), ratio "
+        f"{f1['std_disputed'] / f1['std_agreed']:.2f} (pass: >= {f1['min_ratio']}); r^2 {f1['r2']:.3f}, held-out accuracy "
+        f"{f1['pair_accuracy']:.3f} (annotator-blind ceiling {f1['ceiling']:.3f})",
         f"[{flag(f2['passed'])}] Pearson with length: Bradley-Terry {f2['rho_length_bt']:+.3f} vs ODIN quality head "
         f"{f2['rho_length_odin_quality']:+.3f} (length head {f2['rho_length_odin_length_head']:+.3f}); held-out accuracy "
-        f"BT {f2['accuracy_bt']:.3f} vs ODIN quality {f2['accuracy_odin_quality']:.3f}",
+        f"BT {f2['accuracy_bt']:.3f} vs ODIN {f2['accuracy_odin_sum']:.3f} (quality head alone {f2['accuracy_odin_quality']:.3f})",
         f"[{flag(f3['passed'])}] casual (disputed) share of held-out answers after PPO: mean reward "
         f"{f3['disputed_share_mean_reward']:.3f} vs {f3['alpha']}-quantile reward {f3['disputed_share_quantile_reward']:.3f} "
         f"(SFT start {f3['disputed_share_start']:.3f}); gold {f3['gold_mean_reward']:.3f} vs {f3['gold_quantile_reward']:.3f}",
-        f"{result['train_pairs']} training pairs, {result['rm_steps']} reward-model steps of 32 pairs, {result['ppo_steps']} PPO steps, {result['wall_time_s']:.0f} s",
+        f"{result['data']}: {result['train_pairs']} training pairs, {result['rm_steps']} reward-model steps of 32 pairs, "
+        f"{result['ppo_steps']} PPO steps, {result['wall_time_s']:.0f} s",
     ]
 
 
