@@ -140,7 +140,8 @@ def run_dpo(args: argparse.Namespace) -> int:
     from actors.modeling import load_tokenizer
     from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir
     from orchestrator.config import ConfigError, load_job_config
-    from orchestrator.dpo import PairStream, all_pair_logprobs, load_pair_data
+    from orchestrator.dpo import all_pair_logprobs, load_pair_data
+    from orchestrator.ppo import IndexStream
 
     if args.size not in BUILTIN_SIZES:
         raise SystemExit(f"rlhf bench: --size must be one of {', '.join(BUILTIN_SIZES)}")
@@ -158,7 +159,7 @@ def run_dpo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     actor = DPOActor(cfg.policy, model_path=model_dir, seed=cfg.run.seed, total_steps=args.steps + 1, pairs_per_step=B)
     startup = time.perf_counter() - t0
-    stream = PairStream(len(data.train), cfg.run.seed)
+    stream = IndexStream(len(data.train), cfg.run.seed)
     batches = [[data.train[i] for i in stream.next(B)] for _ in range(args.steps + 1)]
     tokens = [sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows) for rows in batches]
 

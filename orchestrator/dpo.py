@@ -78,32 +78,6 @@ class PairData:
     pad_id: int
 
 
-class PairStream:
-    """Pair indices in a seeded random order, epoch after epoch (PPO's `PromptStream` order)."""
-
-    def __init__(self, n: int, seed: int):
-        from orchestrator.ppo import PromptStream
-
-        self.order = PromptStream(range(n), pad_id=0, seed=seed)  # its permutation and (epoch, index) state
-
-    def next(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            perm = self.order._order()
-            take = perm[self.order.index : self.order.index + k - len(out)]
-            out += take
-            self.order.index += len(take)
-            if self.order.index >= len(perm):
-                self.order.epoch, self.order.index = self.order.epoch + 1, 0
-        return out
-
-    def state_dict(self) -> dict:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state)
-
-
 # ------------------------------------------------------------------------------------- driver
 
 
@@ -220,6 +194,7 @@ def run_worker(cfg: DPOConfig, policy_path: str, data: PairData, report=None) ->
 
     from actors.dpo import DPOActor, dpo_loss_args
     from orchestrator.metrics import MetricsLogger, plot_curves
+    from orchestrator.ppo import IndexStream, write_samples
 
     timer = time.perf_counter()
     rank, world = tdist.get_rank(), tdist.get_world_size()
@@ -232,7 +207,7 @@ def run_worker(cfg: DPOConfig, policy_path: str, data: PairData, report=None) ->
     actor = DPOActor(cfg.policy, model_path=policy_path, seed=cfg.run.seed, total_steps=cfg.run.steps, pairs_per_step=B)
     loss_args = dpo_loss_args(cfg.dpo.loss, cfg.dpo.beta, cfg.dpo.label_smoothing)
     device = actor.engine.device
-    stream = PairStream(len(data.train), cfg.run.seed)
+    stream = IndexStream(len(data.train), cfg.run.seed)
     history: dict = {}
     start_step = 0
 
@@ -272,9 +247,7 @@ def run_worker(cfg: DPOConfig, policy_path: str, data: PairData, report=None) ->
             if name is not None:
                 history[name] = {"pairs": {k: v for k, v in metrics.items()}, "generation": gen.record() if gen else None}
                 if gen is not None:
-                    from orchestrator.ppo import _write_samples
-
-                    _write_samples(out / f"samples_{name.split('_')[0]}.jsonl", gen.samples)
+                    write_samples(out / f"samples_{name.split('_')[0]}.jsonl", gen.samples)
             log.info("eval at step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 

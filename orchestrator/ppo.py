@@ -50,33 +50,56 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
-class PromptStream:
-    """Prompts in a seeded random order, epoch after epoch; its position is part of a checkpoint."""
+class IndexStream:
+    """Indices 0..n-1 in a seeded random order, epoch after epoch. An epoch's order is a pure function
+    of (seed, epoch), so (epoch, index) is the whole state: it goes into checkpoints. PPO draws its
+    prompts and DPO its pairs from it."""
 
-    def __init__(self, dataset, pad_id: int, seed: int):
-        self.dataset, self.pad_id, self.seed = dataset, pad_id, seed
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError("IndexStream: no items to draw from")
+        self.n, self.seed = n, seed
         self.epoch, self.index = 0, 0
 
     def _order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return torch.randperm(len(self.dataset), generator=g).tolist()
+        return torch.randperm(self.n, generator=g).tolist()
 
-    def next(self, n: int) -> PromptBatch:
-        rows = []
+    def next(self, k: int) -> list[int]:
+        """The next k indices (crossing into the next epoch's order when this one runs out)."""
+        out: list[int] = []
         order = self._order()
-        while len(rows) < n:
+        while len(out) < k:
             if self.index >= len(order):
                 self.epoch, self.index = self.epoch + 1, 0
                 order = self._order()
-            rows.append(self.dataset[order[self.index]])
-            self.index += 1
-        return to_prompt_batch(rows, self.pad_id)
+            take = order[self.index : self.index + k - len(out)]
+            out += take
+            self.index += len(take)
+        return out
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+class PromptStream:
+    """Prompt batches in the order of an `IndexStream`; its position is part of a checkpoint."""
+
+    def __init__(self, dataset, pad_id: int, seed: int):
+        self.dataset, self.pad_id = dataset, pad_id
+        self.indices = IndexStream(len(dataset), seed)
+
+    def next(self, n: int) -> PromptBatch:
+        return to_prompt_batch([self.dataset[i] for i in self.indices.next(n)], self.pad_id)
+
+    def state_dict(self) -> dict:
+        return self.indices.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices.load_state_dict(state)
 
 
 def to_prompt_batch(rows: list[dict], pad_id: int) -> PromptBatch:
@@ -254,7 +277,7 @@ def train(cfg: PPOConfig) -> dict:
     if "start_eval" not in history:
         ev = evaluate(roles, eval_rows, tokenizer.pad_token_id, gold)
         history["start_eval"] = ev.record()
-        _write_samples(out / "samples_start.jsonl", ev.samples)
+        write_samples(out / "samples_start.jsonl", ev.samples)
         log.info("start eval: reward %.4f gold %s length %.1f", ev.reward, _fmt(ev.gold), ev.length)
 
     from tqdm import tqdm
@@ -278,7 +301,7 @@ def train(cfg: PPOConfig) -> dict:
 
     ev = evaluate(roles, eval_rows, tokenizer.pad_token_id, gold)
     history["end_eval"] = ev.record()
-    _write_samples(out / "samples_end.jsonl", ev.samples)
+    write_samples(out / "samples_end.jsonl", ev.samples)
     get(roles.policy.broadcast(PolicyActor.export, str(out / "policy")))  # a collective under ZeRO-3; rank 0 writes
     records = metrics_log.read()
     plot_curves(records, out / "curves.png")
@@ -382,7 +405,7 @@ def _driver_state(step, kl_ctl, moments, prompts, history) -> dict:
     }
 
 
-def _write_samples(path: Path, samples: list) -> None:
+def write_samples(path: Path, samples: list) -> None:
     with open(path, "w") as f:
         for s in samples:
             f.write(json.dumps(s) + "\n")
