@@ -31,7 +31,6 @@ or ``python -m orchestrator.experiments.dpl_synthetic --out DIR``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Sequence
@@ -47,6 +46,7 @@ from losses.preference import (
     mean_variance_loss,
     mean_variance_std,
 )
+from orchestrator.experiments import write_findings
 
 __all__ = ["run", "main", "utility", "borda_count", "sample_comparisons"]
 
@@ -358,12 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     result = run(args.out, seed=args.seed, steps=args.steps, quick=args.quick)
-    for line in format_findings(result):
-        print(line)
-    path = os.path.join(args.out, "findings.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
-    print(f"findings written to {path}")
+    write_findings(result, format_findings(result), args.out)
     return 0 if result["passed"] else 1
 
 

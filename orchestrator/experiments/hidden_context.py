@@ -34,12 +34,12 @@ not expected to pass).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Sequence
 
 from orchestrator.config import load_job_config
+from orchestrator.experiments import write_findings
 
 __all__ = ["run", "main", "format_findings"]
 
@@ -151,12 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few steps of each run, for smoke tests")
     args = parser.parse_args(argv)
     result = run(args.out, seed=args.seed, quick=args.quick)
-    for line in format_findings(result):
-        print(line)
-    path = os.path.join(args.out, "findings.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
-    print(f"findings written to {path}")
+    write_findings(result, format_findings(result), args.out)
     return 0 if result["passed"] or args.quick else 1
 
 
