@@ -1,6 +1,7 @@
 # The two set-up commands of the README. Both create .venv when it is missing.
-#   make demo   install, then run the main job on the built-in default
-#   make test   install, then run the whole test suite
+#   make demo       install, then run the main job on the built-in default
+#   make test       install, then run the whole test suite
+#   make test-fast  install, then the tests not marked slow (every module, a few minutes)
 # On a GPU machine, install the torch build for your CUDA first and pass CONSTRAINTS= (empty).
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +27,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

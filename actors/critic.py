@@ -11,10 +11,11 @@ import os
 import torch
 
 from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint
-from actors.lm import ValueModel, train_minibatches, peak_memory_mb
+from actors.lm import ValueModel, forward_micro_batches, peak_memory_mb
 from actors.modeling import load_causal_lm
+from actors.trainer import MicroLoss, TrainStats, train_step
+from actors.types import Experience, Rollout, Values
 from cluster.group import gather_as
-from actors.types import Experience, Rollout, TokenValues
 from losses.ppo import value_loss
 
 
@@ -32,38 +33,42 @@ class CriticActor:
             trainable=("value_head",) if cfg.lora.enabled else (),  # with LoRA the head still trains
         )
 
-
     @gather_as("list")
     def peak_memory_mb(self) -> float:
         """Peak memory of this replica's process (for `rlhf bench`)."""
         return peak_memory_mb()
+
     def _values(self, sequences, attention_mask, prompt_len):
         """(b, T): the value of the state before each response token, read through the engine (ZeRO hooks)."""
         return self.engine(sequences, attention_mask)[:, prompt_len - 1 : -1]
 
     @gather_as("cat")
     @torch.no_grad()
-    def values(self, rollout: Rollout) -> TokenValues:
+    def values(self, rollout: Rollout) -> Values:
         """V_old(s_t) for every response token, (B, T)."""
-        self.engine.eval()
-        device = self.engine.device
-        out = []
-        for i in range(0, rollout.num_rows, self.cfg.micro_batch_size):
-            sl = slice(i, i + self.cfg.micro_batch_size)
-            out.append(self._values(rollout.sequences[sl].to(device), rollout.attention_mask[sl].to(device), rollout.prompt_len).cpu())
-        self.engine.train()
-        return TokenValues(values=torch.cat(out).float() * rollout.action_mask)
+        def forward(micro: Rollout) -> torch.Tensor:
+            return self._values(micro.sequences, micro.attention_mask, micro.prompt_len).float()
+
+        return Values(values=forward_micro_batches(self.engine, rollout, self.cfg.micro_batch_size, forward) * rollout.action_mask)
 
     def train(self, exp: Experience, minibatch_rows: int) -> dict:
+        """Clipped value updates: one optimizer step per minibatch of `minibatch_rows` rows of this replica
+        (`actors.trainer.train_step`, as the policy)."""
         device = self.engine.device
         self.engine.train()
 
-        def loss_fn(micro: Experience):
+        def loss_fn(micro: Experience) -> MicroLoss:
             micro = micro.to(device)
             values = self._values(micro.sequences, micro.attention_mask, micro.prompt_len)
-            return value_loss(values, micro.old_values, micro.returns, micro.action_mask, clip_eps=self.cfg.value_clip_eps)
+            per_token, metrics = value_loss(values, micro.old_values, micro.returns, micro.action_mask,
+                                            clip_eps=self.cfg.value_clip_eps)
+            return MicroLoss(per_token, micro.action_mask, metrics)
 
-        return train_minibatches(self.engine, exp, minibatch_rows, self.cfg.micro_batch_size, loss_fn, "critic")
+        stats = TrainStats()
+        for mb in exp.split(exp.num_rows // minibatch_rows):
+            train_step(self.engine, mb.split(minibatch_rows // self.cfg.micro_batch_size), loss_fn,
+                       mb.mb_tokens[0].item(), "critic", stats)
+        return stats.as_dict()
 
     def save_checkpoint(self, folder: str) -> None:
         save_checkpoint(self.engine, folder, tag="critic")

@@ -1,23 +1,20 @@
 """The DPO role: the policy actor, plus sequence log-probs of preference pairs and the DPO update.
 
 `DPOActor` IS a `PolicyActor` (same model loading, DeepSpeed engine, LoRA, sampling for the gold
-evaluation, checkpoints, `save_pretrained` export); it adds what DPO needs:
+evaluation, checkpoints, `save_pretrained` export); it adds what DPO needs, on `actors.pairs.Pairs`
+batches (one row per pair, so a scatter over replicas never separates a pair):
 
-- `pair_logprobs(rows)`: log pi(y | x) summed over the response tokens, for the chosen and the
-  rejected answer of each pair. Chosen and rejected go through ONE forward pass: a micro-batch of b
-  pairs is collated (`actors.pairs.collate_pairs`, as for the reward model) and stacked
-  (`Pairs.stacked`) into 2b right-padded sequences, chosen rows first. Token log-probs come from
-  `actors.lm.response_logprobs`, the function the PPO policy and reference use.
-- `pair_logprobs(rows, reference=True)`: the reference. With LoRA, the same weights with the
+- `pair_logprobs(pairs)`: log pi(y | x) summed over the response tokens, for the chosen and the
+  rejected answer of each pair. Chosen and rejected go through ONE forward pass: `Pairs.stacked`
+  makes 2b right-padded sequences, chosen rows first; token log-probs come from
+  `actors.lm.sequence_token_logprobs`, the function SFT trains with.
+- `pair_logprobs(pairs, reference=True)`: the reference. With LoRA, the same weights with the
   adapters disabled (valid at any time); without LoRA, the actor's own weights, which are the
   reference only before the first update (the driver computes them once, up front, and stores them
   per pair, so no second model is held during training).
-- `train_step(rows, ref_chosen, ref_rejected, global_pairs)`: one optimizer step on this worker's
-  share of a global batch. Each micro-batch contributes ``sum of its per-pair losses / global_pairs``
-  (`losses.ppo.aggregate` with the global count), and `actors.engine.backward` undoes DeepSpeed's
-  data-parallel averaging, so W workers take exactly the step of one worker on the whole batch.
-
-Rows are dataset rows of `orchestrator.data.load_preferences` (prompt_ids, chosen_ids, rejected_ids).
+- `train_step(pairs, global_pairs, loss_args)`: one optimizer step on this replica's share of a global
+  batch through `actors.trainer.train_step` (per-pair losses over the global pair count), so W
+  replicas take exactly the step of one replica on the whole batch.
 """
 
 from __future__ import annotations
@@ -26,26 +23,22 @@ import contextlib
 
 import torch
 
-from actors.engine import backward, step, unwrap
-from actors.lm import response_logprobs
-from actors.pairs import StackedPairs, collate_pairs
+from actors.engine import unwrap
+from actors.lm import forward_micro_batches, sequence_token_logprobs
+from actors.pairs import PairLogProbs, Pairs
 from actors.policy import PolicyActor
+from actors.trainer import MicroLoss, train_step
+from cluster.group import gather_as
 from losses.dpo import dpo_loss
-from losses.ppo import aggregate
 
-# metric sums returned by train_step (divided by the global pair count by the driver)
-PAIR_SUMS = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "logps_chosen", "logps_rejected")
+__all__ = ["DPOActor", "dpo_loss_args", "sequence_logprobs"]
 
 
-def sequence_logprobs(model, batch: StackedPairs) -> torch.Tensor:
-    """log pi(response | prompt) per row of a `StackedPairs` (`Pairs.stacked`): (2B,), fp32, chosen rows first.
-
-    `response_logprobs` with prompt_len=1 scores every token from position 1 on (the batch is one
-    right-padded block, prompts of different lengths); the response mask keeps the answer tokens.
-    """
-    token_lp = response_logprobs(model, batch.input_ids, batch.attention_mask, prompt_len=1)  # (2B, L-1)
-    mask = batch.response_mask[:, 1:].bool()
-    return torch.where(mask, token_lp, torch.zeros_like(token_lp)).sum(-1)
+def sequence_logprobs(model, pairs: Pairs, pad_id: int) -> torch.Tensor:
+    """(b, 2) log pi(response | prompt) of chosen (column 0) and rejected (column 1) of b pairs, fp32."""
+    token_lp, response = sequence_token_logprobs(model, pairs.stacked(pad_id))  # (2b, L-1) each
+    sums = torch.where(response, token_lp, torch.zeros_like(token_lp)).sum(-1)  # (2b,)
+    return sums.view(2, -1).T
 
 
 def dpo_loss_args(loss: str, beta: float, label_smoothing: float) -> dict:
@@ -65,57 +58,46 @@ class DPOActor(PolicyActor):
         super().__init__(cfg, model_path=model_path, seed=seed, total_steps=total_steps, minibatch_size=pairs_per_step)
         self.updates = 0
 
-    def _micro(self, rows: list) -> list:
-        b = self.cfg.micro_batch_size
-        return [rows[i : i + b] for i in range(0, len(rows), b)]
-
-    def _collate(self, rows: list) -> StackedPairs:
-        return collate_pairs(rows, self.pad_id).to(self.engine.device).stacked(self.pad_id)
-
-    @torch.no_grad()
-    def pair_logprobs(self, rows: list, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen (B,), rejected (B,)) sequence log-probs of the policy, or of the reference."""
+    @gather_as("cat")
+    def pair_logprobs(self, pairs: Pairs, reference: bool = False) -> PairLogProbs:
+        """Sequence log-probs of chosen and rejected of this replica's pairs, of the policy or the reference."""
         lora = hasattr(unwrap(self.engine), "disable_adapter")
         if reference and not lora and self.updates > 0:
             raise RuntimeError("reference log-probs of a full fine-tune must be computed before the first update")
-        was_training = self.engine.training
-        self.engine.eval()
         adapters_off = unwrap(self.engine).disable_adapter if (reference and lora) else contextlib.nullcontext
-        out = []
         with adapters_off():
-            for micro in self._micro(rows):
-                out.append(sequence_logprobs(self.engine, self._collate(micro)).cpu().view(2, -1))
-        if was_training:
-            self.engine.train()
-        both = torch.cat(out, dim=1)  # (2, B)
-        return both[0], both[1]
+            both = forward_micro_batches(self.engine, pairs, self.cfg.micro_batch_size,
+                                         lambda micro: sequence_logprobs(self.engine, micro, self.pad_id))
+        return PairLogProbs(chosen=both[:, 0].contiguous(), rejected=both[:, 1].contiguous())
 
-    def train_step(self, rows: list, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, global_pairs: int,
-                   loss_args: dict) -> dict:
-        """One optimizer step on this worker's `rows`; returns metric SUMS over its pairs (`PAIR_SUMS`), lr, grad_norm."""
+    def train_step(self, pairs: Pairs, global_pairs: int, loss_args: dict) -> dict:
+        """One optimizer step on this replica's pairs (their `ref_chosen` / `ref_rejected` set); returns
+        `actors.trainer.TrainStats` weighted by pairs: dpo/loss, dpo/accuracy (implicit reward of chosen
+        above rejected's), dpo/margin, dpo/chosen_reward, dpo/rejected_reward, logps/chosen,
+        logps/rejected, policy/lr, policy/grad_norm."""
+        device = self.engine.device
         self.engine.train()
-        sums = dict.fromkeys(PAIR_SUMS, 0.0)
-        start = 0
-        for micro in self._micro(rows):
-            b = len(micro)
-            ref_c, ref_r = ref_chosen[start : start + b], ref_rejected[start : start + b]
-            start += b
-            logps = sequence_logprobs(self.engine, self._collate(micro)).view(2, b)  # one pass: chosen, rejected
-            pi_c, pi_r = logps[0], logps[1]
-            losses, chosen_reward, rejected_reward = dpo_loss(
-                pi_c, pi_r, ref_c.to(pi_c.device), ref_r.to(pi_c.device), **loss_args
-            )
-            backward(self.engine, aggregate(losses, torch.ones_like(losses), num_tokens=global_pairs))
-            sums["loss"] += losses.detach().sum().item()
-            sums["accuracy"] += (chosen_reward > rejected_reward).float().sum().item()
-            sums["margin"] += (chosen_reward - rejected_reward).sum().item()
-            sums["chosen_reward"] += chosen_reward.sum().item()
-            sums["rejected_reward"] += rejected_reward.sum().item()
-            sums["logps_chosen"] += pi_c.detach().sum().item()
-            sums["logps_rejected"] += pi_r.detach().sum().item()
-        info = step(self.engine)
+
+        def loss_fn(micro: Pairs) -> MicroLoss:
+            micro = micro.to(device)
+            logps = sequence_logprobs(self.engine, micro, self.pad_id)  # (b, 2): one pass, chosen and rejected
+            losses, chosen_reward, rejected_reward = dpo_loss(logps[:, 0], logps[:, 1], micro.ref_chosen,
+                                                              micro.ref_rejected, **loss_args)
+            metrics = {
+                "accuracy": (chosen_reward > rejected_reward).float().mean(),
+                "margin": (chosen_reward - rejected_reward).mean(),
+                "chosen_reward": chosen_reward.mean(),
+                "rejected_reward": rejected_reward.mean(),
+                "logps/chosen": logps[:, 0].detach().mean(),
+                "logps/rejected": logps[:, 1].detach().mean(),
+            }
+            return MicroLoss(losses, torch.ones_like(losses), metrics)
+
+        size = self.cfg.micro_batch_size
+        micros = (pairs.select(slice(i, i + size)) for i in range(0, pairs.num_rows, size))
+        stats = train_step(self.engine, micros, loss_fn, global_pairs, "dpo", model_prefix="policy")
         self.updates += 1
-        return {**sums, **info}
+        return stats.as_dict()
 
     def load_checkpoint(self, folder: str) -> None:
         super().load_checkpoint(folder)

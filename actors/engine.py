@@ -70,8 +70,7 @@ select_accelerator()  # must precede `import deepspeed`; see cluster.dist.select
 import deepspeed  # noqa: E402
 from deepspeed.runtime.engine import DeepSpeedEngine  # noqa: E402
 
-from orchestrator.config import LoraConfig, ModelConfig, TrainableConfig  # noqa: E402
-from orchestrator.configtree import deep_merge  # noqa: E402
+from actors.config import LoraConfig, ModelConfig, TrainableConfig, deep_merge  # noqa: E402
 
 __all__ = [
     "lr_multiplier",
@@ -94,7 +93,7 @@ ADAM_EPS = 1e-8
 # --------------------------------------------------------------------------------------------- LR
 
 
-def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float = 0.0) -> float:
     """Factor on the peak LR for the optimizer update that follows `step` completed updates.
 
     Update number ``k+1`` (``k = step`` updates already done) uses ``lr * lr_multiplier(k)``:
@@ -102,11 +101,12 @@ def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: s
     - warmup, ``k < W``: ``(k + 1) / W``, so the first update already moves (lr/W) and update W
       uses the full lr (HF's ``k / W`` spends the first update at lr 0);
     - then ``p = (k - W) / (T - W)`` runs from 0 at the first post-warmup update to 1 at
-      ``k = T`` (after the last of T updates):  constant 1;  linear ``1 - p``;
-      cosine ``(1 + cos(pi p)) / 2``  (Loshchilov & Hutter 2017, SGDR eq. 5 with one cycle, eta_min=0).
+      ``k = T`` (after the last of T updates):  constant 1;  linear ``m + (1 - m)(1 - p)``;
+      cosine ``m + (1 - m)(1 + cos(pi p)) / 2`` (Loshchilov & Hutter 2017, SGDR eq. 5 with one cycle,
+      eta_min = m * lr), where m = `min_ratio` is the floor the decay ends at (0 by default).
 
     `total_steps` (T) is the number of optimizer steps of the run; it may be 0 for "constant".
-    Steps past T keep the final value (0 for linear and cosine).
+    Steps past T keep the final value (m for linear and cosine).
     """
     if schedule not in ("constant", "linear", "cosine"):
         raise ValueError(f"unknown lr_schedule {schedule!r}; expected constant, linear or cosine")
@@ -119,9 +119,8 @@ def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: s
     if schedule == "constant":
         return 1.0
     p = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-    if schedule == "linear":
-        return 1.0 - p
-    return 0.5 * (1.0 + math.cos(math.pi * p))
+    decay = 1.0 - p if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+    return min_ratio + (1.0 - min_ratio) * decay
 
 
 def _lr_scheduler_factory(cfg: TrainableConfig, total_steps: int):
@@ -136,7 +135,8 @@ def _lr_scheduler_factory(cfg: TrainableConfig, total_steps: int):
     lr_multiplier(0, warmup_steps=cfg.warmup_steps, total_steps=total_steps, schedule=cfg.lr_schedule)  # validate
 
     def fn(step: int) -> float:
-        return lr_multiplier(step, warmup_steps=cfg.warmup_steps, total_steps=total_steps, schedule=cfg.lr_schedule)
+        return lr_multiplier(step, warmup_steps=cfg.warmup_steps, total_steps=total_steps, schedule=cfg.lr_schedule,
+                             min_ratio=cfg.min_lr_ratio)
 
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
@@ -441,7 +441,7 @@ def gathered_params(engine_or_model: DeepSpeedEngine | nn.Module, modifier_rank:
 # ------------------------------------------------------------------------------------ checkpoints
 
 
-_CLIENT_KEY = "rlhf_client_state"  # DeepSpeed mixes its own keys into the returned client state
+_CLIENT_KEY = "rlhf_client_state"  # DeepSpeed mixes its own keys into the returned client state: ours go under one key
 
 
 def export_pretrained(engine: DeepSpeedEngine, tokenizer, folder: str | os.PathLike, config_updates: dict | None = None) -> None:
@@ -462,26 +462,26 @@ def _is_lora(engine: DeepSpeedEngine) -> bool:
     return any("lora_" in name for name, _ in engine.module.named_parameters())
 
 
-def save_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: str, client_state: dict | None = None) -> None:
-    """All ranks: write model, optimizer, LR scheduler and `client_state` under ``directory/tag``.
+def save_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: str) -> None:
+    """All ranks: write model, optimizer, LR scheduler and this process's torch RNG under ``directory/tag``.
 
     Thin on purpose, adding three things to ``engine.save_checkpoint``: with LoRA, frozen base
     weights are not written again at every checkpoint (``exclude_frozen_parameters``); no 'latest'
     file (atomic checkpoint rotation belongs to the driver, which knows which checkpoint is
-    complete); and `client_state` comes back from `load_checkpoint` alone, without DeepSpeed's keys.
-    RNG states are not included: the caller puts what it needs in `client_state`.
+    complete); and the replica's CPU RNG state rides along (`load_checkpoint` restores it), so a
+    resumed role draws the random numbers an uninterrupted one would.
     """
     engine.save_checkpoint(
         os.fspath(directory),
         tag=tag,
-        client_state={_CLIENT_KEY: dict(client_state or {})},
+        client_state={_CLIENT_KEY: {"rng": torch.get_rng_state()}},
         save_latest=False,
         exclude_frozen_parameters=_is_lora(engine),
     )
 
 
-def load_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: str) -> dict:
-    """All ranks: restore what `save_checkpoint` wrote; returns its `client_state`.
+def load_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: str) -> None:
+    """All ranks: restore what `save_checkpoint` wrote, the RNG state included.
 
     ``engine.load_checkpoint`` returns ``(None, None)`` (with only a warning) when the checkpoint is
     missing; this raises `FileNotFoundError` instead, so a resume can never silently start fresh.
@@ -499,4 +499,6 @@ def load_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: 
     )
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed could not load a checkpoint from {path}")
-    return (client_state or {}).get(_CLIENT_KEY, {})
+    rng = (client_state or {}).get(_CLIENT_KEY, {}).get("rng")
+    if rng is not None:
+        torch.set_rng_state(rng)

@@ -1,5 +1,6 @@
-"""Forward passes shared by every role: position ids for left-padded prompts, response log-probs,
-and the value model (a causal-LM backbone with a scalar head per token).
+"""Forward passes shared by every role: position ids for left-padded prompts, response log-probs (of a
+rollout, and of right-padded prompt + response sequences), and the value model (a causal-LM backbone
+with a scalar head per token).
 
 Sequences are `prompt (left-padded to P) + response (right-padded to T)`. The response token at
 position P + t is predicted by the logits at P + t - 1; the state value of that action is read from
@@ -13,7 +14,8 @@ import os
 import torch
 from torch import nn
 
-from losses import log_probs_from_logits
+from actors.engine import unwrap
+from losses import entropy_from_logits, log_probs_from_logits
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -28,17 +30,22 @@ def response_logprobs(
     attention_mask: torch.Tensor,  # (B, P+T)
     prompt_len: int,
     temperature: float = 1.0,
-) -> torch.Tensor:
-    """log pi(a_t | s_t) for every response position: (B, T), in fp32.
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a_t | s_t) for every response position: (B, T), in fp32; with `with_entropy`, also the
+    entropy H(pi(. | s_t)) of each position's distribution (B, T) (`losses.entropy_from_logits`).
 
-    Logits are divided by the sampling temperature, so the log-probs are those of the distribution
-    the rollout was sampled from (as in OpenRLHF and verl).
+    Logits are divided by the sampling temperature, so the log-probs (and entropies) are those of the
+    distribution the rollout was sampled from (as in OpenRLHF and verl).
     """
     out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
     logits = out.logits[:, prompt_len - 1 : -1]  # (B, T, V)
     if temperature != 1.0:
         logits = logits / temperature
-    return log_probs_from_logits(logits, sequences[:, prompt_len:]).float()
+    logprobs = log_probs_from_logits(logits, sequences[:, prompt_len:]).float()
+    if with_entropy:
+        return logprobs, entropy_from_logits(logits).float()
+    return logprobs
 
 
 class ValueModel(nn.Module):
@@ -79,66 +86,36 @@ class ValueModel(nn.Module):
         self.backbone.save_pretrained(folder, state_dict=backbone, safe_serialization=True)
         save_file(head, os.path.join(folder, self.HEAD_FILE))
 
-    def load_head(self, folder: str) -> None:
-        from safetensors.torch import load_file
 
-        self.value_head.load_state_dict(load_file(os.path.join(folder, self.HEAD_FILE)))
+@torch.no_grad()
+def forward_micro_batches(engine, batch, size: int, fn) -> torch.Tensor:
+    """``fn(micro)`` for each micro-batch of `size` rows of `batch` (a `cluster.batch.Batch`), moved to the
+    engine's device, in eval mode and without gradients; the results concatenated row-wise on the CPU.
 
-
-class TokenStats:
-    """Token-weighted metric sums of one replica; the driver adds replicas up (`merge_stats`)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-
-    def add(self, name: str, value: float, weight: float) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + float(value) * float(weight)
-        self.weights[name] = self.weights.get(name, 0.0) + float(weight)
-
-    def as_dict(self) -> dict[str, tuple[float, float]]:
-        return {k: (self.sums[k], self.weights[k]) for k in self.sums}
-
-
-def merge_stats(per_replica: list[dict[str, tuple[float, float]]]) -> dict[str, float]:
-    """Weighted means over replicas of what `TokenStats.as_dict` returned."""
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for stats in per_replica:
-        for k, (s, w) in stats.items():
-            sums[k] = sums.get(k, 0.0) + s
-            weights[k] = weights.get(k, 0.0) + w
-    return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
-
-
-def train_minibatches(engine, exp, minibatch_rows: int, micro_batch_size: int, loss_fn, prefix: str) -> dict:
-    """One optimizer step per minibatch of `exp` (this replica's rows, minibatch after minibatch).
-
-    `loss_fn(micro) -> (per_token_loss (b, T), metrics dict of 0-d tensors)`. Each micro-batch
-    contributes sum(per_token * mask) / N_global, N_global = valid tokens of the whole minibatch over
-    every replica (carried in `exp.mb_tokens`), so the update equals the one-batch update.
+    The inference loop of every role (old, reference and DPO log-probs, values, reward-model outputs):
+    the engine's train/eval mode is restored afterwards. Under ZeRO-3 every replica must make the
+    same number of calls (each forward is a collective), which equal shards of a scatter give.
     """
-    from actors.engine import backward, step
-    from losses.ppo import aggregate
+    was_training = engine.training
+    engine.eval()
+    device = next(unwrap(engine).parameters()).device
+    try:
+        return torch.cat([fn(batch.select(slice(i, i + size)).to(device)).cpu()
+                          for i in range(0, batch.num_rows, size)])
+    finally:
+        engine.train(was_training)
 
-    stats = TokenStats()
-    n_minibatches = exp.num_rows // minibatch_rows
-    for mb in exp.split(n_minibatches):
-        for micro in mb.split(minibatch_rows // micro_batch_size):
-            per_token, metrics = loss_fn(micro)
-            mask = micro.action_mask
-            loss = aggregate(per_token, mask, num_tokens=micro.mb_tokens[0].item())
-            backward(engine, loss)
-            tokens = float(mask.sum())
-            stats.add(f"{prefix}/loss", (per_token * mask).sum().item() / max(tokens, 1.0), tokens)
-            for name, value in metrics.items():
-                if name.endswith("_max"):  # not a mean: skip rather than average it wrongly
-                    continue
-                stats.add(f"{prefix}/{name}", float(value), tokens)
-        info = step(engine)
-        stats.add(f"{prefix}/lr", info["lr"], 1.0)
-        stats.add(f"{prefix}/grad_norm", info["grad_norm"], 1.0)
-    return stats.as_dict()
+
+def sequence_token_logprobs(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of every token of right-padded sequences given the tokens before it, and where the response is.
+
+    batch: a `actors.types.Sequences` (input_ids, attention_mask, response_mask, all (B, L)).
+    Returns ``(token_logprobs (B, L-1) fp32, response (B, L-1) bool)``: position t holds log p(token
+    t+1 | tokens 0..t) and whether token t+1 is a response token. `response_logprobs` with
+    prompt_len=1 scores every token from position 1 on, so prompts of different lengths share one batch.
+    """
+    token_lp = response_logprobs(model, batch.input_ids, batch.attention_mask, prompt_len=1)  # (B, L-1)
+    return token_lp, batch.response_mask[:, 1:].bool()
 
 
 def peak_memory_mb() -> float:

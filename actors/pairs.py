@@ -1,4 +1,5 @@
-"""Preference pairs as one batch: the single collation of the reward-model role and DPO.
+"""Collation of prompt + response rows: preference pairs (the reward-model role and DPO) and single
+sequences (SFT).
 
 `collate_pairs` turns dataset rows of `orchestrator.data.load_preferences` (prompt_ids, chosen_ids,
 rejected_ids) into `Pairs`, one row per pair, so a row split (`cluster.group` scattering a `Batch`
@@ -10,25 +11,15 @@ Right padding throughout: the models are causal, so trailing padding changes no 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence as Seq
 
 import torch
 
-from actors.batch import Batch, spec
 from actors.scoring import right_pad
+from actors.types import Sequences
+from cluster.batch import Batch, spec
 
-__all__ = ["Pairs", "StackedPairs", "collate_pairs"]
-
-
-class StackedPairs(NamedTuple):
-    """b pairs as 2b sequences: rows 0..b-1 chosen, rows b..2b-1 rejected (row i and row b+i are one pair).
-
-    Do not cut it by rows (that would separate pairs): select rows of `Pairs` first, then stack.
-    """
-
-    input_ids: torch.Tensor  # (2b, T) long: prompt + response, right-padded with the pad id
-    attention_mask: torch.Tensor  # (2b, T) long: 1 on prompt and response tokens, 0 on padding
-    response_mask: torch.Tensor  # (2b, T) long: 1 on response tokens (same positions as input_ids, not shifted)
+__all__ = ["Pairs", "PairLogProbs", "collate_pairs", "collate_sequences"]
 
 
 @dataclass
@@ -42,9 +33,13 @@ class Pairs(Batch):
     prompt_len: torch.Tensor = spec("B", torch.long)  # (B,) prompt tokens (the same prompt starts both sequences)
     chosen_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of chosen (ODIN's length)
     rejected_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of rejected
+    ref_chosen: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) DPO: log pi_ref(chosen | prompt)
+    ref_rejected: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) DPO: log pi_ref(rejected | prompt)
 
-    def stacked(self, pad_id: int) -> StackedPairs:
-        """Chosen then rejected as one (2b, T) batch for a single forward, T the longest real sequence here.
+    def stacked(self, pad_id: int) -> Sequences:
+        """Chosen then rejected as one (2b, T) batch for a single forward, T the longest real sequence here:
+        rows 0..b-1 chosen, rows b..2b-1 rejected (row i and row b+i are one pair; do not cut it by rows,
+        select rows of `Pairs` first, then stack).
 
         Both halves are cut (or right-padded with `pad_id`) to T, so a micro-batch selected from a
         long minibatch carries no padding beyond its own longest pair. response_mask marks positions
@@ -65,10 +60,10 @@ class Pairs(Batch):
 
         chosen = fit(self.chosen_ids, self.chosen_mask, self.chosen_len)
         rejected = fit(self.rejected_ids, self.rejected_mask, self.rejected_len)
-        return StackedPairs(*(torch.cat([c, r]) for c, r in zip(chosen, rejected)))
+        return Sequences(*(torch.cat([c, r]) for c, r in zip(chosen, rejected)))
 
 
-def collate_pairs(rows: Sequence[Mapping], pad_id: int) -> Pairs:
+def collate_pairs(rows: Seq[Mapping], pad_id: int) -> Pairs:
     """Rows with prompt_ids / chosen_ids / rejected_ids (`orchestrator.data.load_preferences`) -> `Pairs`."""
     if not rows:
         raise ValueError("collate_pairs: no rows")
@@ -82,3 +77,23 @@ def collate_pairs(rows: Sequence[Mapping], pad_id: int) -> Pairs:
         chosen_ids=chosen_ids, chosen_mask=chosen_mask, rejected_ids=rejected_ids, rejected_mask=rejected_mask,
         prompt_len=lengths("prompt_ids"), chosen_len=lengths("chosen_ids"), rejected_len=lengths("rejected_ids"),
     )
+
+
+@dataclass
+class PairLogProbs(Batch):
+    """Sequence log-probs of both answers of B pairs (DPO)."""
+
+    chosen: torch.Tensor = spec("B", torch.float32)  # (B,) log pi(chosen | prompt): sum over its tokens
+    rejected: torch.Tensor = spec("B", torch.float32)  # (B,) log pi(rejected | prompt)
+
+
+def collate_sequences(rows: Seq[Mapping], pad_id: int, answer: str = "response") -> Sequences:
+    """Rows with prompt_ids and `<answer>`_ids (`orchestrator.data.load_sft`) -> right-padded `Sequences`,
+    the response marked in response_mask."""
+    if not rows:
+        raise ValueError("collate_sequences: no rows")
+    input_ids, attention_mask = right_pad([list(r["prompt_ids"]) + list(r[f"{answer}_ids"]) for r in rows], pad_id)
+    positions = torch.arange(input_ids.shape[1])[None, :]  # (1, L)
+    start = torch.tensor([len(r["prompt_ids"]) for r in rows])[:, None]  # (B, 1)
+    end = start + torch.tensor([len(r[f"{answer}_ids"]) for r in rows])[:, None]
+    return Sequences(input_ids, attention_mask, ((positions >= start) & (positions < end)).long())

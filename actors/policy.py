@@ -5,20 +5,15 @@ Receives only its `PolicyConfig` slice and the folder of its initial weights.
 
 from __future__ import annotations
 
-
 import torch
 
 from actors.engine import build_engine, export_pretrained, gathered_params, load_checkpoint, save_checkpoint, unwrap
-from actors.lm import response_logprobs, train_minibatches, peak_memory_mb
+from actors.lm import forward_micro_batches, peak_memory_mb, response_logprobs
 from actors.modeling import load_causal_lm, load_tokenizer
+from actors.trainer import MicroLoss, TrainStats, train_step
+from actors.types import Experience, LogProbs, PromptBatch, Rollout
 from cluster.group import gather_as
-from actors.types import Experience, PromptBatch, Rollout, TokenValues
 from losses.ppo import policy_loss
-
-
-def _micro_batches(n: int, size: int):
-    for i in range(0, n, size):
-        yield slice(i, min(i + size, n))
 
 
 class PolicyActor:
@@ -31,11 +26,11 @@ class PolicyActor:
         self.pad_id = self.tokenizer.pad_token_id
         self.engine = build_engine(model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size)
 
-
     @gather_as("list")
     def peak_memory_mb(self) -> float:
         """Peak memory of this replica's process (for `rlhf bench`)."""
         return peak_memory_mb()
+
     # ---------------------------------------------------------------- rollout
     @gather_as("cat")
     @torch.no_grad()
@@ -83,6 +78,7 @@ class PolicyActor:
             action_mask=action_mask,
             ended_with_eos=ended,
             prompts=list(prompts.prompts),
+            messages=None if prompts.messages is None else list(prompts.messages),
             responses=texts,
             references=list(prompts.references),
             query_types=list(prompts.query_types),
@@ -91,58 +87,53 @@ class PolicyActor:
     # ---------------------------------------------------------------- log-probs
     @gather_as("cat")
     @torch.no_grad()
-    def logprobs(self, rollout: Rollout) -> TokenValues:
+    def logprobs(self, rollout: Rollout) -> LogProbs:
         """log pi_old(a_t | s_t), (B, T), computed in micro-batches."""
-        return TokenValues(values=self._logprobs(rollout))
+        return LogProbs(logprobs=self._logprobs(rollout))
 
     @gather_as("cat")
     @torch.no_grad()
-    def reference_logprobs(self, rollout: Rollout) -> TokenValues:
+    def reference_logprobs(self, rollout: Rollout) -> LogProbs:
         """With LoRA: log pi_ref from the same weights with the adapters disabled (no model copy)."""
         with unwrap(self.engine).disable_adapter():
-            return TokenValues(values=self._logprobs(rollout))
+            return LogProbs(logprobs=self._logprobs(rollout))
 
     def _logprobs(self, rollout: Rollout) -> torch.Tensor:
-        was_training = self.engine.training
-        self.engine.eval()
-        device = self.engine.device
-        out = []
-        for sl in _micro_batches(rollout.num_rows, self.cfg.micro_batch_size):
-            out.append(
-                response_logprobs(
-                    self.engine,
-                    rollout.sequences[sl].to(device),
-                    rollout.attention_mask[sl].to(device),
-                    rollout.prompt_len,
-                    self.cfg.temperature,
-                ).cpu()
-            )
-        if was_training:
-            self.engine.train()
-        return torch.cat(out) * rollout.action_mask
+        def forward(micro: Rollout) -> torch.Tensor:
+            return response_logprobs(self.engine, micro.sequences, micro.attention_mask, micro.prompt_len, self.cfg.temperature)
+
+        return forward_micro_batches(self.engine, rollout, self.cfg.micro_batch_size, forward) * rollout.action_mask
 
     # ---------------------------------------------------------------- update
     def train(self, exp: Experience, minibatch_rows: int) -> dict:
-        """PPO-clip epochs: one optimizer step per minibatch of `minibatch_rows` rows of this replica."""
+        """PPO-clip epochs: one optimizer step per minibatch of `minibatch_rows` rows of this replica
+        (`actors.trainer.train_step`; N_global = the minibatch's valid tokens over all replicas)."""
         cfg = self.cfg
         device = self.engine.device
+        bonus = cfg.entropy_coef > 0
         self.engine.train()
 
-        def loss_fn(micro: Experience):
+        def loss_fn(micro: Experience) -> MicroLoss:
             micro = micro.to(device)
-            logprobs = response_logprobs(self.engine, micro.sequences, micro.attention_mask, micro.prompt_len, cfg.temperature)
-            return policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.action_mask, clip_eps=cfg.clip_eps)
+            out = response_logprobs(self.engine, micro.sequences, micro.attention_mask, micro.prompt_len,
+                                    cfg.temperature, with_entropy=bonus)
+            logprobs, entropy = out if bonus else (out, None)
+            per_token, metrics = policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.action_mask,
+                                             clip_eps=cfg.clip_eps, entropy=entropy, entropy_coef=cfg.entropy_coef)
+            return MicroLoss(per_token, micro.action_mask, metrics)
 
-        return train_minibatches(self.engine, exp, minibatch_rows, cfg.micro_batch_size, loss_fn, "policy")
+        stats = TrainStats()
+        for mb in exp.split(exp.num_rows // minibatch_rows):
+            train_step(self.engine, mb.split(minibatch_rows // cfg.micro_batch_size), loss_fn, mb.mb_tokens[0].item(),
+                       "policy", stats)
+        return stats.as_dict()
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder: str) -> None:
-        save_checkpoint(self.engine, folder, tag="policy", client_state={"rng": torch.get_rng_state()})
+        save_checkpoint(self.engine, folder, tag="policy")
 
     def load_checkpoint(self, folder: str) -> None:
-        state = load_checkpoint(self.engine, folder, tag="policy")
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
+        load_checkpoint(self.engine, folder, tag="policy")
 
     def export(self, folder: str) -> None:
         """A `save_pretrained` folder (safetensors) that transformers loads; LoRA merged into the weights."""

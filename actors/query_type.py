@@ -12,7 +12,7 @@ row has one; this classifier decides otherwise. It is rule-based, on the prompt'
    (count, name, calculate, compute, spell, translate, convert, list) (CLOSED_STARTS);
 3. else 'open' (an instruction without a question).
 
-Accuracy on the labelled built-in prompts (both splits): `python -m actors.query_type`.
+Accuracy on the labelled built-in prompts (both splits): `python -m orchestrator.task query-type`.
 """
 
 from __future__ import annotations
@@ -56,19 +56,3 @@ def accuracy(rows: Sequence[dict]) -> dict:
         out[f"recall_{label}"] = sum(classify(r["prompt"]) == label for r in sub) / max(len(sub), 1)
     out["errors"] = [r["prompt"] for r in rows if classify(r["prompt"]) != r["query_type"]]
     return out
-
-
-def builtin_accuracy() -> dict:
-    """`accuracy` on the built-in prompts (orchestrator.task), per split and on both together."""
-    from orchestrator import task
-
-    splits = {s: task.prompt_rows(s) for s in task.SPLITS}
-    report = {s: accuracy(rows) for s, rows in splits.items()}
-    report["all"] = accuracy([r for rows in splits.values() for r in rows])
-    return report
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(builtin_accuracy(), indent=2))

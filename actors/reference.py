@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from actors.engine import build_engine
-from actors.lm import response_logprobs, peak_memory_mb
+from actors.lm import forward_micro_batches, peak_memory_mb, response_logprobs
 from actors.modeling import load_causal_lm
+from actors.types import LogProbs, Rollout
 from cluster.group import gather_as
-from actors.types import Rollout, TokenValues
 
 
 class ReferenceActor:
@@ -24,23 +24,16 @@ class ReferenceActor:
         model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.engine = build_engine(model, cfg, train=False)
 
-
     @gather_as("list")
     def peak_memory_mb(self) -> float:
         """Peak memory of this replica's process (for `rlhf bench`)."""
         return peak_memory_mb()
+
     @gather_as("cat")
     @torch.no_grad()
-    def logprobs(self, rollout: Rollout) -> TokenValues:
+    def logprobs(self, rollout: Rollout) -> LogProbs:
         """log pi_ref(a_t | s_t), (B, T)."""
-        device = self.engine.device
-        out = []
-        for i in range(0, rollout.num_rows, self.micro_batch_size):
-            sl = slice(i, i + self.micro_batch_size)
-            out.append(
-                response_logprobs(
-                    self.engine, rollout.sequences[sl].to(device), rollout.attention_mask[sl].to(device),
-                    rollout.prompt_len, self.temperature,
-                ).cpu()
-            )
-        return TokenValues(values=torch.cat(out) * rollout.action_mask)
+        def forward(micro: Rollout) -> torch.Tensor:
+            return response_logprobs(self.engine, micro.sequences, micro.attention_mask, micro.prompt_len, self.temperature)
+
+        return LogProbs(logprobs=forward_micro_batches(self.engine, rollout, self.micro_batch_size, forward) * rollout.action_mask)

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from actors.rendering import plain_prompt
 from actors.types import Scores
 from losses.relevance import r3_reward
 
@@ -94,6 +95,7 @@ class RelevanceScorer:
 
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
         n = len(responses)
+        prompts = [plain_prompt(p) for p in prompts]  # relevance to the question (a chat's last user turn)
         references = [None] * n if references is None else list(references)
         query_types = [None] * n if query_types is None else list(query_types)
         closed = query_kinds(prompts, references, query_types)

@@ -4,10 +4,10 @@
 (`scorer(prompts, responses, references, query_types) -> Scores`); PPO uses it as
 `reward.kind=remote reward.url=...`.
 
-Wire format (the server side is `orchestrator.serve`)::
+Wire format (the server side is `orchestrator.serve`); a prompt is a string or the whole chat::
 
-    POST <url>  {"prompts": [str], "responses": [str], "references": [str|null] | null,
-                 "query_types": ["open"|"closed"|null] | null}
+    POST <url>  {"prompts": [str | [{"role", "content"}, ...]], "responses": [str],
+                 "references": [str|null] | null, "query_types": ["open"|"closed"|null] | null}
     200         {"rewards": [float], "stds": [float] | null}
     4xx / 5xx   {"error": "<message naming the field>"}
     GET  <url>  {"kind": ..., "max_batch_size": ..., "requests": ..., "batches": ...}  (health and stats)

@@ -1,18 +1,21 @@
 """The reward role: one scorer interface for every kind of reward, and `RewardActor` around it.
 
 A scorer is a callable `scorer(prompts, responses, references, query_types) -> Scores` over N rows
-(reward float32 (N,), and the predicted std (N,) where the reward has one). `build_scorer(cfg)` makes
-one from a `RewardConfig`; `RewardActor` (the PPO role) and `rlhf serve reward` both use it.
+(reward float32 (N,), and the predicted std (N,) where the reward has one). A prompt is a string or the
+whole chat list (`actors.rendering.Prompt`). `build_scorer(cfg)` makes one from a `RewardConfig`;
+`RewardActor` (the PPO role) and `rlhf serve reward` both use it.
 
 Kinds (config `reward.kind`):
 - `function`: a Python callable named 'module:function', called as
-  f(prompts, responses, references) -> list of floats (one per response);
+  f(prompts, responses, references) -> list of floats (one per response), prompts as plain text
+  (the string, or a chat's last user turn);
 - `model`: a saved reward model (a Hugging Face sequence-classifier folder whose config's
   `rlhf_reward` describes the head, see actors/reward_head.py; none means Bradley-Terry), scoring the
-  conversation rendered by `_chat_text` with its own tokenizer, right-padded, `reward.batch_size` rows per
-  forward, pooled exactly as in training (`actors.scoring.sequence_outputs`); frozen, optionally sharded
-  with ZeRO-3. The RL reward is the normalised mean or alpha-quantile (`reward.statistic`,
-  `reward.alpha`); distributional models also return their std;
+  conversation exactly as it was rendered in training (`actors.rendering`) with its own tokenizer,
+  right-padded, `reward.batch_size` rows per forward, pooled exactly as in training
+  (`actors.scoring.sequence_outputs`); frozen, optionally sharded with ZeRO-3. The RL reward is the
+  normalised mean or alpha-quantile (`reward.statistic`, `reward.alpha`); distributional models also
+  return their std;
 - `relevance`: R^3, preference-free (actors/relevance.py);
 - `remote`: an HTTP endpoint served by `rlhf serve reward` (actors/remote_reward.py);
 - `weighted`: sum_k w_k * r_k over `reward.components` (any kinds but weighted). Its std, when a
@@ -28,13 +31,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from cluster.group import gather_as
 from actors.lm import peak_memory_mb
+from actors.rendering import Rendering, plain_prompt
 from actors.scoring import right_pad, sequence_outputs
 from actors.types import Rollout, Scores
+from cluster.group import gather_as
 
 Scorer = Callable[[list, list, list, list], Scores]
-"""scorer(prompts, responses, references, query_types) -> Scores, all lists of N rows."""
+"""scorer(prompts, responses, references, query_types) -> Scores, all lists of N rows; a prompt is a
+string or a chat list (`actors.rendering.Prompt`)."""
 
 
 def load_function(spec: str):
@@ -111,7 +116,8 @@ class FunctionScorer:
         self.spec, self.fn = spec, load_function(spec)
 
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
-        values = [float(v) for v in self.fn(list(prompts), list(responses), _as_rows(references, len(responses)))]
+        plain = [plain_prompt(p) for p in prompts]
+        values = [float(v) for v in self.fn(plain, list(responses), _as_rows(references, len(responses)))]
         if len(values) != len(responses):
             raise ValueError(f"reward.function {self.spec!r} returned {len(values)} scores for {len(responses)} responses")
         return Scores(reward=torch.tensor(values, dtype=torch.float32))
@@ -123,37 +129,36 @@ class ModelScorer:
 
     def __init__(self, engine, tokenizer, head, *, statistic: str = "mean", alpha: float = 0.5, batch_size: int = 64):
         head.check_statistic(statistic, alpha)
-        self.engine, self.tokenizer, self.head = engine, tokenizer, head
+        self.engine, self.head = engine, head
+        self.rendering = Rendering(tokenizer, head.chat_template)
         self.statistic, self.alpha, self.batch_size = statistic, alpha, batch_size
 
     @classmethod
     def from_config(cls, cfg) -> "ModelScorer":
-        import torch.distributed as tdist
-
+        """Load the folder of `cfg.path` into a frozen engine; the process must have joined its role's
+        process group (a role group does that; a Serve replica calls `cluster.init_local()` first)."""
         from actors.engine import build_engine
         from actors.modeling import load_sequence_classifier, load_tokenizer
-        from cluster.dist import init_local
 
         head = read_head(cfg)
         tokenizer = load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
         model = load_sequence_classifier(cfg.path, num_labels=head.num_labels, dtype=cfg.dtype,
                                          trust_remote_code=cfg.trust_remote_code)
-        if not tdist.is_initialized():  # a bare process (e.g. a Serve replica): a world of one
-            init_local()
         engine = build_engine(model, cfg, train=False, total_steps=1)
         return cls(engine, tokenizer, head, statistic=cfg.statistic, alpha=cfg.alpha, batch_size=cfg.batch_size)
 
     @torch.no_grad()
-    def outputs(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def outputs(self, prompts: Sequence, responses: Sequence[str]) -> torch.Tensor:
         """(N, num_labels) raw head outputs, float32, `batch_size` rows per right-padded forward: the
-        training-time path (`actors.scoring.sequence_outputs`), pooled at the last non-pad token."""
-        tok, pad_id, out = self.tokenizer, self.tokenizer.pad_token_id, []
+        conversations rendered as in training (`actors.rendering`, the way the model's `rlhf_reward`
+        records), pooled as in training (`actors.scoring.sequence_outputs`)."""
+        tok, out = self.rendering.tokenizer, []
         device = next(self.engine.module.parameters()).device
         for i in range(0, len(responses), self.batch_size):
-            texts = [_chat_text(tok, p, r) for p, r in zip(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])]
-            input_ids, mask = right_pad(tok(texts, add_special_tokens=False).input_ids, pad_id)  # (n, T) each
-            out.append(sequence_outputs(self.engine, input_ids.to(device), mask.to(device), pad_id=pad_id,
-                                        strict=pad_id != tok.eos_token_id).cpu())
+            ids = self.rendering.conversation_ids(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])
+            input_ids, mask = right_pad(ids, tok.pad_token_id)  # (n, T) each
+            out.append(sequence_outputs(self.engine, input_ids.to(device), mask.to(device), tok.pad_token_id,
+                                        tok.eos_token_id).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.head.num_labels)
 
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
@@ -194,16 +199,8 @@ class RewardActor:
 
     @gather_as("cat")
     def score(self, rollout: Rollout) -> Scores:
+        """The reward of each response; a reward model reads the whole chat of the prompt."""
         n = len(rollout.responses)
-        return self.scorer(list(rollout.prompts), list(rollout.responses),
-                           _as_rows(rollout.references, n), _as_rows(rollout.query_types, n))
-
-
-def _chat_text(tokenizer, prompt: str, response: str) -> str:
-    """The conversation as the reward model saw it in training: chat template when it has one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
-        )
-    eos = tokenizer.eos_token or ""
-    return f"{prompt}\n{response}{eos}"
+        prompts = [chat if chat is not None else p for chat, p in zip(_as_rows(rollout.messages, n), rollout.prompts)]
+        return self.scorer(prompts, list(rollout.responses), _as_rows(rollout.references, n),
+                           _as_rows(rollout.query_types, n))

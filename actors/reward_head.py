@@ -67,12 +67,15 @@ class RewardHead:
     """The reward statistic (and the predicted std) is divided by this at RL time."""
     variance_penalty: float = 0.0
     """mean_variance: weight of the penalty on the predicted spread (the DPL code's option)."""
-    entropy_coeff: float = 0.0
+    entropy_coef: float = 0.0
     """categorical: weight of the entropy bonus."""
     odin_length_coef: float = 1.0
     """odin: weight of the length-decorrelation term."""
     odin_orth_coef: float = 1.0
     """odin: weight of the head-orthogonality term."""
+    chat_template: bool = True
+    """How conversations were rendered in training (`actors.rendering.Rendering`): through the tokenizer's
+    chat template when it has one (data.chat_template), else plain. Scoring renders the same way."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -112,7 +115,7 @@ class RewardHead:
     def to_dict(self) -> dict:
         """The `rlhf_reward` entry of a saved model's config (plus the derived layout, for readers)."""
         return {**asdict(self), "num_labels": self.num_labels, "outputs": self.outputs,
-                "pooling": "last_non_pad_token", "rendering": "chat_template"}
+                "pooling": "last_non_pad_token"}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RewardHead":
@@ -148,7 +151,7 @@ class RewardHead:
         if o == "mean_variance":
             return LossTerms(P.mean_variance_loss(out_chosen, out_rejected, self.variance_penalty), zero)
         if o == "categorical":
-            pair, entropy = P.categorical_loss(out_chosen, out_rejected, self.entropy_coeff)
+            pair, entropy = P.categorical_loss(out_chosen, out_rejected, self.entropy_coef)
             return LossTerms(pair, entropy.float(), {"entropy_term": entropy.detach()})
         if o == "mixture":
             return LossTerms(P.mixture_loss(out_chosen, out_rejected), zero)

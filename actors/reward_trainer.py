@@ -9,12 +9,12 @@ fine-tuning or LoRA (the score head then trains in full next to the adapters). H
 data-parallel engine. Pairs arrive as `actors.pairs.Pairs` (one row per pair, so every replica gets
 whole pairs).
 
-The loss contract (`actors.engine`): one `train_step` call is one optimizer step over the replica's
-shard of a minibatch of `global_pairs` pairs. A micro-batch of b pairs contributes
-``sum(per-pair loss) / global_pairs + batch_term * b / global_pairs`` (`LossTerms`), so per-pair
-terms give the full-batch gradient however the minibatch is sharded or micro-batched; batch-level
-terms (ODIN's length decorrelation and orthogonality, the categorical entropy bonus) are computed
-per micro-batch and weighted by its share, as the ODIN and DPL code do per device.
+The loss contract (`actors.trainer.train_step`, the trainer of every role): one `train_step` call is
+one optimizer step over the replica's shard of a minibatch of `global_pairs` pairs. A micro-batch of b
+pairs contributes ``sum(per-pair loss) / global_pairs + batch_term * b / global_pairs`` (`LossTerms`),
+so per-pair terms give the full-batch gradient however the minibatch is sharded or micro-batched;
+batch-level terms (ODIN's length decorrelation and orthogonality, the categorical entropy bonus) are
+computed per micro-batch and weighted by its share, as the ODIN and DPL code do per device.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.batch import Batch, spec
-from actors.engine import backward, build_engine, export_pretrained, load_checkpoint, save_checkpoint, step, unwrap
-from actors.lm import TokenStats
+from actors.engine import build_engine, export_pretrained, load_checkpoint, save_checkpoint
+from actors.lm import forward_micro_batches
 from actors.pairs import Pairs
 from actors.reward_head import RewardHead
 from actors.scoring import sequence_outputs
+from actors.trainer import MicroLoss, train_step
+from cluster.batch import Batch, spec
 from cluster.group import gather_as
 
 __all__ = ["PairOutputs", "pair_outputs", "head_from_config", "scale_score_head", "RewardModelActor"]
@@ -40,7 +41,7 @@ class PairOutputs(Batch):
     rejected: torch.Tensor = spec("B K", torch.float32)  # (B, K) score-head outputs of rejected
 
 
-def _forward(model, pairs: Pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(model, pairs: Pairs, pad_id: int, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over chosen and rejected of `pairs`: (out_chosen (b, K), out_rejected (b, K)).
 
     `Pairs.stacked` cuts both halves to the longest real sequence of this micro-batch (trailing
@@ -48,25 +49,16 @@ def _forward(model, pairs: Pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tens
     """
     b = pairs.num_rows
     batch = pairs.stacked(pad_id)
-    out = sequence_outputs(model, batch.input_ids, batch.attention_mask, pad_id=pad_id)  # (2b, K)
+    out = sequence_outputs(model, batch.input_ids, batch.attention_mask, pad_id, eos_id)  # (2b, K)
     return out[:b], out[b:]
 
 
-@torch.no_grad()
-def pair_outputs(model, pairs: Pairs, pad_id: int, micro_batch_size: int) -> PairOutputs:
+def pair_outputs(model, pairs: Pairs, pad_id: int, eos_id: int | None, micro_batch_size: int) -> PairOutputs:
     """Head outputs of every pair in eval mode, `micro_batch_size` pairs per forward; `model` is a
     Hugging Face sequence classifier or a DeepSpeed engine around one."""
-    was_training = model.training
-    model.eval()
-    device = next(unwrap(model).parameters()).device
-    chosen, rejected = [], []
-    for i in range(0, pairs.num_rows, micro_batch_size):
-        micro = pairs.select(slice(i, i + micro_batch_size)).to(device)
-        out_c, out_r = _forward(model, micro, pad_id)
-        chosen.append(out_c.cpu())
-        rejected.append(out_r.cpu())
-    model.train(was_training)
-    return PairOutputs(chosen=torch.cat(chosen), rejected=torch.cat(rejected))
+    both = forward_micro_batches(model, pairs, micro_batch_size,
+                                 lambda micro: torch.stack(_forward(model, micro, pad_id, eos_id), dim=1))  # (B, 2, K)
+    return PairOutputs(chosen=both[:, 0].contiguous(), rejected=both[:, 1].contiguous())
 
 
 def head_from_config(cfg) -> RewardHead:
@@ -76,7 +68,7 @@ def head_from_config(cfg) -> RewardHead:
         num_atoms=cfg.num_atoms if cfg.objective == "categorical" else 0,
         num_components=cfg.num_components if cfg.objective == "mixture" else 0,
         variance_penalty=cfg.variance_penalty,
-        entropy_coeff=cfg.entropy_coeff,
+        entropy_coef=cfg.entropy_coef,
         odin_length_coef=cfg.odin_length_coef,
         odin_orth_coef=cfg.odin_orth_coef,
     )
@@ -106,7 +98,8 @@ class RewardModelActor:
             raise ValueError(f"model.path={model_path!r}: {type(model).__name__} has no `score` head "
                              "(rlhf rm needs a causal-LM backbone whose sequence classifier names its head `score`)")
         scale_score_head(model, cfg.head_init_scale)
-        self.pad_id = model.config.pad_token_id
+        self.pad_id = self.tokenizer.pad_token_id  # as the driver collates and `ModelScorer` pads
+        self.eos_id = self.tokenizer.eos_token_id
         self.engine = build_engine(
             model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size,
             trainable=("score",) if cfg.lora.enabled else (),  # with LoRA the head still trains in full
@@ -124,48 +117,42 @@ class RewardModelActor:
         raise ValueError("no score.weight parameter found")
 
     def train_step(self, pairs: Pairs, global_pairs: int) -> dict:
-        """One optimizer step over this replica's pairs (micro-batches of `cfg.micro_batch_size` pairs).
+        """One optimizer step over this replica's pairs (`actors.trainer.train_step`, micro-batches of
+        `cfg.micro_batch_size` pairs; per-pair losses over the global pair count, batch terms by share).
 
-        Returns `TokenStats` sums weighted by pairs (merge replicas with `actors.lm.merge_stats`):
-        rm/loss (per-pair + batch terms), rm/accuracy (chosen's mean utility above rejected's),
+        Returns `TrainStats` weighted by pairs (merge replicas with `actors.trainer.merge_stats`):
+        rm/loss (per-pair + batch terms), rm/accuracy (chosen's mean utility above rejected's, ties 1/2),
         rm/margin, the objective's extra terms, rm/lr and rm/grad_norm.
         """
         device = self.engine.device
         self.engine.train()
-        stats = TokenStats()
-        for i in range(0, pairs.num_rows, self.cfg.micro_batch_size):
-            micro = pairs.select(slice(i, i + self.cfg.micro_batch_size)).to(device)
-            b = micro.num_rows
-            out_c, out_r = _forward(self.engine, micro, self.pad_id)
-            odin = self.head.objective == "odin"
+        odin = self.head.objective == "odin"
+
+        def loss_fn(micro: Pairs) -> MicroLoss:
+            micro = micro.to(device)
+            out_c, out_r = _forward(self.engine, micro, self.pad_id, self.eos_id)
             terms = self.head.loss(out_c, out_r, micro.chosen_len if odin else None, micro.rejected_len if odin else None,
                                    self._score_weight() if odin else None)
-            loss = terms.pair.sum() / global_pairs + terms.batch * (b / global_pairs)
-            backward(self.engine, loss)
             with torch.no_grad():
                 mean_c, mean_r = self.head.mean(out_c), self.head.mean(out_r)
-                stats.add("rm/loss", (terms.pair.mean() + terms.batch).item(), b)
-                stats.add("rm/accuracy", ((mean_c > mean_r).float() + 0.5 * (mean_c == mean_r).float()).mean().item(), b)
-                stats.add("rm/margin", (mean_c - mean_r).mean().item(), b)
-                for name, value in terms.parts.items():
-                    stats.add(f"rm/{name}", float(value), b)
-        info = step(self.engine)
-        stats.add("rm/lr", info["lr"], 1.0)
-        stats.add("rm/grad_norm", info["grad_norm"], 1.0)
-        return stats.as_dict()
+                metrics = {"accuracy": ((mean_c > mean_r).float() + 0.5 * (mean_c == mean_r).float()).mean(),
+                           "margin": (mean_c - mean_r).mean(), **terms.parts}
+            return MicroLoss(terms.pair, torch.ones_like(terms.pair), metrics, batch_term=terms.batch)
+
+        size = self.cfg.micro_batch_size
+        micros = (pairs.select(slice(i, i + size)) for i in range(0, pairs.num_rows, size))
+        return train_step(self.engine, micros, loss_fn, global_pairs, "rm").as_dict()
 
     @gather_as("cat")
     def outputs(self, pairs: Pairs) -> PairOutputs:
         """Head outputs (eval mode, no gradients) of this replica's pairs."""
-        return pair_outputs(self.engine, pairs, self.pad_id, self.cfg.micro_batch_size)
+        return pair_outputs(self.engine, pairs, self.pad_id, self.eos_id, self.cfg.micro_batch_size)
 
     def save_checkpoint(self, folder: str) -> None:
-        save_checkpoint(self.engine, folder, tag="reward_model", client_state={"rng": torch.get_rng_state()})
+        save_checkpoint(self.engine, folder, tag="reward_model")
 
     def load_checkpoint(self, folder: str) -> None:
-        state = load_checkpoint(self.engine, folder, tag="reward_model")
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
+        load_checkpoint(self.engine, folder, tag="reward_model")
 
     def export(self, folder: str, rlhf_reward: dict) -> None:
         """A self-describing `save_pretrained` folder: safetensors, tokenizer, and `rlhf_reward` in its config

@@ -1,7 +1,9 @@
-"""The batches of one PPO step, one class per stage, checked at every actor boundary.
+"""The batches that cross role boundaries, one class per stage, checked at every crossing.
 
-Sequences are `prompt (left-padded to P) + response (right-padded to T = max_new_tokens)`: every
-shard of a rollout has the same P and T, so shards concatenate without re-padding.
+PPO: `PromptBatch` -> `Rollout` -> `Scores`, `LogProbs`, `Values` -> `Experience`. Rollout sequences
+are `prompt (left-padded to P) + response (right-padded to T = max_new_tokens)`: every shard of a
+rollout has the same P and T, so shards concatenate without re-padding. SFT and preference pairs:
+`Sequences` (right-padded prompt + response; `actors.pairs` for pairs).
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.batch import Batch, spec
+from cluster.batch import Batch, spec
 
 
 @dataclass
 class PromptBatch(Batch):
     input_ids: torch.Tensor = spec("B P", torch.long)  # (B, P) prompt tokens, left-padded
     attention_mask: torch.Tensor = spec("B P", torch.long)  # (B, P) 1 on prompt tokens
-    prompts: list = None  # (B,) raw prompt text (the question, without chat template)
+    prompts: list = None  # (B,) plain prompt text: the question (the string, or the chat's last user turn)
+    messages: list = None  # (B,) the whole prompt as a chat list [{role, content}] (what a reward model renders)
     references: list = None  # (B,) reference answer or None
     query_types: list = None  # (B,) 'open' | 'closed' | None
 
@@ -28,7 +31,8 @@ class Rollout(Batch):
     attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, P+T) 1 on real tokens
     action_mask: torch.Tensor = spec("B T", torch.long)  # (B, T) 1 on response tokens (EOS included)
     ended_with_eos: torch.Tensor = spec("B", torch.bool)  # (B,) response stopped at EOS
-    prompts: list = None  # (B,) raw prompt text
+    prompts: list = None  # (B,) plain prompt text (as in PromptBatch)
+    messages: list = None  # (B,) the whole prompt as a chat list
     responses: list = None  # (B,) decoded response text (without EOS)
     references: list = None  # (B,) reference answer or None
     query_types: list = None  # (B,) 'open' | 'closed' | None
@@ -62,5 +66,25 @@ class Experience(Batch):
 
 
 @dataclass
-class TokenValues(Batch):
-    values: torch.Tensor = spec("B T", torch.float32)  # (B, T) per response token: log-probs or values
+class Sequences(Batch):
+    """Prompt + response sequences, right-padded (prompts of different lengths in one block): SFT rows,
+    and preference pairs stacked for one forward (`actors.pairs.Pairs.stacked`)."""
+
+    input_ids: torch.Tensor = spec("B L", torch.long)  # (B, L) prompt + response tokens, right-padded with the pad id
+    attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, L) 1 on tokens, 0 on padding
+    response_mask: torch.Tensor = spec("B L", torch.long)  # (B, L) 1 on response tokens (positions of input_ids, not shifted)
+
+    def trimmed(self) -> "Sequences":
+        """The same rows cut to their longest real sequence (a micro-batch carries no padding beyond its own)."""
+        width = int(self.attention_mask.sum(-1).max())
+        return Sequences(self.input_ids[:, :width], self.attention_mask[:, :width], self.response_mask[:, :width])
+
+
+@dataclass
+class LogProbs(Batch):
+    logprobs: torch.Tensor = spec("B T", torch.float32)  # (B, T) log pi(a_t | s_t) of each response token, 0 off the mask
+
+
+@dataclass
+class Values(Batch):
+    values: torch.Tensor = spec("B T", torch.float32)  # (B, T) V(s_t) before each response token, 0 off the mask

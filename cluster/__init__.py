@@ -3,16 +3,21 @@
 Public API (details in each module):
 
 - `connect(address="")` / `shutdown()`: join the `ray job submit` cluster, an explicit one, or start
-  a local one (`cluster.ray_init`).
+  a local one (`cluster.ray_init`); `has_gpus()`: whether the cluster has GPUs.
 - `create_groups(mode, {name: RoleSpec(Role, cfg_slice)})`: every role of a job as a `RoleGroup`,
-  `LocalGroup` (in-process) or `RayGroup` (N actors, one ZeRO group), colocation resolved.
-- `group.scatter(Role.method, batch)`, `group.broadcast(Role.method, ...)`,
+  `LocalGroup` (in-process) or `RayGroup` (N actors, one ZeRO group), colocation resolved; in ray mode
+  it connects first if needed.
+- `batch`: `Batch` and `spec`, the typed batches that cross process boundaries.
+- `serving`: a class as a Ray Serve HTTP deployment (`deploy`, `delete`).
+- `group.scatter(Role.method, batch)`, `group.scatter_padded(...)` (any number of rows),
+  `group.broadcast(Role.method, ...)`,
   `group.call_rank0(Role.method, ...)` -> `Pending`; `get(*pendings)` gathers with one ray.get.
 - `gather_as("cat" | "list" | "first")`: a role method's declaration of how replica results combine.
 - `RoleError`: a role method failed; names role, replica rank and method.
 - `init_local()`: the world of size 1 for local mode and single-process tests (`cluster.dist`).
 """
 
+from cluster.batch import Batch, spec
 from cluster.dist import init_local
 from cluster.group import (
     LocalGroup,
@@ -30,11 +35,13 @@ from cluster.group import (
     plan_resources,
     wait_ready,
 )
-from cluster.ray_init import connect, shutdown
+from cluster.ray_init import connect, cpus_for, has_gpus, shutdown
 
 __all__ = [
     "connect",
     "shutdown",
+    "has_gpus",
+    "cpus_for",
     "init_local",
     "create_groups",
     "RoleSpec",
@@ -47,6 +54,8 @@ __all__ = [
     "plan_placements",
     "wait_ready",
     "Pending",
+    "Batch",
+    "spec",
     "get",
     "gather_as",
     "RoleError",

@@ -26,7 +26,6 @@ import torch
 
 __all__ = [
     "select_accelerator",
-    "device",
     "backend",
     "free_port",
     "node_ip",
@@ -71,15 +70,6 @@ def _prefer_interpreter_ninja() -> None:
     path = os.environ.get("PATH", "").split(os.pathsep)
     if not path or path[0] != bin_dir:
         os.environ["PATH"] = os.pathsep.join([bin_dir] + [p for p in path if p and p != bin_dir])
-
-
-def device() -> torch.device:
-    """This process's compute device: its first visible CUDA device, else the CPU.
-
-    Under Ray each replica sees only the GPUs it was given (Ray sets CUDA_VISIBLE_DEVICES), so its
-    device is always ``cuda:0``; in local mode the driver uses ``cuda:0`` too.
-    """
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def backend() -> str:

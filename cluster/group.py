@@ -1,7 +1,7 @@
 """Role groups: N data-parallel replicas of one role class, called the same way in local and ray mode.
 
 A role is a plain class, ``Role(cfg_slice, *args, **kwargs)``, whose methods take and return typed
-batches (`actors.batch.Batch`) or plain values. A group hosts it:
+batches (`cluster.batch.Batch`) or plain values. A group hosts it:
 
 - `LocalGroup`: one instance in the driver process (world size 1; breakpoints work);
 - `RayGroup`: one Ray actor per replica in a placement group; every replica joins the role's
@@ -50,8 +50,9 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 
-from actors.batch import Batch
+from cluster.batch import Batch
 import cluster.dist as dist
+import cluster.ray_init as ray_init
 
 __all__ = [
     "GatherMode",
@@ -181,14 +182,11 @@ class Pending:
         self._labels = list(labels)  # per ref: who, for errors
         self._done = False
         self._result: Any = None
+        self._rows: int | None = None  # `scatter_padded`: the rows of the caller's batch, kept from a "cat" result
 
     def __repr__(self) -> str:
         state = "done" if self._done else f"{len(self._refs or self._values or [])} replica(s) running"
         return f"Pending({self.role}.{self.method}, gather={self.mode}, {state})"
-
-    def get(self) -> Any:
-        """Wait for and gather this call's results (one ``ray.get``)."""
-        return get(self)
 
     def _finish(self, values: list) -> Any:
         if self.mode == "single":
@@ -202,6 +200,8 @@ class Pending:
                 kinds = sorted({type(v).__name__ for v in values})
                 raise TypeError(f"{self.role}.{self.method} is declared gather_as('cat') but returned {kinds}, not Batch")
             result = type(values[0]).cat(values)
+            if self._rows is not None:
+                result = result.select(slice(0, self._rows))
         self._done, self._result, self._refs, self._values = True, result, None, None
         return result
 
@@ -283,6 +283,23 @@ class RoleGroup(abc.ABC):
         shards = batch.check().split(self.world_size)
         return self._submit(name, _gather_mode(method), [(shard, *args) for shard in shards], kwargs)
 
+    def scatter_padded(self, method: Callable, batch: Batch, *args: Any, **kwargs: Any) -> Pending:
+        """`scatter` for any number of rows, for a method gathered with "cat" (evaluation, scoring).
+
+        The batch is padded to a multiple of the replicas with its own first rows (every replica gets
+        the same number of rows, so under ZeRO-3 every one makes the same collective forward passes),
+        and the gathered result is cut back to the batch's rows.
+        """
+        if _gather_mode(method) != "cat":
+            raise TypeError(f"scatter_padded needs a method gathered with 'cat'; {method.__qualname__} is not")
+        rows = batch.num_rows
+        extra = (-rows) % self.world_size
+        if extra:
+            batch = type(batch).cat([batch, batch.select([i % rows for i in range(extra)])])
+        pending = self.scatter(method, batch, *args, **kwargs)
+        pending._rows = rows
+        return pending
+
     def broadcast(self, method: Callable, *args: Any, **kwargs: Any) -> Pending:
         """Call `method` with the same arguments on every replica (e.g. save, metrics, collectives)."""
         name = _method_name(self.role_cls, method)
@@ -342,12 +359,6 @@ class LocalGroup(RoleGroup):
 
 
 # ----------------------------------------------------------------------------------- placement
-
-
-def _cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,7 +457,7 @@ def plan_placements(cfgs: Mapping[str, Any], *, strategy: str = "PACK") -> dict[
 
     On a cluster without GPUs every num_gpus becomes 0, with a warning naming the roles.
     """
-    has_gpus = _cluster_has_gpus()
+    has_gpus = ray_init.has_gpus()
     wanted = [n for n, c in cfgs.items() if c.num_gpus > 0]
     if wanted and not has_gpus:
         log.warning("the Ray cluster has no GPUs: %s run on CPU (num_gpus -> 0)", ", ".join(wanted))
@@ -644,18 +655,22 @@ class RoleSpec:
 
 
 def create_groups(
-    mode: Literal["local", "ray"], specs: Mapping[str, RoleSpec], *, strategy: str = "PACK"
+    mode: Literal["local", "ray"], specs: Mapping[str, RoleSpec], *, strategy: str = "PACK", address: str = ""
 ) -> dict[str, RoleGroup]:
     """All role groups of a job, in local or ray mode, with colocation resolved from the configs.
 
-    Ray mode: placement groups via `plan_placements`, then every replica of every role starts
+    Ray mode: connects to Ray first when this process is not connected yet (`cluster.connect(address)`:
+    the `ray job submit` cluster, `address`, or a new local cluster with enough logical CPUs for every
+    replica), then makes placement groups via `plan_placements`; every replica of every role starts
     concurrently and this returns when all roles are constructed (one wait). Local mode: each role
-    constructed in turn in this process. Needs `cluster.connect()` first in ray mode.
+    constructed in turn in this process, in the world of size 1 (`cluster.init_local`).
     """
     if mode == "local":
         return {name: LocalGroup(s.role_cls, s.cfg, name=name, args=s.args, kwargs=s.kwargs) for name, s in specs.items()}
     if mode != "ray":
         raise ValueError(f"mode must be 'local' or 'ray', got {mode!r}")
+    wanted = sum(float(getattr(s.cfg, "num_cpus", 1.0)) * int(getattr(s.cfg, "replicas", 1)) for s in specs.values())
+    ray_init.connect(address, num_cpus=ray_init.cpus_for(wanted))
     placements = plan_placements({name: s.cfg for name, s in specs.items()}, strategy=strategy)
     groups: dict[str, RoleGroup] = {}
     try:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from typing import Any
 
-__all__ = ["connect", "shutdown"]
+__all__ = ["connect", "shutdown", "has_gpus", "cpus_for"]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,16 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def has_gpus() -> bool:
+    """Whether the connected Ray cluster has any GPU (the one check behind `num_gpus -> 0` on CPU clusters)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def cpus_for(wanted: float) -> float:
+    """Logical CPUs of a new local cluster that must host replicas asking for `wanted` CPUs in all: at
+    least this machine's cores (Ray over-subscribes logical CPUs, so small replicas share a laptop)."""
+    return max(float(os.cpu_count() or 1), float(math.ceil(wanted)))

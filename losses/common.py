@@ -16,7 +16,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["log_probs_from_logits", "masked_mean", "masked_var", "pearson", "spearman", "log_ndtr"]
+__all__ = ["log_probs_from_logits", "entropy_from_logits", "masked_mean", "masked_var", "explained_variance", "pearson",
+           "spearman", "log_ndtr", "RunningMoments"]
 
 # Elements per block when `log_probs_from_logits` walks the logits: bounds the temporary memory to
 # about 4 bytes * 2**24 = 64 MiB per temporary (a float32 copy of the block and its exp).
@@ -119,6 +120,57 @@ def log_probs_from_logits(
     return _LabelLogProb.apply(logits, labels.long(), int(block_numel))
 
 
+class _Entropy(torch.autograd.Function):
+    """``H = logsumexp(z) - sum_v softmax(z)_v z_v`` with block-wise fp32 reductions (as `_LabelLogProb`).
+
+    Backward: ``dH/dz_v = -p_v (log p_v + H)``, recomputed block by block from the saved logits,
+    ``logsumexp`` and ``H``, so no full-size float32 copy of 16-bit logits is ever held.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, budget: int) -> Tensor:
+        compute = _compute_dtype(logits.dtype)
+        lead, vocab = tuple(logits.shape[:-1]), logits.shape[-1]
+        lse = torch.empty(lead, dtype=compute, device=logits.device)  # (...)
+        entropy = torch.empty(lead, dtype=compute, device=logits.device)  # (...)
+        for idx in _row_blocks(lead, vocab, budget):
+            z = logits[idx].to(compute)
+            lse[idx] = torch.logsumexp(z, dim=-1)
+            probs = torch.exp(z - lse[idx].unsqueeze(-1))
+            entropy[idx] = lse[idx] - (probs * z).sum(-1)
+        ctx.save_for_backward(logits, lse, entropy)
+        ctx.budget = budget
+        return entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        logits, lse, entropy = ctx.saved_tensors
+        lead, vocab = tuple(logits.shape[:-1]), logits.shape[-1]
+        grad_logits = torch.empty_like(logits)  # (..., V)
+        for idx in _row_blocks(lead, vocab, ctx.budget):
+            log_p = logits[idx].to(lse.dtype) - lse[idx].unsqueeze(-1)  # (..., V)
+            block = -torch.exp(log_p) * (log_p + entropy[idx].unsqueeze(-1)) * grad_out[idx].unsqueeze(-1)
+            grad_logits[idx] = block.to(grad_logits.dtype)
+        return grad_logits, None
+
+
+def entropy_from_logits(logits: Tensor, *, block_numel: int = _LOGSUMEXP_BLOCK_NUMEL) -> Tensor:
+    """Entropy of the softmax over the last dim of ``logits``: ``H = -sum_v p_v log p_v``.
+
+    Formula: with ``p = softmax(z)``, ``H = logsumexp(z) - sum_v p_v z_v`` (since ``log p_v = z_v -
+    logsumexp(z)``). Memory-lean and dtype rules as in `log_probs_from_logits`: block-wise fp32
+    reductions, float32 result for 16-bit input, a custom backward ``dH/dz_v = -p_v (log p_v + H)``.
+
+    Args:
+        logits: ``(..., V)``, e.g. ``(B, T, V)``; may be a non-contiguous view.
+
+    Returns:
+        ``(...)`` entropies in nats, >= 0.
+    """
+    return _Entropy.apply(logits, int(block_numel))
+
+
 def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     """Mean of ``x`` over the valid elements: ``sum(x * m) / sum(m)``.
 
@@ -151,6 +203,24 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     n = mask.sum()
     denom = (n - 1) if unbiased else n
     return sq.sum() / denom.clamp_min(1)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """How much of the variance of the returns the values explain: ``1 - Var(R - V) / Var(R)``.
+
+    Over the valid elements, unbiased variances (`masked_var`); 1 is a perfect critic, 0 one no better
+    than a constant, negative one worse than a constant. ``nan`` when the returns do not vary (0/0).
+    Source: the critic diagnostic of OpenAI baselines (``explained_variance``), also in CleanRL.
+
+    Args:
+        values: ``(B, T)`` V(s_t).
+        returns: ``(B, T)`` R_t.
+        mask: ``(B, T)`` 1 on valid elements.
+    """
+    var_r = masked_var(returns, mask)
+    if var_r == 0:
+        return torch.tensor(float("nan"), dtype=var_r.dtype, device=var_r.device)
+    return 1.0 - masked_var(returns - values, mask) / var_r
 
 
 def pearson(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
@@ -217,3 +287,41 @@ def log_ndtr(x: Tensor) -> Tensor:
     series = inv2 * (-1.0 + inv2 * (3.0 + inv2 * (-15.0 + inv2 * 105.0)))
     asymptotic = -0.5 * x_tail * x_tail - torch.log(-x_tail) - 0.5 * math.log(2 * math.pi) + torch.log1p(series)
     return torch.where(tail, asymptotic, torch.special.log_ndtr(x_body))
+
+
+class RunningMoments:
+    """Running count, mean and unbiased std of every value seen so far, updated a batch at a time.
+
+    Update (Chan, Golub and LeVeque 1979, the pairwise combination of two samples' moments): with the
+    running ``(n_a, mean_a, M2_a)`` and a batch ``(n_b, mean_b, M2_b)``, ``delta = mean_b - mean_a``,
+    ``n = n_a + n_b``, ``mean = mean_a + delta n_b / n``, ``M2 = M2_a + M2_b + delta^2 n_a n_b / n``;
+    ``std = sqrt(M2 / (n - 1))`` (1.0 until two values have been seen). In float64, so the result equals
+    the two-pass statistics of all values to rounding. State is plain numbers (`state_dict`), for exact
+    resume. Used by PPO's reward normalisation.
+    """
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: Tensor) -> None:
+        x = x.detach().double().flatten()
+        n = x.numel()
+        if n == 0:
+            return
+        batch_mean = x.mean().item()
+        batch_m2 = ((x - batch_mean) ** 2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])

@@ -1,4 +1,4 @@
-"""Per-token KL estimators between the policy and a reference policy.
+"""Per-token KL estimators between the policy and a reference policy, and the KL coefficient's controller.
 
 Shapes: ``(B, T)`` tensors cover response tokens and are right-padded.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["kl_penalty", "KL_ESTIMATORS"]
+__all__ = ["kl_penalty", "KL_ESTIMATORS", "sequence_kl", "KLController"]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -56,3 +56,47 @@ def kl_penalty(
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+
+
+def sequence_kl(kl: Tensor, mask: Tensor) -> Tensor:
+    """Mean over sequences of the per-sequence KL ``sum_t m_t kl_t``: a 0-dim tensor.
+
+    The quantity the adaptive controller tracks (Ziegler et al. 2019 compare the KL of whole
+    responses with their target) and that PPO logs as ``kl/mean``.
+
+    Args:
+        kl: ``(B, T)`` per-token KL estimates (`kl_penalty`).
+        mask: ``(B, T)`` 1 on valid tokens.
+    """
+    per_seq = torch.where(mask.bool(), kl, torch.zeros((), dtype=kl.dtype, device=kl.device)).sum(-1)  # (B,)
+    return per_seq.mean()
+
+
+class KLController:
+    """The coefficient beta of the KL penalty ``r_t = -beta KL_t`` (+ the score on the last token).
+
+    Fixed when `target` is 0. Otherwise the adaptive controller of Ziegler et al. 2019, "Fine-Tuning
+    Language Models from Human Preferences" (arXiv 1909.08593), section 2.2: after a batch of n samples
+    whose mean sequence KL is ``KL``,
+
+        e    = clip(KL / target - 1, -0.2, 0.2)
+        beta <- beta * (1 + e * n / horizon)
+
+    so beta grows while the policy drifts beyond the target and shrinks while it stays inside.
+    State is one number (`state_dict`), for exact resume.
+    """
+
+    def __init__(self, coef: float, target: float = 0.0, horizon: int = 10000):
+        self.coef, self.target, self.horizon = float(coef), float(target), int(horizon)
+
+    def update(self, kl: float, n_samples: int) -> None:
+        if self.target <= 0:
+            return
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.coef *= 1.0 + error * n_samples / self.horizon
+
+    def state_dict(self) -> dict:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coef = float(state["coef"])

@@ -29,8 +29,10 @@ def policy_loss(
     advantages: Tensor,
     mask: Tensor,
     clip_eps: float = 0.2,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped surrogate policy loss, per token.
+    """PPO clipped surrogate policy loss, per token, with an optional entropy bonus.
 
     Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv 1707.06347),
     eq. 7 (L^CLIP), negated to be minimised:
@@ -41,6 +43,9 @@ def policy_loss(
     With A > 0 the loss stops improving once ratio > 1 + eps; with A < 0 once ratio < 1 - eps. In
     those regions the clipped term is the larger one and the gradient is 0.
 
+    Entropy bonus (the same paper, eq. 9, ``- c2 S[pi](s_t)``): with ``entropy`` given, the per-token
+    loss becomes ``loss - entropy_coef * H_t``, which rewards keeping the policy spread out.
+
     Metrics (0-dim, detached, masked means over this call's valid tokens):
         - ``clipfrac``: fraction of tokens where the clipped term is strictly larger, i.e. where the
           clip is active and the token gives no gradient (the definition of OpenRLHF and verl;
@@ -48,7 +53,8 @@ def policy_loss(
         - ``approx_kl``: ``KL(pi_old || pi)`` by Schulman's k3 estimator on tokens sampled from
           pi_old, ``(ratio - 1) - log ratio`` (as in CleanRL), i.e. ``kl_penalty(old_logprobs,
           logprobs, "k3")``.
-        - ``ratio_mean``, ``ratio_max``: statistics of the ratio over valid tokens.
+        - ``ratio_mean``, ``ratio_max``: statistics of the ratio over valid tokens (a maximum, not a mean:
+          combine it across micro-batches and shards with max).
 
     Args:
         logprobs: ``(B, T)`` log pi(a_t | s_t) under the current policy (requires grad).
@@ -56,9 +62,12 @@ def policy_loss(
         advantages: ``(B, T)`` A_t (e.g. whitened GAE advantages).
         mask: ``(B, T)`` 1 on valid tokens.
         clip_eps: the clip range eps.
+        entropy: ``(B, T)`` H(pi(. | s_t)) of the current policy (requires grad), or None.
+        entropy_coef: the bonus weight c2 (used when ``entropy`` is given).
 
     Returns:
-        ``(per_token_loss, metrics)``: ``(B, T)`` loss, 0 at masked positions; dict of 0-dim tensors.
+        ``(per_token_loss, metrics)``: ``(B, T)`` loss, 0 at masked positions; dict of 0-dim tensors
+        (``entropy`` too when given).
     """
     mask = mask.bool()
     # Masked positions are zeroed up front, so garbage there (even nan or inf) reaches neither the
@@ -69,7 +78,10 @@ def policy_loss(
     ratio = torch.exp(log_ratio)  # (B, T)
     pg_loss_unclipped = -advantages * ratio  # (B, T)
     pg_loss_clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
-    pg_loss = _zero_masked(torch.maximum(pg_loss_unclipped, pg_loss_clipped), mask)  # (B, T)
+    pg_loss = torch.maximum(pg_loss_unclipped, pg_loss_clipped)  # (B, T)
+    if entropy is not None:
+        pg_loss = pg_loss - entropy_coef * _zero_masked(entropy, mask)
+    pg_loss = _zero_masked(pg_loss, mask)  # (B, T)
 
     with torch.no_grad():
         clipped = (pg_loss_clipped > pg_loss_unclipped).to(ratio.dtype)  # (B, T)
@@ -80,6 +92,8 @@ def policy_loss(
             "ratio_mean": masked_mean(ratio, mask),
             "ratio_max": _zero_masked(ratio, mask).max(),  # ratio > 0, so the zeros never win
         }
+        if entropy is not None:
+            metrics["entropy"] = masked_mean(entropy, mask)
     return pg_loss, metrics
 
 

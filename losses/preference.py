@@ -175,7 +175,7 @@ def _log_win_matrix(atoms: Tensor) -> Tensor:
 
 
 def categorical_loss(
-    logits_chosen: Tensor, logits_rejected: Tensor, entropy_coeff: float = 0.0
+    logits_chosen: Tensor, logits_rejected: Tensor, entropy_coef: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """Per-pair loss of categorical DPL, and its separate entropy bonus.
 
@@ -191,17 +191,17 @@ def categorical_loss(
     strictly below all rejected mass).
 
     Entropy bonus, as in the DPL code: with ``m`` the mean of the 2B distributions (chosen and
-    rejected) of the batch, ``entropy_loss = entropy_coeff * sum_k m_k log m_k = -entropy_coeff * H(m)``;
+    rejected) of the batch, ``entropy_loss = entropy_coef * sum_k m_k log m_k = -entropy_coef * H(m)``;
     adding it to the mean loss maximises the entropy of the batch-mean distribution (it discourages
     collapsing all responses onto one atom). ``0 log 0`` is taken as 0 with zero gradient.
 
     Args:
         logits_chosen: ``(B, K)`` logits over atoms for the chosen response.
         logits_rejected: ``(B, K)`` logits over atoms for the rejected response.
-        entropy_coeff: weight of the entropy bonus.
+        entropy_coef: weight of the entropy bonus.
 
     Returns:
-        ``(losses, entropy_loss)``: ``(B,)`` per-pair ``-log P``; 0-dim ``-entropy_coeff * H(m)``.
+        ``(losses, entropy_loss)``: ``(B,)`` per-pair ``-log P``; 0-dim ``-entropy_coef * H(m)``.
         The training objective is ``losses.mean() + entropy_loss``.
     """
     logits_c, logits_r = _upcast(logits_chosen), _upcast(logits_rejected)  # (B, K)
@@ -216,7 +216,7 @@ def categorical_loss(
     positive = mean_dist > 0
     safe_log = torch.log(torch.where(positive, mean_dist, torch.ones_like(mean_dist)))  # (K,)
     neg_entropy = torch.where(positive, mean_dist * safe_log, torch.zeros_like(mean_dist)).sum()
-    return losses, entropy_coeff * neg_entropy
+    return losses, entropy_coef * neg_entropy
 
 
 def categorical_mean(logits: Tensor) -> Tensor:

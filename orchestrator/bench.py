@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from actors.reference import ReferenceActor
     from actors.reward import RewardActor
     from cluster import get
+    from losses.common import RunningMoments
+    from losses.kl import KLController
     from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir
     from orchestrator.config import load_job_config
-    from orchestrator.data import load_prompts
-    from orchestrator.experience import KLController, RunningMoments
-    from orchestrator.ppo import PromptStream, connect_hosting, optimizer_steps, ppo_step, start_roles
+    from orchestrator.data import load_prompts, to_prompt_batch
+    from orchestrator.ppo import optimizer_steps, ppo_step, start_roles
+    from orchestrator.streams import IndexStream
 
     if args.size not in BUILTIN_SIZES:
         raise SystemExit(f"rlhf bench: --size must be one of {', '.join(BUILTIN_SIZES)}")
@@ -52,15 +54,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_job_config("ppo", args.config, overrides)
     torch.manual_seed(cfg.run.seed)
     tokenizer = load_tokenizer(model_dir)
-    data, _ = load_prompts(cfg.data, tokenizer)
-    connect_hosting(cfg)
+    rows = load_prompts(cfg.data, tokenizer)[0].to_list()
     t0 = time.perf_counter()
     roles = start_roles(cfg, model_dir, optimizer_steps(cfg))
     startup = time.perf_counter() - t0
-    stream = PromptStream(data, tokenizer.pad_token_id, cfg.run.seed)
+    stream = IndexStream(len(rows), cfg.run.seed)
+
+    def next_prompts(n: int):
+        return to_prompt_batch([rows[i] for i in stream.next(n)], tokenizer.pad_token_id)
+
     kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
     moments = RunningMoments()
-    records = [ppo_step(roles, cfg, stream, kl_ctl, moments, step, profile=True) for step in range(args.steps + 1)][1:]
+    records = [ppo_step(roles, cfg, next_prompts, kl_ctl, moments, step, profile=True) for step in range(args.steps + 1)][1:]
 
     memory = {}
     calls = {"policy": PolicyActor, "critic": CriticActor, "reward": RewardActor, "reference": ReferenceActor}
@@ -124,24 +129,23 @@ def _print_table(r: dict) -> None:
 
 
 def run_dpo(args: argparse.Namespace) -> int:
-    """DPO optimizer steps on a built-in Llama of the chosen size (random init), in this process.
+    """DPO optimizer steps on a built-in Llama of the chosen size (random init), in this process (one local replica).
 
     Measures the reference pass (no-grad forward of chosen + rejected, as before training) and the
     training step (forward + backward + AdamW) on the same `dpo.batch_size` pairs of
     builtin:preferences, after one warm-up batch. Tokens count prompt + response of both sequences of
-    each pair (padding excluded). One local worker: Ray Train workers run this same code, each on
-    1/W of the batch.
+    each pair (padding excluded). One local replica: Ray replicas run this same code, each on 1/W of the batch.
     """
     import torch
 
-    import cluster
     from actors.dpo import DPOActor, dpo_loss_args
     from actors.lm import peak_memory_mb
-    from actors.modeling import load_tokenizer
+    from actors.pairs import collate_pairs
+    from cluster import RoleSpec, create_groups, get
     from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir
     from orchestrator.config import ConfigError, load_job_config
-    from orchestrator.dpo import all_pair_logprobs, load_pair_data
-    from orchestrator.ppo import IndexStream
+    from orchestrator.dpo import DPOJob, pair_logprobs
+    from orchestrator.streams import IndexStream
 
     if args.size not in BUILTIN_SIZES:
         raise SystemExit(f"rlhf bench: --size must be one of {', '.join(BUILTIN_SIZES)}")
@@ -150,30 +154,33 @@ def run_dpo(args: argparse.Namespace) -> int:
                  "run.output_dir=" + str(Path(args.out) / "run"), *args.overrides]
     cfg = load_job_config("dpo", args.config, overrides)
     if cfg.run.mode != "local" or cfg.policy.replicas != 1:
-        raise ConfigError("rlhf bench dpo measures one local worker: run.mode must be local and policy.replicas 1")
-    data = load_pair_data(cfg, load_tokenizer(model_dir))
-    cluster.init_local()
-    torch.set_num_threads(max(1, int(cfg.policy.num_cpus)))
+        raise ConfigError("rlhf bench dpo measures one local replica: run.mode must be local and policy.replicas 1")
+    data = DPOJob(cfg)
     torch.manual_seed(cfg.run.seed)
     B = cfg.dpo.batch_size
     t0 = time.perf_counter()
-    actor = DPOActor(cfg.policy, model_path=model_dir, seed=cfg.run.seed, total_steps=args.steps + 1, pairs_per_step=B)
+    spec = RoleSpec(DPOActor, cfg.policy, kwargs=dict(model_path=model_dir, seed=cfg.run.seed, total_steps=args.steps + 1,
+                                                      pairs_per_step=B))
+    policy = create_groups("local", {"policy": spec})["policy"]
     startup = time.perf_counter() - t0
-    stream = IndexStream(len(data.train), cfg.run.seed)
-    batches = [[data.train[i] for i in stream.next(B)] for _ in range(args.steps + 1)]
+    stream = IndexStream(len(data.train_rows), cfg.run.seed)
+    batches = [[data.train_rows[i] for i in stream.next(B)] for _ in range(args.steps + 1)]
     tokens = [sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows) for rows in batches]
 
     refs, ref_times = [], []
     for rows in batches:
         t0 = time.perf_counter()
-        refs.append(all_pair_logprobs(actor, rows, reference=True))
+        refs.append(pair_logprobs(policy, rows, data.pad_id, reference=True))
         ref_times.append(time.perf_counter() - t0)
     loss_args = dpo_loss_args(cfg.dpo.loss, cfg.dpo.beta, cfg.dpo.label_smoothing)
     step_times = []
     for rows, ref in zip(batches, refs):
+        pairs = collate_pairs(rows, data.pad_id)
+        pairs.ref_chosen, pairs.ref_rejected = ref[:, 0].contiguous(), ref[:, 1].contiguous()
         t0 = time.perf_counter()
-        actor.train_step(rows, ref[:, 0], ref[:, 1], B, loss_args)
+        get(policy.scatter(DPOActor.train_step, pairs, global_pairs=B, loss_args=loss_args))
         step_times.append(time.perf_counter() - t0)
+    policy.shutdown()
 
     measured_tokens = statistics.mean(tokens[1:])
     step_s, ref_s = statistics.mean(step_times[1:]), statistics.mean(ref_times[1:])
@@ -204,7 +211,7 @@ def run_dpo(args: argparse.Namespace) -> int:
     path = out / f"bench_dpo_{args.size}_local.json"
     path.write_text(json.dumps(result, indent=2))
     r = result
-    print(f"\nrlhf bench dpo: builtin:{r['size']} ({r['parameters'] / 1e6:.1f}M params), one local worker, {r['threads']} thread(s), "
+    print(f"\nrlhf bench dpo: builtin:{r['size']} ({r['parameters'] / 1e6:.1f}M params), one local replica, {r['threads']} thread(s), "
           f"{r['batch_pairs']} pairs per step in micro-batches of {r['micro_batch_pairs']}, {r['dtype']}, ZeRO-{r['zero_stage']}"
           f"{', LoRA' if r['lora'] else ''}, mean of {r['steps_measured']} steps after 1 warm-up "
           f"({r['tokens_per_batch']:.0f} tokens per batch, chosen + rejected)")

@@ -100,11 +100,24 @@ def builtin_model_dir(size: str = "tiny", cache_dir: Optional[str] = None, seed:
     return str(_build_atomically(cache_root(cache_dir) / "builtin" / name, build))
 
 
-def resolve_builtin_path(path: str, cache_dir: Optional[str] = None) -> str:
-    """'builtin:<size>' -> the built model folder; any other path or hub name is returned unchanged."""
-    if path.startswith("builtin:"):
-        return builtin_model_dir(path.split(":", 1)[1], cache_dir)
-    return path
+def resolve_model_path(path: str) -> str:
+    """A model path as the jobs read it: 'builtin:<size>' is the built-in Llama of that size after its
+    SFT warm start (`orchestrator.sft.builtin_policy_dir`, built and cached on first use);
+    'builtin:<size>-base' is the freshly initialised one (`builtin_model_dir`); any other path or hub
+    name is returned unchanged."""
+    if not path.startswith("builtin:"):
+        return path
+    size = path.split(":", 1)[1]
+    base = size.endswith("-base")
+    size = size[: -len("-base")] if base else size
+    if size not in BUILTIN_SIZES:
+        raise ValueError(f"unknown built-in model {path!r}; built-in models: "
+                         + ", ".join(f"builtin:{s}, builtin:{s}-base" for s in BUILTIN_SIZES))
+    if base:
+        return builtin_model_dir(size)
+    from orchestrator.sft import builtin_policy_dir
+
+    return builtin_policy_dir(size)
 
 
 BUILTIN_DATASETS = ("prompts", "preferences", "hidden-context", "sft")

@@ -2,9 +2,11 @@
 
 Layout: `<output_dir>/checkpoints/step_000010/` with one subfolder per trained role (DeepSpeed
 checkpoints: sharded weights, optimizer, scheduler, role RNG), the weights in Hugging Face format
-(`policy_hf/`, `critic_hf/`: safetensors, loadable by transformers) and `driver.pt` (step, data
-position, KL controller, reward statistics, driver RNG). A crash while writing leaves only a `.tmp-*` folder, which is ignored and
-cleaned up by the next save, so the last complete checkpoint is never replaced by a partial one.
+(`policy_hf/`, `critic_hf/`, `model_hf/`: safetensors, loadable by transformers) and `driver.pt`
+(step, the job's state such as data position, KL controller and reward statistics, the evaluation
+history, the driver RNG; written by the job skeleton, `orchestrator.job`). A crash while writing
+leaves only a `.tmp-*` folder, which is ignored and cleaned up by the next save, so the last complete
+checkpoint is never replaced by a partial one.
 Multi-node: every replica writes its shard, so output_dir must be on a filesystem all nodes share.
 """
 

@@ -1,7 +1,8 @@
 """The `rlhf` command line.
 
     rlhf ppo [--config F] [key=value ...]            PPO on the built-in default, or your model and data
-    rlhf dpo [--config F] [key=value ...]            DPO / IPO / cDPO on one policy actor (ray mode: Ray Train workers)
+    rlhf sft [--config F] [key=value ...]            supervised fine-tuning on demonstrations (the step before RLHF)
+    rlhf dpo [--config F] [key=value ...]            DPO / IPO / cDPO on one policy role (local, or Ray replicas)
     rlhf rm [--config F] [key=value ...]             train a reward model (bradley_terry, mean_variance, categorical, mixture, odin)
     rlhf rm eval --path DIR [key=value ...]          evaluate a saved reward model: JSON report and plots
     rlhf config <job> [--config F] [key=value ...]   print the resolved config as YAML
@@ -35,14 +36,19 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ppo(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_job_config
+def _cmd_train(job: str):
+    """The command of a training job: its config checked before anything starts, then its `train`."""
 
-    cfg = load_job_config("ppo", args.config, args.overrides)  # every key checked before anything starts
-    from orchestrator.ppo import train
+    def cmd(args: argparse.Namespace) -> int:
+        import importlib
 
-    train(cfg)
-    return 0
+        from orchestrator.config import load_job_config
+
+        cfg = load_job_config(job, args.config, args.overrides)  # every key checked before anything starts
+        importlib.import_module(f"orchestrator.{job}").train(cfg)
+        return 0
+
+    return cmd
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
@@ -58,21 +64,7 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         return 0
     if args.path:
         raise ConfigError("--path is an option of `rlhf rm eval`; the backbone to train is model.path=...")
-    cfg = load_job_config("rm", args.config, overrides)  # every key checked before anything starts
-    from orchestrator.rm import train
-
-    train(cfg)
-    return 0
-
-
-def _cmd_dpo(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_job_config
-
-    cfg = load_job_config("dpo", args.config, args.overrides)  # every key checked before anything starts
-    from orchestrator.dpo import train
-
-    train(cfg)
-    return 0
+    return _cmd_train("rm")(argparse.Namespace(config=args.config, overrides=overrides))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -124,15 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. policy.lr=1e-6")
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser("ppo", help="PPO: policy, reference, critic and reward as Ray actor groups (or local objects)")
-    p.add_argument("--config", help="YAML file with config values (see `rlhf config ppo`)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. policy.lr=1e-6 run.mode=local")
-    p.set_defaults(func=_cmd_ppo)
-
-    p = sub.add_parser("dpo", help="DPO / IPO / cDPO: one policy actor; ray mode scales out with Ray Train and DeepSpeed ZeRO")
-    p.add_argument("--config", help="YAML file with config values (see `rlhf config dpo`)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. dpo.loss=ipo run.mode=local policy.replicas=2")
-    p.set_defaults(func=_cmd_dpo)
+    for job, text, example in (
+        ("ppo", "PPO: policy, reference, critic and reward as Ray actor groups (or local objects)", "policy.lr=1e-6 run.mode=local"),
+        ("sft", "SFT: supervised fine-tuning on prompt/response demonstrations (local, or Ray replicas with ZeRO)",
+         "data.path=demos.jsonl policy.path=./my_model"),
+        ("dpo", "DPO / IPO / cDPO: one policy role (local, or Ray replicas with DeepSpeed ZeRO)", "dpo.loss=ipo policy.replicas=2 run.mode=ray"),
+    ):
+        p = sub.add_parser(job, help=text)
+        p.add_argument("--config", help=f"YAML file with config values (see `rlhf config {job}`)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")
+        p.set_defaults(func=_cmd_train(job))
 
     p = sub.add_parser("rm", help="train a reward model (`rlhf rm eval --path DIR`: evaluate a saved one)",
                        description="rlhf rm [key=value ...] trains (see `rlhf config rm`); "

@@ -1,4 +1,4 @@
-"""Prompt and preference datasets: read, validate, apply the chat template, tokenize, limit length, collate prompts.
+"""Prompt, preference and SFT datasets: read, validate, render (`actors.rendering`), tokenize, limit length, collate prompts.
 
 Sources (`DataConfig.path`)
     FILE.jsonl      one JSON object per line; blank lines are skipped; errors name the 1-based line
@@ -16,8 +16,9 @@ Prompt rows (`load_prompts`)
                 last turn must be the user's.
     reference   optional string or null: an answer, for the relevance reward
     query_type  optional "open" | "closed" | null
-  Output columns: prompt (the plain question: the string, or the last user turn), prompt_text,
-  prompt_ids, reference, query_type, then every other input column unchanged (e.g. topic, messages).
+  Output columns: prompt (the plain question: the string, or the last user turn), chat (the whole prompt
+  as a chat list), prompt_text, prompt_ids, reference, query_type, then every other input column
+  unchanged (e.g. topic, messages).
 
 Preference rows (`load_preferences`)
     prompt + chosen + rejected: prompt a string or chat list; chosen and rejected strings, or chat lists
@@ -27,16 +28,21 @@ Preference rows (`load_preferences`)
         ..." that share a prefix. They are split at the last "\\n\\nAssistant:" of the shared prefix into
         the prompt (a multi-turn chat list) and the two final assistant answers (whitespace-stripped).
         The same holds for two chat lists sharing their leading messages.
-  Output columns: prompt (plain: the string or the last user turn), prompt_text, prompt_ids, chosen,
+  Output columns: prompt (plain: the string or the last user turn), chat, prompt_text, prompt_ids, chosen,
   rejected (the response texts), chosen_ids, rejected_ids (each ending with the eos token), then every
   other input column unchanged. The reward model and DPO collate them with `actors.pairs.collate_pairs`.
 
+SFT rows (`load_sft`)
+    prompt (a string or chat list) + response (a string; `completion` is accepted too), or a chat
+    `messages` list whose last turn is the assistant's answer (the turns before it are the prompt).
+  Output columns: prompt, chat, prompt_text, prompt_ids, response, response_ids (ending with the eos
+  token), then every other input column unchanged.
+
 Rendering and tokenizing
-    With a chat template (the tokenizer has one and `DataConfig.chat_template` is true): prompt_text =
-    `apply_chat_template(messages, add_generation_prompt=True)`, tokenized without adding special tokens
-    (the template writes them). Without: a prompt string or a lone user turn is used verbatim and the
-    tokenizer adds its usual special tokens (e.g. BOS); longer chats are written in the HH style
-    "\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nAssistant:" (system turns as "\\n\\nSystem: ...").
+    `actors.rendering.Rendering(tokenizer, DataConfig.chat_template)`, the one rendering every model
+    input goes through: with a chat template, prompt_text = `apply_chat_template(messages,
+    add_generation_prompt=True)` tokenized without added special tokens; without one, a lone user turn
+    verbatim (the tokenizer adds its usual special tokens, e.g. BOS) and longer chats in the HH style.
     Responses are tokenized alone, without special tokens, and get the eos token appended.
 
 Length limits (`max_prompt_tokens`, `max_response_tokens`, `on_long`)
@@ -68,13 +74,17 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `rlhf --help` imports 
     import datasets
     import torch
 
+    from actors.types import PromptBatch
+
     from orchestrator.config import DataConfig
+
+from actors.rendering import HH_ASSISTANT, ROLES, Rendering, RenderError
 
 logger = logging.getLogger("rlhf.data")
 
-ROLES = ("system", "user", "assistant")
 QUERY_TYPES = ("open", "closed")
-HH_ASSISTANT = "\n\nAssistant:"
+ANSWERS = {"prompt": (), "preference": ("chosen", "rejected"), "sft": ("response",)}
+"""The response fields of each kind of data."""
 HH_HUMAN = "\n\nHuman:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant|System):")
 _LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -133,7 +143,7 @@ class DataStats:
     source: str = ""
     """Where the rows came from, e.g. 'data/prefs.jsonl' or 'builtin:preferences[train]'."""
     kind: str = ""
-    """'prompt' or 'preference'."""
+    """'prompt', 'preference' or 'sft'."""
     rows_read: int = 0
     """Rows in the source (JSONL: non-blank lines), up to max_rows."""
     kept: int = 0
@@ -150,6 +160,8 @@ class DataStats:
     """Preference data: chosen response length (with eos), before the limit."""
     rejected_tokens: Optional[LengthStats] = None
     """Preference data: rejected response length (with eos), before the limit."""
+    response_tokens: Optional[LengthStats] = None
+    """SFT data: response length (with eos), before the limit."""
     chosen_longer: Optional[float] = None
     """Preference data: share of valid pairs whose chosen response has more tokens (a length-bias hint)."""
 
@@ -186,7 +198,7 @@ class DataStats:
         for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
             lines.append(f"    {n:>6}  {reason}")
         lines += ["", "  tokens (valid rows, before the length limit)", f"  {'':<10}{'min':>7}{'mean':>9}{'p50':>8}{'p95':>8}{'max':>7}"]
-        for name in ("prompt", "chosen", "rejected"):
+        for name in ("prompt", "chosen", "rejected", "response"):
             s = getattr(self, f"{name}_tokens")
             if s is not None and s.count:
                 lines.append(f"  {name:<10}{s.min:>7}{s.mean:>9.1f}{s.p50:>8.1f}{s.p95:>8.1f}{s.max:>7}")
@@ -346,6 +358,7 @@ class _Parsed:
     query_type: Optional[str] = None
     chosen: str = ""
     rejected: str = ""
+    response: str = ""
 
 
 def _parse_messages(where: str, name: str, value: Any) -> list[dict]:
@@ -446,6 +459,32 @@ def _parse_preference_row(where: str, row: dict) -> _Parsed:
     return _Parsed(where, messages, prompt, prompt_field, extras, chosen=chosen, rejected=rejected)
 
 
+def _parse_sft_row(where: str, row: dict) -> _Parsed:
+    """prompt + response (or completion), or a chat `messages` list whose last turn is the assistant's answer."""
+    if row.get("prompt") is None and isinstance(row.get("messages"), list):
+        messages = _parse_messages(where, "messages", row["messages"])
+        if messages[-1]["role"] != "assistant":
+            raise DataError(where, "must end with the assistant turn to learn", "messages", f"last role is '{messages[-1]['role']}'")
+        response = messages.pop()["content"]
+        if not messages or messages[-1]["role"] != "user":
+            raise DataError(where, "must have a user turn right before the final assistant turn", "messages")
+        prompt_field = "messages"
+    elif row.get("prompt") is not None:
+        messages = _prompt_value(where, "prompt", row["prompt"])
+        name = "response" if "response" in row or "completion" not in row else "completion"
+        if row.get(name) is None:
+            raise DataError(where, "is missing", "response", "an SFT row needs 'prompt' + 'response' (or 'completion'), or 'messages'")
+        response = _response(where, name, row[name], messages)
+        prompt_field = "prompt"
+    else:
+        raise DataError(where, "is missing", "prompt", "an SFT row needs 'prompt' + 'response' (or 'completion'), or 'messages'")
+    if not response.strip():
+        raise DataError(where, "is empty", "response")
+    extras = {k: v for k, v in row.items() if k not in ("prompt", "response", "completion")}
+    prompt = row["prompt"] if isinstance(row.get("prompt"), str) else _last_user(messages)
+    return _Parsed(where, messages, prompt, prompt_field, extras, response=response)
+
+
 def _response(where: str, name: str, value: str | list, prompt: list[dict]) -> str:
     """A response given as a string, or as a chat list that may repeat the prompt's messages first."""
     if isinstance(value, str):
@@ -516,7 +555,7 @@ def load_prompts(cfg: "DataConfig", tokenizer, *, eval_set: bool = False) -> tup
     eval_set=True reads the evaluation set instead: `eval_path`/`eval_split`, or the `eval_split`
     of `path` when eval_path is empty (a `DataError` for a local file, which has one split only).
 
-    Columns: prompt, prompt_text, prompt_ids, reference, query_type, then the other input columns.
+    Columns: prompt, chat, prompt_text, prompt_ids, reference, query_type, then the other input columns.
     Raises `DataError` on the first malformed row unless cfg.on_error == 'skip', and when no row is left.
     """
     return _nonempty(*_load("prompt", cfg, tokenizer, eval_set))
@@ -525,10 +564,20 @@ def load_prompts(cfg: "DataConfig", tokenizer, *, eval_set: bool = False) -> tup
 def load_preferences(cfg: "DataConfig", tokenizer, *, eval_set: bool = False) -> tuple["datasets.Dataset", DataStats]:
     """The preference dataset of `cfg`, rendered, tokenized and length-limited (eval_set as in `load_prompts`).
 
-    Columns: prompt, prompt_text, prompt_ids, chosen, rejected, chosen_ids, rejected_ids (responses end
-    with eos unless truncated), then the other input columns. Errors as in `load_prompts`.
+    Columns: prompt, chat, prompt_text, prompt_ids, chosen, rejected, chosen_ids, rejected_ids (responses
+    end with eos unless truncated), then the other input columns. Errors as in `load_prompts`.
     """
     return _nonempty(*_load("preference", cfg, tokenizer, eval_set))
+
+
+def load_sft(cfg: "DataConfig", tokenizer, *, eval_set: bool = False) -> tuple["datasets.Dataset", DataStats]:
+    """The SFT dataset of `cfg` (prompt + response rows, or chats ending with the answer), rendered,
+    tokenized and length-limited (eval_set as in `load_prompts`).
+
+    Columns: prompt, chat, prompt_text, prompt_ids, response, response_ids (ending with eos unless
+    truncated), then the other input columns. Errors as in `load_prompts`.
+    """
+    return _nonempty(*_load("sft", cfg, tokenizer, eval_set))
 
 
 def _nonempty(dataset: "datasets.Dataset", stats: DataStats) -> tuple["datasets.Dataset", DataStats]:
@@ -551,19 +600,19 @@ def _load(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple["dat
     path, split = _resolve_source(cfg, eval_set)
     stats = DataStats(source=path if _is_local(path) else f"{path}[{split}]", kind=kind)
     raw = read_rows(path, split, max_rows=cfg.max_rows, on_error=cfg.on_error, stats=stats)
-    eos = tokenizer.eos_token_id
-    if kind == "preference" and eos is None:
+    rendering = Rendering(tokenizer, cfg.chat_template)
+    if ANSWERS[kind] and tokenizer.eos_token_id is None:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise DataError(f"tokenizer {name}", "has no eos token; preference responses must end with one")
+        raise DataError(f"tokenizer {name}", f"has no eos token; {kind} responses must end with one")
 
-    parse = _parse_prompt_row if kind == "prompt" else _parse_preference_row
-    use_template = bool(cfg.chat_template and getattr(tokenizer, "chat_template", None))
+    parse = {"prompt": _parse_prompt_row, "preference": _parse_preference_row, "sft": _parse_sft_row}[kind]
+    answers = ANSWERS[kind]  # the response fields of this kind
     rows: list[_Parsed] = []
     texts: list[str] = []
     for where, fields in raw:
         try:
             row = parse(where, fields)
-            texts.append(_render(row, tokenizer, use_template))
+            texts.append(_render(row, rendering))
         except DataError as e:
             if cfg.on_error == "raise":
                 raise
@@ -571,50 +620,46 @@ def _load(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple["dat
             continue
         rows.append(row)
 
-    prompt_ids = _encode(tokenizer, texts, add_special_tokens=not use_template)
-    if kind == "preference":
-        chosen_ids = [ids + [eos] for ids in _encode(tokenizer, [r.chosen for r in rows], add_special_tokens=False)]
-        rejected_ids = [ids + [eos] for ids in _encode(tokenizer, [r.rejected for r in rows], add_special_tokens=False)]
-        stats.chosen_tokens = LengthStats.of([len(x) for x in chosen_ids])
-        stats.rejected_tokens = LengthStats.of([len(x) for x in rejected_ids])
-        if rows:
-            stats.chosen_longer = sum(len(c) > len(r) for c, r in zip(chosen_ids, rejected_ids)) / len(rows)
+    prompt_ids = rendering.prompt_ids(texts)
+    answer_ids = {name: rendering.response_ids([getattr(r, name) for r in rows]) for name in answers}
+    for name, ids in answer_ids.items():
+        setattr(stats, f"{name}_tokens", LengthStats.of([len(x) for x in ids]))
+    if kind == "preference" and rows:
+        stats.chosen_longer = sum(len(c) > len(r) for c, r in zip(answer_ids["chosen"], answer_ids["rejected"])) / len(rows)
     stats.prompt_tokens = LengthStats.of([len(x) for x in prompt_ids])
 
     max_p, max_r = cfg.max_prompt_tokens, cfg.max_response_tokens
-    columns: dict[str, list] = {"prompt": [], "prompt_text": [], "prompt_ids": []}
+    columns: dict[str, list] = {"prompt": [], "chat": [], "prompt_text": [], "prompt_ids": []}
     if kind == "prompt":
         columns.update(reference=[], query_type=[])
-    else:
-        columns.update(chosen=[], rejected=[], chosen_ids=[], rejected_ids=[])
+    for name in answers:
+        columns.update({name: [], f"{name}_ids": []})
     kept: list[_Parsed] = []
     for i, row in enumerate(rows):
         p, text = prompt_ids[i], texts[i]
-        c = chosen_ids[i] if kind == "preference" else []
-        r = rejected_ids[i] if kind == "preference" else []
-        if len(p) > max_p or len(c) > max_r or len(r) > max_r:
+        ids = {name: answer_ids[name][i] for name in answers}
+        if len(p) > max_p or any(len(x) > max_r for x in ids.values()):
             if cfg.on_long == "drop":
                 stats.dropped_long += 1
                 continue
             if len(p) > max_p:
                 p = p[-max_p:]  # keep the end: the generation prompt
                 text = tokenizer.decode(p, skip_special_tokens=False)
-            c, r = c[:max_r], r[:max_r]  # keep the start of each answer
-            if kind == "preference" and c == r:
+            ids = {name: x[:max_r] for name, x in ids.items()}  # keep the start of each answer
+            if kind == "preference" and ids["chosen"] == ids["rejected"]:
                 stats.dropped_long += 1
                 continue
             stats.truncated += 1
         columns["prompt"].append(row.prompt)
+        columns["chat"].append(row.messages)
         columns["prompt_text"].append(text)
         columns["prompt_ids"].append(p)
         if kind == "prompt":
             columns["reference"].append(row.reference)
             columns["query_type"].append(row.query_type)
-        else:
-            columns["chosen"].append(row.chosen)
-            columns["rejected"].append(row.rejected)
-            columns["chosen_ids"].append(c)
-            columns["rejected_ids"].append(r)
+        for name in answers:
+            columns[name].append(getattr(row, name))
+            columns[f"{name}_ids"].append(ids[name])
         kept.append(row)
     stats.kept = len(kept)
     dataset = _to_dataset(columns, kept, stats.source)
@@ -633,24 +678,12 @@ def _load(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple["dat
     return dataset, stats
 
 
-def _render(row: _Parsed, tokenizer, use_template: bool) -> str:
-    """The prompt as the policy sees it (see the module doc)."""
-    if use_template:
-        try:
-            return tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001  (Jinja raises whatever the template author chose)
-            raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, _first_line(e)) from None
-    if len(row.messages) == 1:
-        return row.messages[0]["content"]
-    label = {"system": "System", "user": "Human", "assistant": "Assistant"}
-    return "".join(f"\n\n{label[m['role']]}: {m['content']}" for m in row.messages) + HH_ASSISTANT
-
-
-def _encode(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    out: list[list[int]] = []
-    for start in range(0, len(texts), 1024):
-        out += tokenizer(texts[start:start + 1024], add_special_tokens=add_special_tokens)["input_ids"]
-    return [list(ids) for ids in out]
+def _render(row: _Parsed, rendering: Rendering) -> str:
+    """The prompt as the policy sees it (`actors.rendering`); a template failure names the row."""
+    try:
+        return rendering.prompt_text(row.messages)
+    except RenderError as e:
+        raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, str(e)) from None
 
 
 def _to_dataset(columns: dict[str, list], rows: list[_Parsed], source: str) -> "datasets.Dataset":
@@ -659,7 +692,9 @@ def _to_dataset(columns: dict[str, list], rows: list[_Parsed], source: str) -> "
 
     ids = pa.list_(pa.int32())
     types = {"prompt": pa.string(), "prompt_text": pa.string(), "prompt_ids": ids, "reference": pa.string(),
-             "query_type": pa.string(), "chosen": pa.string(), "rejected": pa.string(), "chosen_ids": ids, "rejected_ids": ids}
+             "query_type": pa.string(), "chosen": pa.string(), "rejected": pa.string(), "chosen_ids": ids, "rejected_ids": ids,
+             "response": pa.string(), "response_ids": ids,
+             "chat": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))}
     arrays = {name: pa.array(values, type=types[name]) for name, values in columns.items()}
     extra_names: dict[str, None] = {}
     for row in rows:
@@ -702,6 +737,22 @@ def collate_prompts(rows: Sequence[Mapping], pad_id: int) -> tuple["torch.Tensor
     return input_ids, attention_mask
 
 
+def to_prompt_batch(rows: Sequence[Mapping], pad_id: int) -> "PromptBatch":
+    """Prompt rows of `load_prompts` -> the `PromptBatch` a policy samples from (left-padded ids, the
+    plain prompts, the whole chats, references and query types)."""
+    from actors.types import PromptBatch
+
+    input_ids, attention_mask = collate_prompts(rows, pad_id)
+    return PromptBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask.long(),
+        prompts=[r["prompt"] for r in rows],
+        messages=[r.get("chat") for r in rows],
+        references=[r.get("reference") for r in rows],
+        query_types=[r.get("query_type") for r in rows],
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # `rlhf data check`
 
@@ -712,7 +763,7 @@ def add_data_check_args(parser: argparse.ArgumentParser) -> None:
 
     d = DataConfig()
     parser.add_argument("file", help="a .json/.jsonl/.parquet file, a hub dataset name, or builtin:prompts|builtin:preferences")
-    parser.add_argument("--kind", choices=["prompt", "preference"], required=True, help="what the rows hold")
+    parser.add_argument("--kind", choices=["prompt", "preference", "sft"], required=True, help="what the rows hold")
     parser.add_argument("--tokenizer", default="builtin", metavar="NAME_OR_PATH", help="tokenizer name or folder (default: the built-in one)")
     parser.add_argument("--split", default=d.split, help=f"split of a hub or builtin dataset (default {d.split})")
     parser.add_argument("--max-prompt-tokens", type=_positive_int, default=d.max_prompt_tokens, metavar="N",

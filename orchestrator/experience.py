@@ -1,184 +1,44 @@
-"""Experience making: per-token rewards with a KL penalty, GAE, advantage whitening.
+"""Experience making: a scored rollout -> per-token rewards with a KL penalty, GAE, whitening -> `Experience`;
+and the minibatch plan of the updates (`schedule`).
 
-Everything numeric comes from `losses/`; this module holds the small amount of state PPO carries
-between steps (the KL coefficient, running reward statistics), each with a `state_dict` so that a
-resumed run continues exactly.
+Every number comes from `losses/` (`losses.rewards.shape_rewards`, `losses.advantages`, the KL
+controller and running moments whose state PPO carries between steps); this module only wires them
+to the typed batches and names the metrics.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
-from losses import masked_mean
+from actors.types import Experience, LogProbs, Rollout, Scores, Values
+from losses import masked_mean, pearson
 from losses.advantages import gae, whiten
-from losses.kl import kl_penalty
+from losses.common import RunningMoments, explained_variance
+from losses.kl import KLController, sequence_kl
+from losses.rewards import shape_rewards
+
+__all__ = ["make_experience", "reward_metrics", "schedule"]
 
 
-class KLController:
-    """The KL coefficient beta of the reward r_t = -beta * KL_t (+ score on the last token).
-
-    Fixed when `target` is 0. Otherwise the adaptive controller of Ziegler et al. 2019 ("Fine-Tuning
-    Language Models from Human Preferences", section 2.2): with e = clip(KL / target - 1, -0.2, 0.2),
-    beta <- beta * (1 + e * n / horizon) after each batch of n samples.
-    """
-
-    def __init__(self, coef: float, target: float = 0.0, horizon: int = 10000):
-        self.coef, self.target, self.horizon = float(coef), float(target), int(horizon)
-
-    def update(self, kl: float, n_samples: int) -> None:
-        if self.target <= 0:
-            return
-        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-        self.coef *= 1.0 + error * n_samples / self.horizon
-
-    def state_dict(self) -> dict:
-        return {"coef": self.coef}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.coef = float(state["coef"])
-
-
-class RunningMoments:
-    """Running mean and std of sequence rewards (Chan et al. parallel update), for reward_norm."""
-
-    def __init__(self) -> None:
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().double().flatten()
-        n = x.numel()
-        if n == 0:
-            return
-        batch_mean = x.mean().item()
-        batch_m2 = ((x - batch_mean) ** 2).sum().item()
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += batch_m2 + delta**2 * self.count * n / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
-
-    def state_dict(self) -> dict:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
-
-
-@dataclass
-class ShapedRewards:
-    rewards: torch.Tensor  # (B, T) per-token reward: -beta * KL_t, plus the score on the last valid token
-    kl: torch.Tensor  # (B, T) per-token KL estimate (0 off the mask)
-    scores: torch.Tensor  # (B,) sequence reward after the EOS penalty, normalisation and clipping
-
-
-def shape_rewards(
-    scores: torch.Tensor,  # (B,) raw sequence reward
-    logprobs: torch.Tensor,  # (B, T) log pi_old(a_t | s_t)
-    ref_logprobs: torch.Tensor,  # (B, T) log pi_ref(a_t | s_t)
-    action_mask: torch.Tensor,  # (B, T) 1 on response tokens
-    ended_with_eos: torch.Tensor,  # (B,) bool
-    kl_coef: float,
-    kl_estimator: str = "k1",
-    no_eos_penalty: float = 0.0,
-    moments: RunningMoments | None = None,
-    reward_clip: float = 0.0,
-) -> ShapedRewards:
-    """Per-token rewards as in Stiennon et al. 2020 (eq. 1) and InstructGPT: the KL penalty on every
-    response token and the (shaped) sequence score added on the last valid token.
-
-    Order of the score shaping: the no-EOS penalty is subtracted from the raw score, then the running
-    normaliser (updated with this batch first) standardises it, then it is clipped to [-c, c].
-    """
-    scores = scores.to(torch.float32).clone()
-    if no_eos_penalty:
-        scores = scores - no_eos_penalty * (~ended_with_eos.bool()).to(scores.dtype)
-    if moments is not None:
-        moments.update(scores)
-        scores = (scores - moments.mean) / (moments.std + 1e-8)
-    if reward_clip > 0:
-        scores = scores.clamp(-reward_clip, reward_clip)
-    valid = action_mask.bool()
-    kl = torch.where(valid, kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator), 0.0)
-    rewards = -kl_coef * kl
-    last = last_index(action_mask)  # (B,)
-    rows = torch.arange(rewards.shape[0])
-    has_tokens = action_mask.sum(-1) > 0
-    rewards[rows[has_tokens], last[has_tokens]] += scores[has_tokens].to(rewards.dtype)
-    return ShapedRewards(rewards=torch.where(valid, rewards, 0.0), kl=kl, scores=scores)
-
-
-def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of a right-padded (B, T) mask (0 for an empty row)."""
-    t = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    return (t * mask.long()).max(dim=1).values
-
-
-@dataclass
-class Advantages:
-    advantages: torch.Tensor  # (B, T) GAE advantages, whitened over the batch when asked
-    returns: torch.Tensor  # (B, T) A + V before whitening: the critic's regression target
-
-
-def compute_advantages(
-    rewards: torch.Tensor,  # (B, T)
-    values: torch.Tensor,  # (B, T) V_old(s_t)
-    action_mask: torch.Tensor,  # (B, T)
-    gamma: float,
-    lam: float,
-    whiten_advantages: bool,
-) -> Advantages:
-    """GAE (Schulman et al. 2016, eq. 16) and optional whitening over all valid tokens of the batch."""
-    advantages, returns = gae(rewards, values, action_mask, gamma=gamma, lam=lam)
-    if whiten_advantages:
-        advantages = whiten(advantages, action_mask, shift_mean=True)
-    return Advantages(advantages=advantages, returns=returns)
-
-
-def kl_metric(kl: torch.Tensor, action_mask: torch.Tensor) -> float:
-    """Mean per-sequence KL (sum over tokens, mean over sequences): what the adaptive controller tracks."""
-    per_seq = (kl * action_mask).sum(-1)
-    return per_seq.mean().item()
-
-
-__all__ = [
-    "KLController",
-    "RunningMoments",
-    "ShapedRewards",
-    "shape_rewards",
-    "last_index",
-    "Advantages",
-    "compute_advantages",
-    "kl_metric",
-    "make_experience",
-    "reward_metrics",
-    "schedule",
-]
-
-
-def make_experience(rollout, scores, ref_logprobs, old_logprobs, values, algo, kl_ctl: KLController, moments,
-                    std_threshold: float = 1.0):
+def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values,
+                    algo, kl_ctl: KLController, moments: RunningMoments,
+                    std_threshold: float = 1.0) -> tuple[Experience, dict]:
     """Rollout + scores + the three per-token views -> an `Experience` and its metrics.
 
-    algo: the `PPOAlgoConfig` slice. Every number is computed by `losses/` through the helpers above.
+    algo: the `PPOAlgoConfig` slice. kl_ctl is updated with this batch's KL (after the rewards used
+    the coefficient before it), moments with its scores (when algo.reward_norm).
     std_threshold: `reward.std_threshold`, for the reward diagnostics (`reward_metrics`).
     """
-    from actors.types import Experience
-
     mask = rollout.action_mask
     shaped = shape_rewards(
-        scores.reward, old_logprobs.values, ref_logprobs.values, mask, rollout.ended_with_eos,
+        scores.reward, old_logprobs.logprobs, ref_logprobs.logprobs, mask, rollout.ended_with_eos,
         kl_coef=kl_ctl.coef, kl_estimator=algo.kl_estimator, no_eos_penalty=algo.no_eos_penalty,
         moments=moments if algo.reward_norm else None, reward_clip=algo.reward_clip,
     )
-    adv = compute_advantages(shaped.rewards, values.values, mask, algo.gamma, algo.lam, algo.whiten_advantages)
-    kl = kl_metric(shaped.kl, mask)
+    advantages, returns = gae(shaped.rewards, values.values, mask, gamma=algo.gamma, lam=algo.lam)
+    if algo.whiten_advantages:
+        advantages = whiten(advantages, mask, shift_mean=True)
+    kl = sequence_kl(shaped.kl, mask).item()
     lengths = mask.sum(-1).float()
     metrics = {
         **reward_metrics(scores, lengths, std_threshold),
@@ -188,19 +48,19 @@ def make_experience(rollout, scores, ref_logprobs, old_logprobs, values, algo, k
         "length/mean": lengths.mean().item(),
         "length/eos_rate": rollout.ended_with_eos.float().mean().item(),
         "critic/values_mean": masked_mean(values.values, mask).item(),
-        "critic/returns_mean": masked_mean(adv.returns, mask).item(),
-        "critic/explained_variance": _explained_variance(values.values, adv.returns, mask),
-        "policy/advantages_mean": masked_mean(adv.advantages, mask).item(),
+        "critic/returns_mean": masked_mean(returns, mask).item(),
+        "critic/explained_variance": explained_variance(values.values, returns, mask).item(),
+        "policy/advantages_mean": masked_mean(advantages, mask).item(),
     }
     kl_ctl.update(kl, rollout.num_rows)
     exp = Experience(
         sequences=rollout.sequences,
         attention_mask=rollout.attention_mask,
         action_mask=mask,
-        old_logprobs=old_logprobs.values,
+        old_logprobs=old_logprobs.logprobs,
         old_values=values.values,
-        advantages=adv.advantages,
-        returns=adv.returns,
+        advantages=advantages,
+        returns=returns,
         mb_tokens=torch.zeros(rollout.num_rows),
     )
     return exp, metrics
@@ -219,7 +79,7 @@ def reward_metrics(scores, lengths: torch.Tensor, std_threshold: float) -> dict:
     metrics = {
         "reward/score": reward.mean().item(),
         "reward/score_std": reward.std().item() if reward.numel() > 1 else 0.0,
-        "reward/length_corr": _pearson(reward, lengths),
+        "reward/length_corr": float(pearson(reward.double(), lengths.double())) if reward.numel() > 1 else 0.0,
     }
     if scores.std is not None:
         metrics["reward/pred_std"] = scores.std.mean().item()
@@ -228,20 +88,6 @@ def reward_metrics(scores, lengths: torch.Tensor, std_threshold: float) -> dict:
         for k, mean in enumerate(scores.components.mean(0).tolist()):
             metrics[f"reward/component_{k}"] = mean
     return metrics
-
-
-def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    from losses import pearson
-
-    return float(pearson(x.double(), y.double())) if x.numel() > 1 else 0.0
-
-
-def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(R - V) / Var(R) over valid tokens (CleanRL's diagnostic of the critic)."""
-    from losses import masked_var
-
-    var_r = masked_var(returns, mask).item()
-    return float("nan") if var_r == 0 else 1.0 - masked_var(returns - values, mask).item() / var_r
 
 
 def schedule(exp, *, epochs: int, minibatch_size: int, replicas: int, generator: torch.Generator):

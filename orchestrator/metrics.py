@@ -1,5 +1,11 @@
-"""Metrics: namespaced scalars (`policy/*`, `critic/*`, `reward/*`, `kl/*`, `time/*`, `length/*`)
-to `metrics.jsonl` and TensorBoard, and the end-of-run plot."""
+"""Metrics: namespaced scalars (`policy/*`, `critic/*`, `reward/*`, `kl/*`, `time/*`, `length/*`, `eval/*`)
+to `metrics.jsonl` and TensorBoard, and the end-of-run plot.
+
+Exactly once: the job skeleton (`orchestrator.job`) opens one `MetricsLogger` per run and writes one
+record per logged step. A resumed run first drops the records (and hides the TensorBoard events) after
+its checkpoint's step, so the file never holds a step twice; a fresh run never finds an old file here
+(the skeleton moves an earlier run's outputs aside first).
+"""
 
 from __future__ import annotations
 
@@ -10,19 +16,30 @@ from pathlib import Path
 
 log = logging.getLogger("rlhf.metrics")
 
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
 
 class MetricsLogger:
-    """Appends one JSON line per logged step; mirrors every scalar to TensorBoard when available."""
+    """Appends one JSON line per logged step; mirrors every finite scalar to TensorBoard when available.
 
-    def __init__(self, out_dir: Path, resume: bool = False):
-        self.path = Path(out_dir) / "metrics.jsonl"
-        if not resume and self.path.exists():
-            self.path.unlink()
+    resume_step: None for a fresh run (the file must not exist yet); else the checkpoint's step: records
+    after it are dropped (they belong to the lost part of the run) and TensorBoard hides its events
+    after it (`SummaryWriter(purge_step=...)`).
+    """
+
+    def __init__(self, out_dir: Path, resume_step: int | None = None):
+        self.path = Path(out_dir) / METRICS_FILE
+        if resume_step is None and self.path.exists():
+            raise FileExistsError(f"{self.path} exists: a fresh run must start without it (see orchestrator.job)")
+        if resume_step is not None:
+            self.truncate(resume_step)
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(str(Path(out_dir) / TENSORBOARD_DIR), purge_step=purge)
         except Exception as e:  # tensorboard missing or broken: JSONL still has everything
             log.warning("TensorBoard logging off: %s", e)
 
@@ -42,7 +59,7 @@ class MetricsLogger:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def truncate(self, step: int) -> None:
-        """On resume: drop records after the checkpoint's step (they belong to the lost run)."""
+        """Drop records after `step` (written after the checkpoint a run resumes from)."""
         kept = [r for r in self.read() if r["step"] <= step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -52,13 +69,14 @@ class MetricsLogger:
 
 
 def plot_curves(records: list[dict], path: Path, keys=("reward/score", "kl/mean", "length/mean")) -> None:
-    """One panel per key over the steps (plus eval/gold and eval/reward points when logged)."""
+    """One panel per key over the steps (plus eval/gold points on the first panel when logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    axes = axes[0]
     for ax, key in zip(axes, keys):
         pts = [(r["step"], r[key]) for r in records if key in r]
         if pts:

@@ -22,6 +22,7 @@ statistics, not normalised: normalisation is an affine map and changes none of t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -34,7 +35,7 @@ from losses.common import pearson
 log = logging.getLogger("rlhf.rm_eval")
 
 __all__ = ["evaluate_outputs", "annotator_blind_ceiling", "ceiling_report", "write_report", "eval_saved_model",
-           "print_report"]
+           "print_report", "group_labels"]
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -179,7 +180,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _group_labels(rows: list[dict], column: str, source: str) -> list | None:
+def group_labels(rows: list[dict], column: str, source: str) -> list | None:
+    """The `group_by` column of the evaluation rows (None without one); a missing column is a ConfigError."""
     if not column:
         return None
     if rows and column not in rows[0]:
@@ -190,8 +192,9 @@ def _group_labels(rows: list[dict], column: str, source: str) -> list | None:
     return [r[column] for r in rows]
 
 
-def eval_saved_model(cfg) -> dict:
-    """`rlhf rm eval`: load a saved folder (`RMEvalConfig.path`), score `cfg.data`, write the report and plots."""
+def eval_saved_model(cfg) -> tuple[dict, dict]:
+    """`rlhf rm eval`: load a saved folder (`RMEvalConfig.path`), score `cfg.data`, write the report and
+    plots; returns (report, arrays) as `evaluate_outputs` does."""
     import transformers
 
     from actors.modeling import load_sequence_classifier, load_tokenizer
@@ -212,17 +215,18 @@ def eval_saved_model(cfg) -> dict:
         raise ConfigError(f"path={cfg.path!r}: {e}") from None
     tokenizer = load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
     model = load_sequence_classifier(cfg.path, num_labels=head.num_labels, trust_remote_code=cfg.trust_remote_code).eval()
-    dataset, stats = load_preferences(cfg.data, tokenizer)
+    # the pairs are rendered the way the model was trained (its rlhf_reward records it), as PPO scores them
+    dataset, stats = load_preferences(dataclasses.replace(cfg.data, chat_template=head.chat_template), tokenizer)
     rows = dataset.to_list()[: cfg.max_pairs or None]
-    groups = _group_labels(rows, cfg.group_by, stats.source)
-    pairs = collate_pairs(rows, model.config.pad_token_id)
-    outs = pair_outputs(model, pairs, model.config.pad_token_id, cfg.batch_size)
+    groups = group_labels(rows, cfg.group_by, stats.source)
+    pairs = collate_pairs(rows, tokenizer.pad_token_id)
+    outs = pair_outputs(model, pairs, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.batch_size)
     report, arrays = evaluate_outputs(head, outs.chosen, outs.rejected, pairs.chosen_len, pairs.rejected_len, groups)
     report.update({**ceiling_report(rows), "model": str(folder), "data": stats.source})
     out_dir = Path(cfg.output_dir) if cfg.output_dir else folder / "eval"
     write_report(report, arrays, out_dir)
     print_report(report, out_dir)
-    return report
+    return report, arrays
 
 
 def print_report(report: dict, out_dir: Path | str) -> None:

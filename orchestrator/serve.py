@@ -10,8 +10,8 @@ with `reward.kind=remote reward.url=<printed URL>` (`actors.remote_reward.Remote
 
 Wire format (one route; the client documents the same)::
 
-    POST <route>  {"prompts": [str], "responses": [str], "references": [str|null] | null,
-                   "query_types": ["open"|"closed"|null] | null}
+    POST <route>  {"prompts": [str | [{"role", "content"}, ...]], "responses": [str],
+                   "references": [str|null] | null, "query_types": ["open"|"closed"|null] | null}
     200           {"rewards": [float], "stds": [float] | null}      (stds: distributional rewards)
     4xx           {"error": "..."}   malformed request; the message names the field
                   (400 bad JSON / field / type / lengths, 405 method, 413 too many pairs or bytes)
@@ -56,7 +56,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -131,13 +130,15 @@ def reward_config(path: str | None, overrides: list[str]):
     reward model folder's head against reward.statistic, and a kind=function's import.
     """
     from actors.reward import check_reward_config, load_function
-    from orchestrator.configtree import load
+    from orchestrator.configtree import load, validate
 
     model = [] if not path else ["reward.kind=model", f"reward.path={path}"]
-    cfg = load(_Served, None, model + list(overrides)).reward  # unknown keys and bad values fail here
+    served = load(_Served, None, model + list(overrides), check=False)  # unknown keys and bad types fail here
     if not path and not any(o.split("=", 1)[0].strip() == "reward.kind" for o in overrides):
         raise ConfigError("say what to serve: --path FOLDER (a saved reward model) or reward.kind=... "
                           "(e.g. reward.kind=function reward.function=module:function)")
+    validate(served)  # values, naming the key
+    cfg = served.reward
     if cfg.kind == "remote":
         raise ConfigError("config key 'reward.kind': remote is the client of a reward server and cannot be served")
     try:
@@ -207,14 +208,31 @@ def parse_request(body: bytes, max_items: int) -> ScoreRequest:
             raise RequestError(f"field {key!r} has {len(values)} items but 'prompts' has {n}")
         nullable = key != "prompts" and key != "responses"
         for i, v in enumerate(values):
+            if key == "prompts" and isinstance(v, list):
+                _check_chat(v, i)
+                continue
             if not (isinstance(v, str) or (nullable and v is None)):
-                expected = "a string or null" if nullable else "a string"
+                expected = "a string or null" if nullable else "a string or a chat list" if key == "prompts" else "a string"
                 raise RequestError(f"field {key!r} item {i} must be {expected}, got {_json_type(v)}")
             if key == "query_types" and v is not None and v not in QUERY_TYPES:
                 raise RequestError(f"field 'query_types' item {i} is {v!r}; expected 'open', 'closed' or null")
         rows[key] = values
     return ScoreRequest(rows["prompts"], rows["responses"], rows.get("references") or [None] * n,
                         rows.get("query_types") or [None] * n)
+
+
+def _check_chat(messages: list, i: int) -> None:
+    """A prompt given as a chat: a non-empty list of {role, content} messages ending with a user turn."""
+    from actors.rendering import ROLES
+
+    where = f"field 'prompts' item {i}"
+    if not messages:
+        raise RequestError(f"{where} is an empty chat")
+    for j, m in enumerate(messages):
+        if not (isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ROLES and isinstance(m["content"], str)):
+            raise RequestError(f"{where} message {j} must be {{\"role\": system|user|assistant, \"content\": str}}, got {m!r}"[:300])
+    if messages[-1]["role"] != "user":
+        raise RequestError(f"{where} must end with a user turn")
 
 
 def _json_type(v) -> str:
@@ -236,9 +254,12 @@ class RewardServer:
     def __init__(self, cfg, max_batch_size: int, batch_wait_s: float):
         from ray import serve
 
+        import cluster
         from actors.reward import build_scorer
 
         self.kind, self.max_batch_size, self.batch_wait_s = cfg.kind, max_batch_size, batch_wait_s
+        if any(part.kind == "model" for part in (cfg.components if cfg.kind == "weighted" else [cfg])):
+            cluster.init_local()  # a model reward builds a frozen engine: this replica is its own world of one
         self.scorer = build_scorer(cfg)
 
         async def score_merged(requests: list[ScoreRequest]) -> list[dict]:
@@ -312,31 +333,20 @@ class RewardServer:
 
 def deploy(cfg, opts: ServeOptions) -> str:
     """Deploy the reward of `cfg` on the connected Ray cluster; wait until it answers; return its URL."""
-    import ray
-    from ray import serve
-
     from actors.remote_reward import RemoteRewardError, get_json
+    from cluster import serving
     from cluster.dist import node_ip
 
     opts.validate()
-    if opts.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding %s: the reward endpoint has no authentication and is reachable from the network", opts.host)
-    serve.start(http_options={"host": opts.host, "port": opts.port})
-    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    deployment = serve.deployment(RewardServer).options(
-        name="RewardServer",
-        num_replicas=opts.replicas,
-        # one batch scoring + one batch forming, even if every request holds a single pair
-        max_ongoing_requests=2 * opts.max_batch_size,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus if has_gpus else 0.0},
-        max_constructor_retry_count=3,  # a scorer that cannot load fails the deploy fast
-    )
-    serve.run(deployment.bind(cfg, opts.max_batch_size, opts.batch_wait_s), name=opts.name, route_prefix=opts.route)
+    # one batch scoring + one batch forming, even if every request holds a single pair
+    serving.deploy(RewardServer, cfg, opts.max_batch_size, opts.batch_wait_s, name=opts.name, route=opts.route,
+                   host=opts.host, port=opts.port, replicas=opts.replicas, num_cpus=cfg.num_cpus,
+                   num_gpus=cfg.num_gpus, max_ongoing_requests=2 * opts.max_batch_size)
     local_url = opts.url("127.0.0.1" if opts.host in ("0.0.0.0", "::") else None)
     try:
         get_json(local_url, timeout_s=30.0)
     except RemoteRewardError as e:
-        serve.delete(opts.name)
+        serving.delete(opts.name)
         raise ConfigError(f"the application deployed but {local_url} does not answer ({e}); a Serve instance "
                           "already running on this cluster keeps its own host and port (`serve status`)") from None
     return opts.url(node_ip()) if opts.host in ("0.0.0.0", "::") else opts.url()
@@ -344,15 +354,14 @@ def deploy(cfg, opts: ServeOptions) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`rlhf serve reward`: check everything, deploy, print the URL, block until Ctrl-C or SIGTERM."""
-    from ray import serve
-
     import cluster
+    from cluster import serving
 
     opts = ServeOptions(host=args.host, port=args.port, route=args.route, name=args.name, replicas=args.replicas,
                         max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_s)
     opts.validate()
     cfg = reward_config(args.path, args.overrides)
-    cluster.connect(num_cpus=max(float(os.cpu_count() or 1), math.ceil(cfg.num_cpus * opts.replicas)))
+    cluster.connect(num_cpus=cluster.cpus_for(cfg.num_cpus * opts.replicas))
     # Ctrl-C, `kill` and `ray job stop` (SIGTERM) all stop it cleanly; SIGINT explicitly too, since a
     # shell starts background commands with SIGINT ignored
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -369,10 +378,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if deployed:
-            # the detached Serve controller finishes the deletion on its own: not waiting for it keeps
-            # this well inside the 3 s that `ray job stop` allows between SIGTERM and SIGKILL
-            serve.delete(opts.name, _blocking=False)
+        if deployed:  # not waiting keeps this well inside the 3 s `ray job stop` allows
+            serving.delete(opts.name, wait=False)
         cluster.shutdown()
     return 0
 

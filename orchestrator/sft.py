@@ -1,132 +1,150 @@
-"""Warm start of the built-in policy: a short supervised fine-tune on the built-in SFT rows, cached.
+"""`rlhf sft`: supervised fine-tuning on demonstrations, and the built-in policy's warm start.
 
-`builtin:tiny` (and builtin:small, builtin:50m) as a policy path means "the built-in Llama of that
-size after this SFT". The result is a `save_pretrained` folder under the built-in cache, keyed by a
-hash of everything that determines it, so the first run trains it (about a minute for tiny on 2 CPU
-cores) and later runs reuse it.
+One step::
 
-The loss is the mean token cross-entropy on response tokens only (prompt tokens are context).
+    rows = stream.next(sft.batch_size)                                    # prompt + response rows
+    stats = policy.scatter(SFTActor.train_step, sequences, global_tokens)  # token-mean cross-entropy on the responses
+
+The role is `actors.sft.SFTActor` (a `PolicyActor`), hosted like every role: in this process (local
+mode) or as `policy.replicas` Ray actors forming one DeepSpeed ZeRO engine. The loss counts response
+tokens only (prompt tokens are context) and is divided by the response tokens of the whole batch, so
+replicas and micro-batches do not change it. Everything around the step (output folder, metrics,
+evaluation, checkpoints, resume, summary) is the job skeleton's (`orchestrator.job`). Evaluation:
+held-out cross-entropy (`eval/loss`, `eval/ppl`) and, on the built-in task's data, the generation
+evaluation of every job (gold score, annotator reward, length; `orchestrator.evaluation`).
+
+The built-in warm start: `builtin:<size>` as a model path means the built-in Llama of that size
+(`builtin:<size>-base`) after `rlhf sft` with its defaults (`builtin_policy_dir`): trained on first use
+and cached under a key that covers the whole SFT config, so changing a default retrains it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from actors.pairs import collate_sequences
+from actors.sft import SFTActor, TokenLoss
+from actors.trainer import merge_stats
+from cluster import get
+from orchestrator import job
+from orchestrator.config import SFTConfig
+from orchestrator.streams import IndexStream
+
 logger = logging.getLogger("rlhf.sft")
 
 
-@dataclass(frozen=True)
-class SFTRecipe:
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 20
-    seed: int = 0
+def _tokens(rows: list[dict]) -> int:
+    return sum(len(r["response_ids"]) for r in rows)
 
 
-def sft_batches(tokenizer, rows: list[dict], batch_size: int, generator: torch.Generator):
-    """Endless shuffled batches: (input_ids, attention_mask, labels) with labels -100 off the response."""
-    encoded = []
-    for row in rows:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
-        )
-        full = tokenizer.apply_chat_template(
-            [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}], tokenize=False
-        )
-        p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        f_ids = tokenizer(full, add_special_tokens=False).input_ids
-        if f_ids[: len(p_ids)] != p_ids:
-            raise ValueError(f"chat template: the prompt does not prefix the full conversation for {row['prompt']!r}")
-        encoded.append((f_ids, len(p_ids)))
-    pad = tokenizer.pad_token_id
-    while True:
-        order = torch.randperm(len(encoded), generator=generator).tolist()
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [encoded[j] for j in order[i : i + batch_size]]
-            L = max(len(ids) for ids, _ in chunk)
-            input_ids = torch.full((batch_size, L), pad, dtype=torch.long)
-            labels = torch.full((batch_size, L), -100, dtype=torch.long)
-            attn = torch.zeros((batch_size, L), dtype=torch.long)
-            for b, (ids, p) in enumerate(chunk):
-                input_ids[b, : len(ids)] = torch.tensor(ids)
-                attn[b, : len(ids)] = 1
-                labels[b, p : len(ids)] = torch.tensor(ids[p:])
-            yield input_ids, attn, labels
+class SFTJob(job.PolicyJob):
+    name = "sft"
+    curve_keys = ("sft/loss", "eval/loss", "policy/grad_norm")
+    role_cls = SFTActor
+
+    def __init__(self, cfg: SFTConfig):
+        from orchestrator.data import load_sft
+
+        super().__init__(cfg)
+        columns = ["prompt_ids", "response_ids"]
+        self.train_rows = load_sft(cfg.data, self.tokenizer)[0].select_columns(columns).to_list()
+        eval_set = load_sft(cfg.data, self.tokenizer, eval_set=True)[0]
+        self.eval_rows = eval_set.select(range(min(cfg.sft.eval_rows or len(eval_set), len(eval_set)))).select_columns(columns).to_list()
+        if len(self.train_rows) < cfg.sft.batch_size:
+            raise ValueError(f"sft.batch_size={cfg.sft.batch_size} is more than the {len(self.train_rows)} training rows")
+        logger.info("data: %d train rows, %d eval rows, %d gold prompts", len(self.train_rows), len(self.eval_rows),
+                    len(self.gold_rows))
+        self.stream = IndexStream(len(self.train_rows), cfg.run.seed)
+
+    def role_kwargs(self) -> dict:
+        return {"minibatch_size": self.cfg.sft.batch_size}
+
+    def step(self, step: int) -> dict:
+        t0 = time.perf_counter()
+        rows = [self.train_rows[i] for i in self.stream.next(self.cfg.sft.batch_size)]
+        tokens = _tokens(rows)
+        stats = get(self.policy.scatter(SFTActor.train_step, collate_sequences(rows, self.pad_id), global_tokens=tokens))
+        metrics = merge_stats(stats)
+        seconds = time.perf_counter() - t0
+        metrics.update({"time/step": seconds, "time/tokens_per_s": tokens / seconds})
+        return metrics
+
+    def evaluate(self, stage: str) -> job.Evaluation:
+        out: TokenLoss = get(self.policy.scatter_padded(SFTActor.token_loss, collate_sequences(self.eval_rows, self.pad_id)))
+        loss = (out.nll.sum() / out.tokens.sum()).item()
+        metrics = {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0))}
+        record, samples = {"loss": loss, "generation": None}, []
+        gen = self.generation_eval()
+        if gen is not None:
+            metrics.update(gen.metrics())
+            record["generation"], samples = gen.record(), gen.samples
+        return job.Evaluation(metrics, record, samples)
+
+    def state_dict(self) -> dict:
+        return {"data": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state["data"])
+
+    def summary(self, records: list[dict], history: dict) -> dict:
+        first, last, _ = job.first_and_last(records, "sft/loss", 20)
+        return {"train_loss_first": first, "train_loss_last": last}
+
+    def progress(self, m: dict) -> str:
+        return f"loss {m['sft/loss']:.3f} lr {m['policy/lr']:.2e}"
+
+    def print_summary(self, summary: dict, out: Path) -> None:
+        s, e = summary["eval_start"], summary["eval_end"]
+        print(f"\nSFT finished: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; outputs in {out}")
+        print(f"  training loss (mean of first vs last steps): {summary['train_loss_first']:.4f} -> {summary['train_loss_last']:.4f}")
+        print(f"  held-out loss (token-mean cross-entropy):    {s['loss']:.4f} -> {e['loss']:.4f}")
+        sg, eg = s.get("generation") or {}, e.get("generation") or {}
+        if sg.get("gold") is not None:
+            print(f"  held-out GOLD score of sampled answers:      {sg['gold']:.4f} -> {eg['gold']:.4f}")
+            print(f"  held-out response length (tokens):           {sg['length_tokens']:.1f} -> {eg['length_tokens']:.1f}")
+        print(f"  exported policy: {out / 'policy'} (rlhf ppo policy.path={out / 'policy'})")
 
 
-def run_sft(model, tokenizer, rows: list[dict], recipe: SFTRecipe) -> list[float]:
-    """Train `model` in place; returns the loss curve. Plain torch: one process, no engine needed.
-
-    One intra-op thread: for a model this small a second thread gains little (13 vs 15 s per 100
-    steps here), and when anything else holds a core, OpenMP's spinning threads make a 2-thread run
-    up to 10x slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run_sft(model, tokenizer, rows, recipe)
-    finally:
-        torch.set_num_threads(threads)
+def train(cfg: SFTConfig) -> dict:
+    """Run SFT as configured; returns the summary (also in summary.json)."""
+    return job.run(SFTJob(cfg), cfg)
 
 
-def _run_sft(model, tokenizer, rows: list[dict], recipe: SFTRecipe) -> list[float]:
-    torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    total = recipe.steps
+def builtin_policy_dir(size: str) -> str:
+    """The SFT-warm-started built-in policy of `size`: `rlhf sft` with its defaults on builtin:<size>-base,
+    run once in local mode on one thread and cached (its run folder, without checkpoints, kept inside the
+    cached policy as `sft_run/`, for the record)."""
+    from orchestrator import builtin
+    from orchestrator.config import load_job_config
+    from orchestrator.configtree import to_dict
 
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup:
-            return (step + 1) / recipe.warmup
-        progress = (step - recipe.warmup) / max(1, total - recipe.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model.train()
-    losses = []
-    batches = sft_batches(tokenizer, rows, recipe.batch_size, gen)
-    start = time.time()
-    for step in range(total):
-        input_ids, attn, labels = next(batches)
-        logits = model(input_ids=input_ids, attention_mask=attn).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if (step + 1) % 100 == 0 or step == total - 1:
-            logger.info("sft step %d/%d loss %.3f (%.0f s)", step + 1, total, loss.item(), time.time() - start)
-    model.eval()
-    return losses
-
-
-def builtin_policy_dir(size: str, recipe: SFTRecipe | None = None, cache_dir: str | None = None) -> str:
-    """The SFT-warm-started built-in policy of `size`, trained on first use and cached."""
-    from actors.modeling import load_causal_lm, load_tokenizer
-    from orchestrator import builtin, task
-
-    recipe = recipe or SFTRecipe()
-    base = builtin.builtin_model_dir(size, cache_dir=cache_dir, seed=recipe.seed)
-    key = builtin._fingerprint({"base": Path(base).name, "sft": asdict(recipe)})
-    final = builtin.cache_root(cache_dir) / "builtin" / f"{size}-sft-{key}"
+    overrides = [f"policy.path=builtin:{size}-base", "run.mode=local", "run.resume=never", "run.save_every=0"]
+    cfg = load_job_config("sft", None, overrides + ["run.output_dir=unused"])
+    recipe = to_dict(cfg)
+    recipe["run"].pop("output_dir")
+    key = builtin._fingerprint({"base": Path(builtin.builtin_model_dir(size)).name, "sft": recipe})
+    final = builtin.cache_root() / "builtin" / f"{size}-sft-{key}"
 
     def build(tmp: Path) -> None:
-        logger.info("warm-starting builtin:%s with %d SFT steps (cached in %s)", size, recipe.steps, final)
-        tokenizer = load_tokenizer(base)
-        model = load_causal_lm(base)
-        run_sft(model, tokenizer, task.sft_rows(seed=recipe.seed, split="train"), recipe)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        logger.info("warm-starting builtin:%s with %d SFT steps (cached in %s)", size, cfg.run.steps, final)
+        cfg.run.output_dir = str(tmp / "sft_run")
+        threads = torch.get_num_threads()
+        # one intra-op thread: for a model this small a second one gains little, and when anything else
+        # holds a core, OpenMP's spinning threads make a 2-thread run many times slower
+        torch.set_num_threads(1)
+        try:
+            train(cfg)
+        finally:
+            torch.set_num_threads(threads)
+        run = Path(cfg.run.output_dir)
+        shutil.rmtree(run / "checkpoints")
+        for item in (run / "policy").iterdir():  # the exported policy is the cached folder
+            item.rename(tmp / item.name)
 
     return str(builtin._build_atomically(final, build))

@@ -692,3 +692,23 @@ def corpus_texts() -> list[str]:
         for r in rows:
             texts.append(make_response(r, rng.random(), rng.randint(0, 3), rng.random() < 0.3, rng))
     return texts
+
+
+def query_type_accuracy() -> dict:
+    """`actors.query_type.accuracy` of the rule-based classifier on the labelled built-in prompts, per
+    split and on both together (`python -m orchestrator.task query-type`)."""
+    from actors.query_type import accuracy
+
+    splits = {s: prompt_rows(s) for s in SPLITS}
+    report = {s: accuracy(rows) for s, rows in splits.items()}
+    report["all"] = accuracy([r for rows in splits.values() for r in rows])
+    return report
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if sys.argv[1:] != ["query-type"]:
+        raise SystemExit("usage: python -m orchestrator.task query-type")
+    print(json.dumps(query_type_accuracy(), indent=2))

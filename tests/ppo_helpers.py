@@ -7,7 +7,12 @@ Importable as `ppo_helpers` by the driver (pytest puts tests/ on sys.path) and b
 
 from __future__ import annotations
 
+import os
+import time
+
 from orchestrator.config import load_job_config
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def tiny_model_dir(cache_dir: str) -> str:
@@ -51,6 +56,12 @@ def length_reward(prompts, responses, references=None):
     return [len(r.split()) / 10.0 for r in responses]
 
 
+def slow_length_reward(prompts, responses, references=None):
+    """`length_reward` after a pause of $RLHF_SLOW_REWARD_S seconds: a step slow enough to be killed mid-run."""
+    time.sleep(float(os.environ.get("RLHF_SLOW_REWARD_S", "0")))
+    return length_reward(prompts, responses, references)
+
+
 def save_reward_model(model_dir: str, folder, head=None, seed: int = 1) -> str:
     """A tiny Llama sequence classifier with the layout of `head` (an `actors.reward_head.RewardHead`; None:
     a plain 1-output classifier without rlhf_reward), its score head scaled up so that the outputs
@@ -69,3 +80,91 @@ def save_reward_model(model_dir: str, folder, head=None, seed: int = 1) -> str:
     model.save_pretrained(folder)
     load_tokenizer(model_dir).save_pretrained(folder)
     return str(folder)
+
+
+def chat_text(tokenizer, prompt: str, response: str) -> str:
+    """The conversation through the tokenizer's own chat template, written independently of
+    `actors.rendering`: for the built-in template, which ends an assistant turn with its eos and adds
+    nothing after it, these are exactly the tokens the rendering gives (prompt, response, eos)."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
+
+
+# ------------------------------------------------------------------ one rendering, every path
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+"""A Qwen2-style (ChatML) template: each turn ends with <|im_end|> AND a newline, so rendering the
+conversation with the template gives one token more than generation stops at."""
+
+RENDER_PROMPTS = [
+    "Tell me about fruit.",
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What color is a banana?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Talk about music."}],
+]
+RENDER_CHOSEN = ["The apple and the pear are sweet.", "A banana is yellow.", "The song has a nice melody."]
+RENDER_REJECTED = ["The hammer.", "A banana is blue, lol !!", "No."]
+
+
+def rendering_family(kind: str, root) -> dict:
+    """A tiny causal LM folder whose tokenizer renders with a ChatML template (kind="chatml": eos is
+    <|im_end|>, as in Qwen2 chat models) or with none (kind="plain"), the preference file of
+    RENDER_* (chat prompts included) and a prompt file of the same prompts. Returns the paths."""
+    import json
+
+    from actors.modeling import build_causal_lm, tiny_llama_config
+    from orchestrator.builtin import builtin_tokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    tok = builtin_tokenizer(cache_dir=str(root / "cache"))
+    if kind == "chatml":
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.eos_token = "<|im_end|>"
+        tok.chat_template = CHATML
+    else:
+        tok.chat_template = None
+    config = tiny_llama_config(tok, "tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=2)
+    model_dir = root / "model"
+    build_causal_lm(config, seed=0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    pairs, prompts = root / "pairs.jsonl", root / "prompts.jsonl"
+    with open(pairs, "w") as f:
+        for p, c, r in zip(RENDER_PROMPTS, RENDER_CHOSEN, RENDER_REJECTED):
+            f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n")
+    with open(prompts, "w") as f:
+        for p in RENDER_PROMPTS:
+            f.write(json.dumps({"prompt": p} if isinstance(p, str) else {"messages": p}) + "\n")
+    return {"model": str(model_dir), "pairs": str(pairs), "prompts": str(prompts), "tokenizer": tok}
+
+
+def train_rendering_rm(family: dict, out) -> str:
+    """`rlhf rm` (mean-variance, 2 steps, local) on the family's pairs; returns the saved model folder."""
+    from orchestrator.rm import train
+
+    cfg = load_job_config("rm", None, [
+        f"model.path={family['model']}", f"data.path={family['pairs']}", f"data.eval_path={family['pairs']}",
+        f"run.output_dir={out}", "run.mode=local", "run.steps=2", "rm.batch_size=3", "model.micro_batch_size=3",
+        "model.warmup_steps=0", "model.objective=mean_variance", "model.head_init_scale=1.0", "model.lr=1e-2",
+    ])
+    return train(cfg)["model"]
+
+
+def training_path_scores(folder: str, family: dict):
+    """(N, 2) raw mean utility of chosen, rejected of the family's pairs: the training role's forward
+    (`RewardModelActor.outputs`) on the data loader's rows, the head kept as saved (init scale 1)."""
+    import torch
+
+    from actors.pairs import collate_pairs
+    from actors.reward_trainer import RewardModelActor
+    from cluster import init_local
+    from orchestrator.config import DataConfig
+    from orchestrator.data import load_preferences
+
+    init_local()
+    cfg = load_job_config("rm", None, [f"model.path={folder}", "model.objective=mean_variance", "model.head_init_scale=1.0",
+                                       "model.micro_batch_size=2", "model.warmup_steps=0"]).model
+    actor = RewardModelActor(cfg, model_path=folder, seed=0, total_steps=1, minibatch_size=2)
+    rows = load_preferences(DataConfig(path=family["pairs"]), actor.tokenizer)[0].to_list()
+    out = actor.outputs(collate_pairs(rows, actor.pad_id))
+    return torch.stack([out.chosen[:, 0], out.rejected[:, 0]], dim=1)

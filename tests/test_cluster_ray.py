@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import cluster
-from actors.batch import Batch, spec
+from cluster.batch import Batch, spec
 from actors.engine import backward, build_engine, gathered_params, step
-from cluster import LocalGroup, RoleError, RoleSpec, create_groups, gather_as
+from cluster import LocalGroup, RoleError, RoleSpec, create_groups, gather_as, get
 from cluster.group import Resources, plan_resources
 from orchestrator.config import PlacementConfig, TrainableConfig
 
@@ -123,13 +123,14 @@ def local_result():
     group = create_groups("local", {"local": RoleSpec(TinyLM, trainable_cfg(0, 1), kwargs={"minibatch_size": ROWS})})["local"]
     assert isinstance(group, LocalGroup)
     batch, tokens = global_batch()
-    before = group.broadcast(TinyLM.flat_params).get()
-    (stats,) = group.scatter(TinyLM.train_step, batch, tokens).get()
-    after = group.broadcast(TinyLM.flat_params).get()
+    before = get(group.broadcast(TinyLM.flat_params))
+    (stats,) = get(group.scatter(TinyLM.train_step, batch, tokens))
+    after = get(group.broadcast(TinyLM.flat_params))
     group.shutdown()
     return before, stats, after
 
 
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
 def test_two_replicas_at_zero_0_2_3_match_one_local_replica(groups, local_result):
     before_local, stats_local, after_local = local_result
     batch, tokens = global_batch()
@@ -149,21 +150,34 @@ def test_two_replicas_at_zero_0_2_3_match_one_local_replica(groups, local_result
         assert (p1 - after_local).abs().max().item() < 1e-5, name
 
 
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
 def test_scatter_then_cat_keeps_row_order(groups):
     batch, _ = global_batch()
-    owner = groups["critic"].scatter(TinyLM.who, batch).get()
+    owner = get(groups["critic"].scatter(TinyLM.who, batch))
     assert isinstance(owner, RowOwner)
     assert owner.row.tolist() == list(range(ROWS))
     assert owner.rank.tolist() == [0] * (ROWS // 2) + [1] * (ROWS // 2)
 
 
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
+def test_scatter_padded_takes_any_number_of_rows(groups):
+    """3 rows over 2 replicas: padded with the batch's first row (rows 0, 1 | 2, 0), cut back to 3."""
+    batch, _ = global_batch()
+    owner = get(groups["critic"].scatter_padded(TinyLM.who, batch.select([0, 1, 2])))
+    assert owner.row.tolist() == [0, 1, 2] and owner.rank.tolist() == [0, 0, 1]
+    with pytest.raises(TypeError, match="gathered with 'cat'"):
+        groups["critic"].scatter_padded(TinyLM.boom, batch)
+
+
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
 def test_broadcast_list_and_call_rank0(groups):
     group = groups["policy"]
-    assert group.broadcast(TinyLM.rank).get() == [0, 1]  # undeclared gather mode: per-replica list
-    assert group.broadcast(TinyLM.add, 1, y=2).get() == [3, 4]  # shared args and kwargs
-    assert group.call_rank0(TinyLM.rank).get() == 0
+    assert get(group.broadcast(TinyLM.rank)) == [0, 1]  # undeclared gather mode: per-replica list
+    assert get(group.broadcast(TinyLM.add, 1, y=2)) == [3, 4]  # shared args and kwargs
+    assert get(group.call_rank0(TinyLM.rank)) == 0
 
 
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
 def test_role_error_names_role_rank_and_method(groups):
     batch, _ = global_batch()
     pending = groups["policy"].scatter(TinyLM.boom, batch)
@@ -174,7 +188,7 @@ def test_role_error_names_role_rank_and_method(groups):
     assert "role 'policy' replica 1/2" in str(err) and "TinyLM.boom" in str(err)
     assert "ValueError: boom on purpose" in str(err)
     # The group is still usable afterwards.
-    assert groups["policy"].broadcast(TinyLM.rank).get() == [0, 1]
+    assert get(groups["policy"].broadcast(TinyLM.rank)) == [0, 1]
 
 
 class Flaky:
@@ -192,6 +206,7 @@ def test_local_group_raises_role_error_at_the_call():
     assert isinstance(info.value.__cause__, KeyError)  # the original, for a debugger's post-mortem
 
 
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
 def test_methods_are_named_by_reference_only(groups):
     with pytest.raises(TypeError):
         groups["policy"].broadcast("rank")
@@ -199,6 +214,7 @@ def test_methods_are_named_by_reference_only(groups):
         groups["policy"].broadcast(RowOwner.check)
 
 
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
 def test_colocated_role_shares_the_placement_group(groups):
     policy, reference = groups["policy"].placement, groups["reference"].placement
     assert policy is reference

@@ -406,7 +406,8 @@ def test_prompt_columns_and_final_assistant_turn_becomes_reference(tmp_path, tok
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "reference": "given"},
     ]
     ds, _ = load_prompts(cfg(write_jsonl(tmp_path / "p.jsonl", rows)), tok)
-    assert ds.column_names[:5] == ["prompt", "prompt_text", "prompt_ids", "reference", "query_type"]
+    assert ds.column_names[:6] == ["prompt", "chat", "prompt_text", "prompt_ids", "reference", "query_type"]
+    assert ds[1]["chat"] == [{"role": "user", "content": "What is 2+2?"}]  # the prompt's whole chat, answer removed
     assert ds["reference"] == ["A banana is yellow.", "4", "given"]
     assert ds["query_type"] == ["closed", "closed", None]
     assert ds["topic"] == ["fruit", None, None]

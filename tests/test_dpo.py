@@ -1,5 +1,6 @@
 """DPO in local mode (no Ray): reference log-probs, the DPO / IPO / cDPO losses as trained, LoRA's
-adapter-free reference, resume == uninterrupted, outputs, and config errors.
+adapter-free reference, resume == uninterrupted, outputs, and config errors. The policy is a local
+role group, called as the job calls it.
 
 Expected values are computed a second, independent way: sequence log-probs from a separately loaded
 model, one unpadded sequence at a time, and the losses written out from the papers' formulas.
@@ -20,13 +21,6 @@ from ppo_helpers import tiny_model_dir
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tiny_model_dir(str(tmp_path_factory.mktemp("cache")))
-
-
-@pytest.fixture(scope="module")
-def world():
-    from cluster.dist import init_local
-
-    init_local()
 
 
 def _cfg(model_dir: str, out_dir: str, *extra: str):
@@ -63,42 +57,61 @@ def _independent_logps(model, rows: list) -> torch.Tensor:
     return torch.stack(out).float()
 
 
-def _actor(model_dir, *extra):
+def _policy(model_dir, *extra):
+    """A local DPO policy role and its config."""
     from actors.dpo import DPOActor
+    from cluster import LocalGroup
 
     cfg = _cfg(model_dir, "unused", *extra)
-    return DPOActor(cfg.policy, model_path=model_dir, seed=0, total_steps=10, pairs_per_step=cfg.dpo.batch_size), cfg
+    kwargs = dict(model_path=model_dir, seed=0, total_steps=10, pairs_per_step=cfg.dpo.batch_size)
+    return LocalGroup(DPOActor, cfg.policy, name="policy", kwargs=kwargs), cfg
 
 
-def test_precomputed_reference_logprobs_equal_on_the_fly(model_dir, world):
+def _logps(policy, rows, reference=False):
+    from orchestrator.dpo import pair_logprobs
+
+    return pair_logprobs(policy, rows, policy.role.pad_id, reference=reference)
+
+
+def _step(policy, rows, ref, loss_args) -> dict:
+    """One DPO optimizer step on `rows` (the whole batch); its pair-weighted mean metrics."""
+    from actors.dpo import DPOActor
+    from actors.pairs import collate_pairs
+    from actors.trainer import merge_stats
+    from cluster import get
+
+    pairs = collate_pairs(rows, policy.role.pad_id)
+    pairs.ref_chosen, pairs.ref_rejected = ref[:, 0].contiguous(), ref[:, 1].contiguous()
+    return merge_stats(get(policy.scatter(DPOActor.train_step, pairs, global_pairs=len(rows), loss_args=loss_args)))
+
+
+def test_precomputed_reference_logprobs_equal_on_the_fly(model_dir):
     from actors.modeling import load_causal_lm
-    from orchestrator.dpo import all_pair_logprobs
 
     rows = _rows(model_dir, 10)  # 10 pairs in micro-batches of 4: the last one is short; padding varies per batch
-    actor, _ = _actor(model_dir)
-    reference = all_pair_logprobs(actor, rows, reference=True)
+    policy, _ = _policy(model_dir)
+    reference = _logps(policy, rows, reference=True)
     expected = _independent_logps(load_causal_lm(model_dir), rows)
     assert reference.shape == (10, 2)
     torch.testing.assert_close(reference, expected, rtol=1e-6, atol=1e-5)  # fp32 sums of ~40 token log-probs (~-100 nats)
     # after an update the policy moves, and asking a full fine-tune for its reference is an error
-    actor.train_step(rows[:8], reference[:8, 0], reference[:8, 1], 8, {"beta": 0.1})
-    assert (all_pair_logprobs(actor, rows) - expected).abs().max() > 1e-3
-    with pytest.raises(RuntimeError, match="before the first update"):
-        actor.pair_logprobs(rows, reference=True)
+    _step(policy, rows[:8], reference[:8], {"beta": 0.1})
+    assert (_logps(policy, rows) - expected).abs().max() > 1e-3
+    with pytest.raises(Exception, match="before the first update"):
+        _logps(policy, rows, reference=True)
 
 
-def test_lora_reference_is_the_adapter_free_base_after_updates(model_dir, world):
+def test_lora_reference_is_the_adapter_free_base_after_updates(model_dir):
     from actors.modeling import load_causal_lm
-    from orchestrator.dpo import all_pair_logprobs
 
     rows = _rows(model_dir, 8)
-    actor, _ = _actor(model_dir, "policy.lora.enabled=true", "policy.lr=1e-2")
-    before = all_pair_logprobs(actor, rows, reference=True)
+    policy, _ = _policy(model_dir, "policy.lora.enabled=true", "policy.lr=1e-2")
+    before = _logps(policy, rows, reference=True)
     for _ in range(3):
-        actor.train_step(rows, before[:, 0], before[:, 1], 8, {"beta": 0.1})
+        _step(policy, rows, before, {"beta": 0.1})
     expected = _independent_logps(load_causal_lm(model_dir), rows)
-    torch.testing.assert_close(all_pair_logprobs(actor, rows, reference=True), expected, rtol=1e-6, atol=1e-5)  # fp32 sums of ~40 token log-probs (~-100 nats)
-    assert (all_pair_logprobs(actor, rows) - expected).abs().max() > 1e-3  # the adapters did learn
+    torch.testing.assert_close(_logps(policy, rows, reference=True), expected, rtol=1e-6, atol=1e-5)  # fp32 sums of ~40 token log-probs (~-100 nats)
+    assert (_logps(policy, rows) - expected).abs().max() > 1e-3  # the adapters did learn
 
 
 def _hand_loss(loss: str, z: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
@@ -112,32 +125,31 @@ def _hand_loss(loss: str, z: torch.Tensor, beta: float, eps: float) -> torch.Ten
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "cdpo"])
-def test_trained_loss_matches_the_formula(model_dir, world, loss):
+def test_trained_loss_matches_the_formula(model_dir, loss):
     """Step 1 starts at policy == reference (z = 0): DPO and cDPO give log 2, IPO (1 / (2 beta))^2.
     Step 2's reported loss, accuracy and margin equal the formula on log-probs computed separately."""
     from actors.dpo import dpo_loss_args
-    from orchestrator.dpo import all_pair_logprobs
 
     beta, eps = 0.5, 0.2
     rows = _rows(model_dir, 8)
-    actor, _ = _actor(model_dir, f"dpo.loss={loss}", f"dpo.beta={beta}", f"dpo.label_smoothing={eps}")
+    policy, _ = _policy(model_dir, f"dpo.loss={loss}", f"dpo.beta={beta}", f"dpo.label_smoothing={eps}")
     args = dpo_loss_args(loss, beta, eps)
-    ref = all_pair_logprobs(actor, rows, reference=True)
-    first = actor.train_step(rows, ref[:, 0], ref[:, 1], 8, args)
+    ref = _logps(policy, rows, reference=True)
+    first = _step(policy, rows, ref, args)
     at_zero = 1.0 / (2 * beta) ** 2 if loss == "ipo" else math.log(2)
-    assert first["loss"] / 8 == pytest.approx(at_zero, rel=1e-6)
-    assert abs(first["margin"]) < 1e-6 * 8
+    assert first["dpo/loss"] == pytest.approx(at_zero, rel=1e-6)
+    assert abs(first["dpo/margin"]) < 1e-6
 
-    policy = all_pair_logprobs(actor, rows)
-    z = (policy[:, 0] - policy[:, 1]) - (ref[:, 0] - ref[:, 1])
+    logps = _logps(policy, rows)
+    z = (logps[:, 0] - logps[:, 1]) - (ref[:, 0] - ref[:, 1])
     assert z.abs().max() > 1e-3  # the update moved the margins
-    second = actor.train_step(rows, ref[:, 0], ref[:, 1], 8, args)
-    assert second["loss"] / 8 == pytest.approx(_hand_loss(loss, z.double(), beta, eps).mean().item(), rel=1e-4)
-    assert second["margin"] / 8 == pytest.approx((beta * z).mean().item(), rel=1e-4, abs=1e-7)
-    assert second["accuracy"] / 8 == pytest.approx((z > 0).float().mean().item())
-    assert second["logps_chosen"] / 8 == pytest.approx(policy[:, 0].mean().item(), rel=1e-5)
+    second = _step(policy, rows, ref, args)
+    assert second["dpo/loss"] == pytest.approx(_hand_loss(loss, z.double(), beta, eps).mean().item(), rel=1e-4)
+    assert second["dpo/margin"] == pytest.approx((beta * z).mean().item(), rel=1e-4, abs=1e-7)
+    assert second["dpo/accuracy"] == pytest.approx((z > 0).float().mean().item())
+    assert second["logps/chosen"] == pytest.approx(logps[:, 0].mean().item(), rel=1e-5)
     if loss != "ipo":  # (IPO at this lr overshoots its target z = 1/(2 beta) on summed log-probs)
-        assert second["loss"] < first["loss"]
+        assert second["dpo/loss"] < first["dpo/loss"]
 
 
 def _metrics(out_dir) -> list[dict]:
@@ -155,9 +167,9 @@ def test_resume_equals_uninterrupted_and_writes_everything(model_dir, tmp_path):
     train(_cfg(model_dir, str(split), "run.steps=4", "run.eval_every=2", "run.save_every=2"))  # resume=auto from step 2
 
     a, b = _metrics(full), _metrics(split)
-    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     assert {"dpo/loss", "dpo/accuracy", "dpo/margin", "logps/chosen", "logps/rejected", "policy/grad_norm"} <= a[1].keys()
-    assert {"eval/loss", "eval/accuracy", "eval/margin", "eval/gold", "eval/reward"} <= a[0].keys()
+    assert {"eval/loss", "eval/accuracy", "eval/margin", "eval/gold", "eval/reward"} <= a[0].keys() & a[2].keys() & a[4].keys()
     for ra, rb in zip(a, b):
         for key, value in ra.items():
             if not key.startswith("time/"):
@@ -201,7 +213,7 @@ def test_lora_run_resumes_exactly_and_exports_merged_weights(model_dir, tmp_path
     train(_cfg(model_dir, str(split), *lora, "run.steps=2"))
     train(_cfg(model_dir, str(split), *lora, "run.steps=3"))
     a, b = _metrics(full), _metrics(split)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 1, 2, 2, 3, 3]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3]
     for ra, rb in zip(a, b):
         for key, value in ra.items():
             if not key.startswith("time/"):

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from actors.batch import Batch, BatchError, spec
+from cluster.batch import Batch, BatchError, spec
 from actors.engine import (
     apply_lora,
     backward,
@@ -130,6 +130,55 @@ def test_micro_batches_with_accumulation_equal_one_full_batch(stage):
     assert abs(bug_loss - ref_loss) > 1e-3  # float noise is ~1e-7
     assert abs(bug_stats["grad_norm"] - ref_norm) > 1e-3
     assert (bug_params - full_params).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_the_one_trainer_equals_one_full_batch_and_weighs_metrics_by_items(micro):
+    """`actors.trainer.train_step` (every role's loop): micro-batches of 1 or 2 rows with a batch-level
+    term give the loss, gradient norm and parameters of plain PyTorch on the whole minibatch, where
+    L = sum(nll) / N + sum over micro-batches m of c_m n_m / N (n_m: valid tokens of m, c_m its term)."""
+    from actors.trainer import MicroLoss, train_step
+
+    ids, mask = minibatch()
+    n_global = float(mask.sum())
+
+    def batch_term(rows: torch.Tensor) -> torch.Tensor:
+        return 0.1 * rows.float().mean()  # anything computed on the micro-batch as a whole
+
+    def per_token(model, rows_ids):
+        logits = model(input_ids=rows_ids).logits[:, :-1].float()
+        return -torch.log_softmax(logits, -1).gather(-1, rows_ids[:, 1:, None])[..., 0]
+
+    engine = build_engine(tiny_llama(), train_cfg(0, micro), train=True, total_steps=10, minibatch_size=4)
+    micros = [(ids[k:k + micro], mask[k:k + micro]) for k in range(0, 4, micro)]
+    stats = train_step(engine, micros, lambda m: MicroLoss(per_token(engine, m[0]), m[1], {"tokens_max": m[1].sum()},
+                                                            batch_term=batch_term(m[0])), n_global, "role").as_dict()
+
+    model = tiny_llama()
+    loss = sum(per_token(model, i)[m.bool()].sum() / n_global + batch_term(i) * m.sum() / n_global for i, m in micros)
+    loss.backward()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+    assert stats["role/grad_norm"][0] == pytest.approx(norm, rel=1e-5)
+    # the loss metric: each micro-batch's token mean plus its term, weighted by its tokens
+    metric = sum((per_token(model, i)[m.bool()].mean() + batch_term(i)).item() * m.sum().item() for i, m in micros) / n_global
+    total, weight = stats["role/loss"]
+    assert weight == n_global and total / weight == pytest.approx(metric, rel=1e-5)
+    assert total / weight == pytest.approx(loss.item(), rel=1e-5)
+    assert stats["role/tokens_max"] == max(m.sum().item() for _, m in micros)  # a maximum, not a mean
+
+
+def test_merge_stats_weights_means_by_items_and_takes_maxima():
+    from actors.trainer import TrainStats, merge_stats
+
+    a, b = TrainStats(), TrainStats()
+    a.add("x/loss", 1.0, 3.0)  # 3 tokens at 1.0
+    a.add("x/loss", 4.0, 1.0)  # 1 token at 4.0
+    b.add("x/loss", 2.0, 6.0)  # another replica: 6 tokens at 2.0
+    a.add_max("x/ratio_max", 1.5)
+    b.add_max("x/ratio_max", 2.5)
+    b.add_max("x/ratio_max", 0.5)
+    merged = merge_stats([a.as_dict(), b.as_dict()])
+    assert merged == {"x/loss": pytest.approx((3 + 4 + 12) / 10), "x/ratio_max": 2.5}
 
 
 def flat_params_of_fresh_model() -> torch.Tensor:
@@ -247,12 +296,15 @@ def test_checkpoint_round_trip_is_exact(stage, tmp_path):
 
     a = build_engine(tiny_llama(seed=0), cfg, train=True, total_steps=6, minibatch_size=4, overrides=PARTITION_ALL)
     train(a, 2)
-    save_checkpoint(a, tmp_path, "step2", client_state={"kl_coef": 0.05})
+    save_checkpoint(a, tmp_path, "step2")
+    draw_a = torch.rand(3)  # what this process's RNG gives right after the save
     lrs_a = train(a, 2)
     params_a = flat_params(a)
 
     b = build_engine(tiny_llama(seed=123), cfg, train=True, total_steps=6, minibatch_size=4, overrides=PARTITION_ALL)
-    assert load_checkpoint(b, tmp_path, "step2") == {"kl_coef": 0.05}
+    torch.manual_seed(999)
+    load_checkpoint(b, tmp_path, "step2")
+    assert torch.equal(torch.rand(3), draw_a)  # the RNG came back with the checkpoint
     lrs_b = train(b, 2)
     assert lrs_a == lrs_b
     assert torch.equal(params_a, flat_params(b))

@@ -41,6 +41,7 @@ def _wait_http(port: int, timeout: float) -> None:
 
 
 @pytest.mark.skipif(not Path(RAY).exists(), reason="ray CLI missing")
+@pytest.mark.slow  # a `ray start` cluster and a submitted job (~75 s)
 def test_rlhf_ppo_under_ray_job_submit(tmp_path):
     model_dir = tiny_model_dir(str(tmp_path / "cache"))
     tests_dir = str(Path(__file__).resolve().parent)

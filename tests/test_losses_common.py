@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from losses import log_probs_from_logits, masked_mean
-from losses.common import log_ndtr, masked_var, pearson
+from losses import entropy_from_logits, log_probs_from_logits, masked_mean
+from losses.common import RunningMoments, explained_variance, log_ndtr, masked_var, pearson
 
 LOSSES_DIR = pathlib.Path(__file__).resolve().parents[1] / "losses"
 
@@ -41,10 +41,10 @@ def test_losses_import_only_torch_math_and_stdlib():
 
 
 def test_every_public_function_has_a_docstring_with_a_formula_or_source():
-    import losses.advantages, losses.dpo, losses.kl, losses.ppo, losses.preference, losses.relevance  # noqa: E401
+    import losses.advantages, losses.dpo, losses.kl, losses.ppo, losses.preference, losses.relevance, losses.rewards  # noqa: E401
 
     for module in (losses.advantages, losses.kl, losses.ppo, losses.dpo, losses.preference, losses.relevance,
-                   losses.common):
+                   losses.common, losses.rewards):
         for name in module.__all__:
             obj = getattr(module, name)
             if callable(obj):
@@ -196,3 +196,69 @@ def test_log_ndtr_tail_gradient_is_accurate_in_float32():
     # The value: -x^2/2 - log(-x) - log(2 pi)/2 to float32 precision.
     v = torch.tensor(-1e3)
     assert log_ndtr(v).item() == pytest.approx(-5e5 - math.log(1e3) - 0.5 * math.log(2 * math.pi), rel=1e-7)
+
+
+# ---------------------------------------------------------------------------------------- entropy
+
+
+def test_entropy_hand_values():
+    # uniform over 2: log 2; p = (1/4, 3/4) from logits (0, log 3): -(1/4 log 1/4 + 3/4 log 3/4)
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]], dtype=torch.float64)
+    expected = [math.log(2.0), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+    assert entropy_from_logits(logits).tolist() == pytest.approx(expected, abs=1e-12)
+    # a shift of all logits changes nothing; a near-one-hot distribution has entropy near 0
+    assert entropy_from_logits(logits + 7.0).tolist() == pytest.approx(expected, abs=1e-12)
+    assert entropy_from_logits(torch.tensor([[0.0, 60.0]], dtype=torch.float64)).item() < 1e-20
+
+
+@pytest.mark.parametrize("block_numel", [1, 7, 2**24])
+def test_entropy_value_and_gradient_match_the_softmax_formula(block_numel):
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 6, 40, generator=gen, dtype=torch.float64) * 3
+    grad_out = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    x1 = base.clone().requires_grad_()
+    h = entropy_from_logits(x1[:, :-1], block_numel=block_numel)  # a non-contiguous view
+    (h * grad_out).sum().backward()
+    x2 = base.clone().requires_grad_()
+    p = torch.softmax(x2[:, :-1], -1)
+    ref = -(p * torch.log_softmax(x2[:, :-1], -1)).sum(-1)
+    (ref * grad_out).sum().backward()
+    torch.testing.assert_close(h, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    assert entropy_from_logits(base.to(torch.bfloat16)).dtype == torch.float32  # 16-bit input reduced in fp32
+
+
+# ----------------------------------------------------------------------- explained variance, moments
+
+
+def test_explained_variance_by_hand_ignores_masked_garbage():
+    # R = (1, 2, 3, 4): mean 2.5, unbiased Var = 5/3. R - V = (0, 0, 0, -1): mean -0.25,
+    # squared deviations 3 x 0.0625 + 0.5625 = 0.75, Var = 0.25. EV = 1 - 0.25 / (5/3) = 0.85.
+    returns = torch.tensor([[1.0, 2.0, 99.0], [3.0, 4.0, float("nan")]], dtype=torch.float64)
+    values = torch.tensor([[1.0, 2.0, -5.0], [3.0, 5.0, float("inf")]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    assert explained_variance(values, returns, mask).item() == pytest.approx(0.85, abs=1e-12)
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0, abs=1e-12)  # a perfect critic
+    assert math.isnan(explained_variance(values, torch.ones_like(returns), mask).item())  # returns do not vary
+
+
+def test_running_moments_by_hand_and_against_two_pass_statistics():
+    m = RunningMoments()
+    assert m.std == 1.0  # nothing seen yet
+    m.update(torch.tensor([1.0, 2.0, 3.0]))
+    m.update(torch.tensor([]))  # no-op
+    m.update(torch.tensor([4.0, 5.0]))
+    # all values 1..5: mean 3, M2 = 4 + 1 + 0 + 1 + 4 = 10, std = sqrt(10 / 4)
+    assert (m.count, m.mean, m.m2) == (5, pytest.approx(3.0, abs=1e-15), pytest.approx(10.0, abs=1e-12))
+    assert m.std == pytest.approx(math.sqrt(2.5), abs=1e-12)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, generator=gen) * 3 + 1 for n in (1, 7, 64, 2)]
+    m2 = RunningMoments()
+    for b in batches:
+        m2.update(b)
+    everything = torch.cat(batches).double()
+    assert m2.mean == pytest.approx(everything.mean().item(), abs=1e-12)
+    assert m2.std == pytest.approx(everything.std().item(), abs=1e-12)
+    resumed = RunningMoments()
+    resumed.load_state_dict(m2.state_dict())
+    assert (resumed.count, resumed.mean, resumed.m2) == (m2.count, m2.mean, m2.m2)

@@ -57,3 +57,40 @@ def test_log_ratio_clamp_is_optional_and_documented_behaviour():
 def test_unknown_estimator_raises():
     with pytest.raises(ValueError, match="k4"):
         kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
+
+
+# -------------------------------------------------------------------------------- KL controller
+
+
+def test_kl_controller_is_fixed_without_a_target():
+    from losses.kl import KLController
+
+    ctl = KLController(0.05)
+    for kl in (0.0, 3.0, 100.0):
+        ctl.update(kl, 64)
+    assert ctl.coef == 0.05
+
+
+def test_adaptive_kl_controller_by_hand():
+    """Ziegler et al. 2019: e = clip(KL / target - 1, -0.2, 0.2), beta <- beta (1 + e n / horizon)."""
+    from losses.kl import KLController
+
+    ctl = KLController(0.1, target=6.0, horizon=10000)
+    ctl.update(9.0, 64)  # e = clip(0.5) = 0.2: beta = 0.1 x (1 + 0.2 x 64 / 10000) = 0.1 x 1.00128
+    assert ctl.coef == pytest.approx(0.100128, rel=1e-12)
+    ctl.update(6.6, 100)  # e = 0.1, inside the clip: x (1 + 0.1 x 100 / 10000) = x 1.001
+    assert ctl.coef == pytest.approx(0.100128 * 1.001, rel=1e-12)
+    ctl.update(1.0, 500)  # e = clip(-5/6) = -0.2: x (1 - 0.2 x 500 / 10000) = x 0.99
+    assert ctl.coef == pytest.approx(0.100128 * 1.001 * 0.99, rel=1e-12)
+    resumed = KLController(0.1, target=6.0, horizon=10000)
+    resumed.load_state_dict(ctl.state_dict())
+    ctl.update(7.2, 64), resumed.update(7.2, 64)
+    assert resumed.coef == ctl.coef
+
+
+def test_sequence_kl_sums_tokens_and_averages_sequences():
+    from losses.kl import sequence_kl
+
+    kl = torch.tensor([[0.5, 0.25, 99.0], [1.0, float("nan"), float("inf")]])  # garbage off the mask
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert sequence_kl(kl, mask).item() == pytest.approx((0.75 + 1.0) / 2)

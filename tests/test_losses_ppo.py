@@ -192,3 +192,20 @@ def test_micro_batch_gradient_accumulation_equals_one_batch():
         total += loss.item()
     assert total == pytest.approx(full.item(), rel=1e-14)
     torch.testing.assert_close(accumulated, full_grad, rtol=1e-13, atol=1e-15)
+
+
+def test_entropy_bonus_by_hand():
+    """Schulman et al. 2017 eq. 9: loss - c2 H per token. Ratio 1.1, A = 2 (inside the clip): -2.2;
+    H = 0.7, c2 = 0.5: -2.2 - 0.35 = -2.55; d loss / d H = -c2 on valid tokens, 0 off the mask."""
+    old = torch.zeros(1, 2, dtype=F64)
+    logprobs = torch.full((1, 2), math.log(1.1), dtype=F64)
+    adv = torch.full((1, 2), 2.0, dtype=F64)
+    entropy = torch.tensor([[0.7, float("nan")]], dtype=F64, requires_grad=True)  # garbage off the mask
+    mask = torch.tensor([[1, 0]])
+    loss, metrics = policy_loss(logprobs, old, adv, mask, clip_eps=EPS, entropy=entropy, entropy_coef=0.5)
+    assert loss[0, 0].item() == pytest.approx(-2.55, abs=1e-12) and loss[0, 1].item() == 0.0
+    loss.sum().backward()
+    assert entropy.grad.tolist() == [[-0.5, 0.0]]
+    assert metrics["entropy"].item() == pytest.approx(0.7)
+    plain, plain_metrics = policy_loss(logprobs, old, adv, mask, clip_eps=EPS)
+    assert plain[0, 0].item() == pytest.approx(-2.2, abs=1e-12) and "entropy" not in plain_metrics

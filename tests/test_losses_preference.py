@@ -112,7 +112,7 @@ def test_categorical_hand_value_two_atoms():
     # P = 1/4*1/2*1/2 + 3/4*1/2*1 + 3/4*1/2*1/2 = 1/16 + 3/8 + 3/16 = 5/8.
     logits_c = torch.tensor([[0.0, math.log(3.0)]], dtype=F64)
     logits_r = torch.tensor([[0.0, 0.0]], dtype=F64)
-    losses, entropy_loss = categorical_loss(logits_c, logits_r, entropy_coeff=0.2)
+    losses, entropy_loss = categorical_loss(logits_c, logits_r, entropy_coef=0.2)
     assert losses.item() == pytest.approx(-math.log(5 / 8), abs=1e-15)
     # Batch-mean distribution m = ((1/4 + 1/2) / 2, (3/4 + 1/2) / 2) = (3/8, 5/8);
     # entropy_loss = 0.2 * sum m log m = -0.2 * H(m).
@@ -134,7 +134,7 @@ def test_categorical_gradcheck_float64():
     logits_r = torch.randn(3, 5, generator=gen, dtype=F64, requires_grad=True)
 
     def fn(a, b):
-        losses, entropy_loss = categorical_loss(a, b, entropy_coeff=0.3)
+        losses, entropy_loss = categorical_loss(a, b, entropy_coef=0.3)
         return losses.sum() + entropy_loss
 
     assert torch.autograd.gradcheck(fn, (logits_c, logits_r))
@@ -144,7 +144,7 @@ def test_categorical_zero_probability_atoms_are_finite():
     # Logit gaps of 1e4 underflow probabilities to exactly 0 (float32); -inf logits are exact zeros.
     logits_c = torch.tensor([[1e4, -1e4, 0.0, -1e4], [0.0, NEG_INF, NEG_INF, 5.0]], requires_grad=True)
     logits_r = torch.tensor([[-1e4, 1e4, -1e4, -1e4], [NEG_INF, 0.0, 3.0, NEG_INF]], requires_grad=True)
-    losses, entropy_loss = categorical_loss(logits_c, logits_r, entropy_coeff=0.1)
+    losses, entropy_loss = categorical_loss(logits_c, logits_r, entropy_coef=0.1)
     (losses.sum() + entropy_loss).backward()
     assert torch.isfinite(losses).all() and torch.isfinite(entropy_loss)
     assert torch.isfinite(logits_c.grad).all() and torch.isfinite(logits_r.grad).all()

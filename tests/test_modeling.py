@@ -224,8 +224,10 @@ def test_builtin_model_dir_builds_once_and_loads_offline(tmp_path, monkeypatch):
     assert builtin.builtin_tokenizer().get_vocab() == tok.get_vocab()
     # the cache key covers the build parameters
     assert builtin.cache_root() == tmp_path / "cache"
-    assert builtin.resolve_builtin_path("builtin:tiny") == path
-    assert builtin.resolve_builtin_path("org/model") == "org/model"
+    assert builtin.resolve_model_path("org/model") == "org/model"
+    assert builtin.resolve_model_path("builtin:tiny-base") == path
+    with pytest.raises(ValueError, match="built-in models"):
+        builtin.resolve_model_path("builtin:huge")
     with pytest.raises(ValueError, match="size"):
         builtin.builtin_model_dir("huge")
 

@@ -30,11 +30,13 @@ def test_two_steps_write_everything(model_dir, tmp_path):
     summary = train(cfg)
     out = tmp_path / "run"
     records = _metrics(out)
-    assert [r["step"] for r in records] == [1, 2]
-    for key in ("policy/loss", "policy/clipfrac", "policy/approx_kl", "critic/loss", "critic/clipfrac",
+    assert [r["step"] for r in records] == [0, 1, 2]  # the start evaluation, then one record per step
+    for key in ("policy/loss", "policy/clipfrac", "policy/approx_kl", "policy/ratio_max", "critic/loss", "critic/clipfrac",
                 "reward/score", "reward/length_corr", "kl/mean", "kl/coef", "length/mean", "time/generate", "time/critic_update+policy_update"):
-        assert key in records[0], key
-    assert summary["eval_end"]["gold"] is not None
+        assert key in records[1], key
+    assert {"eval/reward", "eval/gold", "eval/length"} <= records[0].keys() & records[2].keys()
+    assert records[1]["policy/ratio_max"] >= records[1]["policy/ratio_mean"]
+    assert summary["eval_end"]["gold"] is not None and summary["eval_end"]["gold"] == records[2]["eval/gold"]
     for name in ("curves.png", "samples_start.jsonl", "samples_end.jsonl", "summary.json", "config.yaml"):
         assert (out / name).is_file(), name
     # the exported policy loads with plain transformers
@@ -58,7 +60,7 @@ def test_resume_equals_uninterrupted(model_dir, tmp_path):
     train(tiny_ppo_config(model_dir, str(split), "run.steps=4"))
 
     a, b = _metrics(full), _metrics(split)
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
         for key, value in ra.items():
             if key.startswith("time/"):
@@ -69,16 +71,16 @@ def test_resume_equals_uninterrupted(model_dir, tmp_path):
 def test_update_changes_every_trainable_param_and_not_the_reference(model_dir):
     import cluster
     from actors.critic import CriticActor
+    from actors.modeling import load_tokenizer
     from actors.policy import PolicyActor
     from actors.reference import ReferenceActor
-    from orchestrator.experience import KLController, RunningMoments
-    from orchestrator.ppo import PromptStream, Roles, ppo_step
-    from orchestrator.data import load_prompts
-    from actors.modeling import load_tokenizer
     from actors.reward import RewardActor
+    from losses.common import RunningMoments
+    from losses.kl import KLController
+    from orchestrator.data import load_prompts, to_prompt_batch
+    from orchestrator.ppo import Roles, ppo_step
 
     cfg = tiny_ppo_config(model_dir, "unused")
-    cluster.init_local()
     kw = dict(seed=0, total_steps=4, minibatch_size=cfg.ppo.minibatch_size)
     policy = cluster.LocalGroup(PolicyActor, cfg.policy, name="policy", kwargs=dict(model_path=model_dir, **kw))
     critic = cluster.LocalGroup(CriticActor, cfg.critic, name="critic", kwargs=dict(model_path=model_dir, **kw))
@@ -94,8 +96,8 @@ def test_update_changes_every_trainable_param_and_not_the_reference(model_dir):
 
     before = {name: snapshot(g) for name, g in (("policy", policy), ("critic", critic), ("reference", reference))}
     tokenizer = load_tokenizer(model_dir)
-    data, _ = load_prompts(cfg.data, tokenizer)
-    ppo_step(roles, cfg, PromptStream(data, tokenizer.pad_token_id, 0), KLController(0.05), RunningMoments(), 0)
+    rows = load_prompts(cfg.data, tokenizer)[0].to_list()
+    ppo_step(roles, cfg, lambda n: to_prompt_batch(rows[:n], tokenizer.pad_token_id), KLController(0.05), RunningMoments(), 0)
     after = {name: snapshot(g) for name, g in (("policy", policy), ("critic", critic), ("reference", reference))}
     for role in ("policy", "critic"):
         unchanged = [n for n, p in before[role].items() if torch.equal(p, after[role][n])]
@@ -157,9 +159,9 @@ def test_lora_policy_and_critic_reference_is_the_policy_without_adapters(model_d
     tokenizer = load_tokenizer(model_dir)
     data, _ = load_prompts(cfg.data, tokenizer)
     rollout = policy.role.generate(to_prompt_batch([data[i] for i in range(4)], tokenizer.pad_token_id), seed=3)
-    without_adapters = policy.role.reference_logprobs(rollout).values
-    frozen = reference.role.logprobs(rollout).values
-    with_adapters = policy.role.logprobs(rollout).values
+    without_adapters = policy.role.reference_logprobs(rollout).logprobs
+    frozen = reference.role.logprobs(rollout).logprobs
+    with_adapters = policy.role.logprobs(rollout).logprobs
     torch.testing.assert_close(without_adapters, frozen, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(with_adapters, frozen, atol=1e-4)  # the adapters did learn something
 
@@ -171,7 +173,8 @@ def test_reward_model_from_a_folder_and_critic_from_it(model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from actors.modeling import build_sequence_classifier, load_tokenizer
-    from actors.reward import RewardActor, _chat_text
+    from actors.reward import RewardActor
+    from ppo_helpers import chat_text
     from actors.types import Rollout
     import cluster
 
@@ -202,7 +205,7 @@ def test_reward_model_from_a_folder_and_critic_from_it(model_dir, tmp_path):
     reference_model = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
     with torch.no_grad():
         want = torch.stack([
-            reference_model(**tokenizer(_chat_text(tokenizer, p, r), return_tensors="pt", add_special_tokens=False)).logits[0, 0]
+            reference_model(**tokenizer(chat_text(tokenizer, p, r), return_tensors="pt", add_special_tokens=False)).logits[0, 0]
             for p, r in zip(prompts, responses)
         ])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

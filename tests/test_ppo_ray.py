@@ -16,8 +16,10 @@ def model_dir(tmp_path_factory):
 
 
 def _first_step(out_dir) -> dict:
+    """The record of the first PPO step (its training metrics and, being the last step, the end evaluation)."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        record = json.loads(f.readline())
+        (record,) = [r for r in map(json.loads, f) if r["step"] == 1]
+    assert "policy/loss" in record and "eval/reward" in record
     return {k: v for k, v in record.items() if not k.startswith("time/")}
 
 
@@ -39,6 +41,7 @@ def test_local_and_ray_give_the_same_first_step(model_dir, tmp_path, ray_cluster
     _assert_same(_first_step(tmp_path / "local"), _first_step(tmp_path / "ray"))
 
 
+@pytest.mark.slow  # two ray-mode PPO runs per stage
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_zero_stages_at_two_replicas_equal_one_replica(model_dir, tmp_path, ray_cluster, stage):
     from orchestrator.ppo import train

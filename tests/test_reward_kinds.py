@@ -52,13 +52,13 @@ def _raw_outputs(folder: str, prompts=PROMPTS, responses=RESPONSES) -> torch.Ten
     scorer's batching and padding."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from actors.reward import _chat_text
+    from ppo_helpers import chat_text
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     with torch.no_grad():
         return torch.cat([
-            model(**tok(_chat_text(tok, p, r), return_tensors="pt", add_special_tokens=False)).logits
+            model(**tok(chat_text(tok, p, r), return_tensors="pt", add_special_tokens=False)).logits
             for p, r in zip(prompts, responses)
         ]).double()
 
@@ -161,7 +161,7 @@ def test_model_config_errors_name_the_key(reward_dirs, model_dir):
     with pytest.raises(ValueError, match=r"reward\.path=.* is not a readable reward model"):
         check_reward_config(_reward_cfg("kind=model", f"path={model_dir}"))  # a causal LM: 2 default labels, no head
     with pytest.raises(ValueError, match=r"reward\.components\.1\.statistic=quantile"):
-        check_reward_config(_reward_cfg("kind=weighted", "components.0.kind=function",
+        check_reward_config(_reward_cfg("kind=weighted", "components.0.kind=function", "components.0.function=ppo_helpers:length_reward",
                                         "components.1.kind=model", f"components.1.path={reward_dirs['plain']}",
                                         "components.1.statistic=quantile"))
     check_reward_config(_reward_cfg("kind=model", f"path={reward_dirs['mixture']}", "statistic=quantile"))  # fine
@@ -276,9 +276,10 @@ def test_relevance_closed_prompts_use_the_reference_and_the_classifier_fills_mis
 
 
 def test_query_type_classifier_accuracy_on_the_builtin_prompts():
-    from actors.query_type import builtin_accuracy, classify
+    from actors.query_type import classify
+    from orchestrator.task import query_type_accuracy
 
-    report = builtin_accuracy()
+    report = query_type_accuracy()
     assert report["train"]["n"] == 184 and report["test"]["n"] == 62
     assert report["all"]["accuracy"] >= 0.95, report["all"]["errors"]
     assert min(report["all"]["recall_open"], report["all"]["recall_closed"]) >= 0.9
@@ -315,7 +316,8 @@ def test_weighted_config_from_yaml_with_overrides_and_printed_back(tmp_path):
         "    - kind: relevance\n"
         "      weight: 0.25\n"
     )
-    cfg = load_job_config("ppo", str(path), ["reward.components.1.weight=0.5", "reward.components.2.kind=function"])
+    cfg = load_job_config("ppo", str(path), ["reward.components.1.weight=0.5", "reward.components.2.kind=function",
+                                                     "reward.components.2.function=ppo_helpers:length_reward"])
     kinds = [(c.kind, c.weight) for c in cfg.reward.components]
     assert kinds == [("function", 1.0), ("relevance", 0.5), ("function", 1.0)]
     printed = tmp_path / "printed.yaml"
@@ -328,7 +330,7 @@ def test_weighted_config_from_yaml_with_overrides_and_printed_back(tmp_path):
         ("reward.kind=weighted", "reward.components.0.wieght=1"): r"unknown config key 'reward\.components\.0\.wieght'; did you mean 'reward\.components\.0\.weight'",
         ("reward.kind=weighted", "reward.components.1.kind=function"): r"'reward\.components\.1': the list has 0 items; list indices must be 0, 1",
         ("reward.kind=weighted", "reward.components.0.kind=lottery"): r"'reward\.components\.0\.kind': 'lottery' is not one of",
-        ("reward.components.0.kind=function",): r"'reward\.components': is only read when reward\.kind=weighted",
+        ("reward.components.0.kind=function", "reward.components.0.function=a:b"): r"'reward\.components': is only read when reward\.kind=weighted",
         ("reward.kind=remote",): r"'reward\.url': must be an http:// or https:// URL",
         ("reward.kind=relevance", "reward.embedding_model="): r"'reward\.embedding_model': must be set",
     }

@@ -118,7 +118,7 @@ def test_saved_model_describes_itself_and_scores_identically(trained, setup, tmp
         eval_cfg = load_job_config("rm_eval", None, [
             f"path={folder / 'model'}", f"data.path={setup['root'] / 'test.jsonl'}", f"output_dir={tmp_path / objective}",
             "batch_size=5", "group_by=kind"])  # another batching: padding must not matter
-        report = eval_saved_model(eval_cfg)
+        report, _ = eval_saved_model(eval_cfg)
         trained_report = summary["eval"]
         assert report["pair_accuracy"] == trained_report["pair_accuracy"]
         for side in ("chosen", "rejected"):
@@ -162,9 +162,10 @@ def test_micro_batches_do_not_change_the_update(setup, tmp_path):
         assert rb == pytest.approx(ra, rel=1e-4, abs=1e-6), (ra, rb)
     assert all(r["rm/grad_norm"] > 0 for r in a if "rm/grad_norm" in r)  # compared above: a scaled gradient fails
     wa, wb = _weights(tmp_path / "m8"), _weights(tmp_path / "m16")
-    # Adam divides by sqrt(v): float-rounding differences in near-zero gradients move a weight by up to
-    # ~lr x 1e-2; a real difference moves it by ~lr (3e-3) per step
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    # Adam divides by sqrt(v): a float-rounding difference in a near-zero gradient can move a weight by a
+    # few percent of lr (seen: 1.4e-4 after 3 steps on one CPU, < 1e-4 on another); a real difference
+    # moves it by ~lr (3e-3) per step
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 0.1 * 3e-3
 
 
 def test_lora_trains_adapters_and_head_and_saves_merged(setup, tmp_path):

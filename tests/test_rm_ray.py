@@ -31,6 +31,7 @@ def local_run(setup, tmp_path_factory):
     return train(_cfg(setup, out, "run.mode=local")), out
 
 
+@pytest.mark.slow  # a 2-replica reward-model run per stage
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_zero_replicas_equal_one_local_process(setup, local_run, tmp_path, ray_cluster, stage):
     from orchestrator.rm import train

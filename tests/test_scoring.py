@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from actors import modeling
-from actors.reward import ModelScorer, _chat_text
+from actors.reward import ModelScorer
+from ppo_helpers import chat_text
 from actors.reward_trainer import scale_score_head
 from actors.scoring import right_pad, sequence_outputs
 from orchestrator import builtin, task
@@ -54,11 +55,11 @@ def _separable_pairs(n, seed):
 
 
 def _texts(tok, prompts, responses):
-    return tok([_chat_text(tok, p, r) for p, r in zip(prompts, responses)], add_special_tokens=False).input_ids
+    return tok([chat_text(tok, p, r) for p, r in zip(prompts, responses)], add_special_tokens=False).input_ids
 
 
 def _rewards(model, input_ids, mask):
-    return sequence_outputs(model, input_ids, mask)[:, 0]
+    return sequence_outputs(model, input_ids, mask, model.config.pad_token_id)[:, 0]
 
 
 def test_head_pools_the_last_non_pad_token_with_right_padding(tok):
@@ -148,7 +149,7 @@ def test_training_time_scores_equal_ppo_time_scores_and_reload_is_exact(tmp_path
     folder = tmp_path / "rm"
     actor.export(str(folder), RewardHead("mean_variance").to_dict())
     reloaded = modeling.load_sequence_classifier(str(folder), num_labels=2).eval()
-    evaluated = pair_outputs(reloaded, collate_pairs(rows, reloaded.config.pad_token_id), reloaded.config.pad_token_id, 7)
+    evaluated = pair_outputs(reloaded, collate_pairs(rows, tokenizer.pad_token_id), tokenizer.pad_token_id, tokenizer.eos_token_id, 7)
     scorer = ModelScorer.from_config(load(RewardConfig, None, ["kind=model", f"path={folder}", "batch_size=3"]))
     ppo = scorer.outputs(prompts, responses)
 

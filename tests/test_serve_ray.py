@@ -26,7 +26,8 @@ from actors.reward import build_scorer
 from actors.reward_head import RewardHead
 from cluster.dist import free_port
 from orchestrator.serve import ServeOptions, deploy, reward_config
-from ppo_helpers import save_reward_model, tiny_model_dir, tiny_ppo_config
+from ppo_helpers import (RENDER_CHOSEN, RENDER_PROMPTS, RENDER_REJECTED, rendering_family, save_reward_model,
+                         tiny_model_dir, tiny_ppo_config, train_rendering_rm, training_path_scores)
 
 FN_BATCH = 16  # --max-batch-size of the function application
 PROMPTS = ["Tell me about fruit.", "What color is a banana?", "Describe the ocean in a few words.",
@@ -168,6 +169,7 @@ def test_client_names_the_server_limit(served):
         RemoteScorer(served["fn_url"], 60, FN_BATCH + 1)(["q"] * (FN_BATCH + 1), ["a"] * (FN_BATCH + 1))
 
 
+@pytest.mark.slow  # a PPO run, a subprocess or two trained reward models
 def test_ppo_with_a_remote_reward(served, tmp_path):
     """PPO (local mode) scores every rollout through the server: reward.kind=remote reward.url=..."""
     from orchestrator.ppo import train
@@ -181,6 +183,7 @@ def test_ppo_with_a_remote_reward(served, tmp_path):
     assert get_json(url)["items"] - before >= 2 * cfg.ppo.rollout_batch_size
 
 
+@pytest.mark.slow  # a PPO run, a subprocess or two trained reward models
 def test_cli_serves_until_sigterm(served):
     """`rlhf serve reward` joined to this cluster: prints the URL, answers, and deletes its application
     on SIGTERM (what `ray job stop` sends), exiting 0."""
@@ -193,9 +196,11 @@ def test_cli_serves_until_sigterm(served):
            "--name", "cli", "reward.kind=function", f"reward.function={__name__}:serve_function_reward", "reward.num_cpus=0.5"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()  # blocks until the URL is printed (or the process ends)
         url = f"http://127.0.0.1:{served['port']}/cli"
-        assert f"at {url} " in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        lines = []
+        while not any(f"at {url} " in line for line in lines):  # blocks until the URL is printed (or the process ends)
+            lines.append(proc.stdout.readline())
+            assert lines[-1], (lines, proc.stderr.read())
         assert RemoteScorer(url, 60, 4)(["q"], ["ab"]).reward.tolist() == [2.25]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
@@ -207,3 +212,28 @@ def test_cli_serves_until_sigterm(served):
         time.sleep(0.5)
     assert "cli" not in serve.status().applications
     assert "fn" in serve.status().applications  # the other applications are untouched
+
+
+@pytest.mark.slow  # a PPO run, a subprocess or two trained reward models
+@pytest.mark.parametrize("kind", ["chatml", "plain"])
+def test_served_reward_model_scores_the_tokens_it_was_trained_on(served, kind, tmp_path):
+    """The serving path of the one rendering (tests/test_rendering.py has training, evaluation and PPO):
+    a reward model trained by `rlhf rm`, served, scores chat and plain prompts sent over HTTP exactly as
+    its training role scored the same pairs (1e-5), for a ChatML and a plain tokenizer."""
+    from ray import serve
+    from transformers import AutoConfig
+
+    family = rendering_family(kind, tmp_path / kind)
+    folder = train_rendering_rm(family, tmp_path / "rm")
+    training = training_path_scores(folder, family)
+    head = RewardHead.from_config(AutoConfig.from_pretrained(folder))
+    url = deploy(reward_config(folder, ["reward.num_cpus=0.5"]),
+                 ServeOptions(port=served["port"], route=f"/render-{kind}", name=f"render-{kind}"))
+    try:
+        for column, responses in enumerate((RENDER_CHOSEN, RENDER_REJECTED)):
+            status, body = _post(url, json.dumps({"prompts": RENDER_PROMPTS, "responses": responses}).encode())
+            assert status == 200, body
+            served_raw = torch.tensor(body["rewards"]) * head.norm_std + head.norm_mean
+            torch.testing.assert_close(served_raw, training[:, column], rtol=0, atol=1e-5)
+    finally:
+        serve.delete(f"render-{kind}")

@@ -57,7 +57,7 @@ BATCH_SIZE = 256
 FULL_STEPS = 2000
 QUICK_STEPS = 600
 LR_START, LR_END = 3e-3, 1e-4  # exponential decay, as in the paper's code (which decays to 1e-5)
-CDPL_ENTROPY_COEFF = 0.1  # the DPL code's default entropy_coeff for categorical reward models
+CDPL_ENTROPY_COEF = 0.1  # the DPL code's default entropy_coef for categorical reward models
 
 # Pass criteria of the findings.
 MV_STD_RATIO_MIN = 3.0  # "far larger": mean std for a >= 0.8 at least 3x that for a < 0.8
@@ -126,7 +126,7 @@ def _train(steps: int, seed: int) -> dict[str, nn.Module]:
         bt_c, bt_r = models["bt"](x).squeeze(-1).chunk(2)  # (N,) each
         mv_c, mv_r = models["mv"](x).chunk(2)  # (N, 2) each
         cat_c, cat_r = models["cat"](x).chunk(2)  # (N, K) each
-        cat_losses, cat_entropy_loss = categorical_loss(cat_c, cat_r, entropy_coeff=CDPL_ENTROPY_COEFF)
+        cat_losses, cat_entropy_loss = categorical_loss(cat_c, cat_r, entropy_coef=CDPL_ENTROPY_COEF)
         loss = (
             bradley_terry_loss(bt_c, bt_r).mean()
             + mean_variance_loss(mv_c, mv_r).mean()

@@ -20,7 +20,7 @@ Subclasses only declare fields, with a shape-and-meaning comment on each, for ex
 same size, ``T-1`` one less). A bug where log-probs of shape (B, T-1) are paired with a (B, T) mask
 is then caught where the batch crosses into or out of an actor, not three calls later.
 
-The hosting layer (``cluster.group``) calls ``check()`` on every batch argument and result that
+The hosting layer (`cluster.group`) calls ``check()`` on every batch argument and result that
 crosses a role boundary, and moves results to CPU, so roles never need to do either.
 This module knows nothing about PPO or any other algorithm.
 """

@@ -1,0 +1,132 @@
+"""The one text rendering: a (prompt, response) pair -> the exact text and token ids a model sees.
+
+Every path that turns text into model input goes through `Rendering`: data loading (prompts for the
+policy, preference pairs for reward models and DPO, SFT rows), reward-model training and evaluation
+(which read the loader's ids), PPO-time scoring (`actors.reward.ModelScorer`) and `rlhf serve
+reward` (the same scorer). So a reward model scores, in PPO and behind an endpoint, exactly the tokens
+it was trained on, for chat-template and plain tokenizers alike.
+
+Prompt: a string (one user turn) or a chat list ``[{"role", "content"}, ...]`` ending with a user turn.
+
+- Chat template (the tokenizer has one and ``chat_template`` is true): the text is
+  ``apply_chat_template(messages, add_generation_prompt=True)`` and its ids are the tokenizer's ids of
+  that text without added special tokens (the template writes them).
+- Plain: a lone user turn is used verbatim; a longer chat is written in the HH-RLHF style
+  ``"\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nAssistant:"`` (system turns as ``"\\n\\nSystem: ..."``); the
+  ids are the tokenizer's ids with its usual special tokens (e.g. BOS).
+
+Response: the tokenizer's ids of the response text alone (no special tokens) followed by the EOS id:
+the tokens a policy generates before it stops. A conversation is prompt ids + response ids, nothing in
+between and nothing after the EOS (a chat template's trailing newline after its end-of-turn token is
+not part of it: generation stops at EOS). Its text, for logs and samples, is the prompt text, the
+response and the EOS token's string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+__all__ = ["Prompt", "ROLES", "HH_ASSISTANT", "as_messages", "plain_prompt", "hh_text", "Rendering", "RenderError"]
+
+Prompt = Union[str, list]
+"""A prompt: a string (one user turn) or a chat list of {"role", "content"} messages ending with a user turn."""
+
+ROLES = ("system", "user", "assistant")
+HH_ASSISTANT = "\n\nAssistant:"
+_HH_LABEL = {"system": "System", "user": "Human", "assistant": "Assistant"}
+_ENCODE_CHUNK = 1024
+
+
+class RenderError(ValueError):
+    """The tokenizer's chat template failed on a prompt (Jinja raises whatever its author chose)."""
+
+
+def as_messages(prompt: Prompt) -> list[dict]:
+    """The prompt as a chat list (a string is one user turn)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def plain_prompt(prompt: Prompt) -> str:
+    """The prompt as plain text for rewards that read the question only: the string, or the last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
+def hh_text(messages: Sequence[dict]) -> str:
+    """A chat in the HH-RLHF layout, ending with the assistant cue: the plain rendering of a multi-turn prompt."""
+    return "".join(f"\n\n{_HH_LABEL[m['role']]}: {m['content']}" for m in messages) + HH_ASSISTANT
+
+
+@dataclass
+class Rendering:
+    """How one model sees text: its tokenizer, and whether its chat template is applied."""
+
+    tokenizer: object
+    chat_template: bool = True
+    """Apply the tokenizer's chat template when it has one (`data.chat_template`; saved with reward models)."""
+
+    @property
+    def templated(self) -> bool:
+        """Whether prompts go through the chat template (the flag is on and the tokenizer has one)."""
+        return bool(self.chat_template and getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def eos_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
+            raise ValueError(f"tokenizer {name} has no eos token; responses must end with one")
+        return eos
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The prompt as the policy sees it (module docstring); `RenderError` if the template fails."""
+        messages = as_messages(prompt)
+        if self.templated:
+            try:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # noqa: BLE001  (Jinja raises whatever the template author chose)
+                raise RenderError(_first_line(e)) from None
+        if len(messages) == 1:
+            return messages[0]["content"]
+        return hh_text(messages)
+
+    def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of rendered prompt texts (`prompt_text`): special tokens as the rendering says."""
+        return self._encode(list(texts), add_special_tokens=not self.templated)
+
+    # ------------------------------------------------------------------ responses
+
+    def response_ids(self, responses: Sequence[str]) -> list[list[int]]:
+        """Token ids of each response alone, then the EOS id."""
+        eos = self.eos_id
+        return [ids + [eos] for ids in self._encode(list(responses), add_special_tokens=False)]
+
+    # ------------------------------------------------------------------ conversations
+
+    def conversation_ids(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[list[int]]:
+        """Prompt ids + response ids of each pair: what a reward model reads (in training and scoring)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        prompt_ids = self.prompt_ids([self.prompt_text(p) for p in prompts])
+        return [p + r for p, r in zip(prompt_ids, self.response_ids(responses))]
+
+    def conversation_text(self, prompt: Prompt, response: str) -> str:
+        """The text of one conversation (for logs and samples): prompt text, response, EOS string."""
+        return self.prompt_text(prompt) + response + (self.tokenizer.eos_token or "")
+
+    def _encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        out: list[list[int]] = []
+        for start in range(0, len(texts), _ENCODE_CHUNK):
+            out += self.tokenizer(texts[start:start + _ENCODE_CHUNK], add_special_tokens=add_special_tokens)["input_ids"]
+        return [list(ids) for ids in out]
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

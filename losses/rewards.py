@@ -1,0 +1,76 @@
+"""PPO's per-token reward: the shaped sequence score on the last response token, a KL penalty on every token.
+
+Shapes: ``(B, T)`` tensors cover response tokens and are right-padded; ``mask`` is 1 on valid tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from losses.common import RunningMoments
+from losses.kl import kl_penalty
+
+__all__ = ["ShapedRewards", "shape_rewards", "last_index"]
+
+
+@dataclass
+class ShapedRewards:
+    rewards: Tensor  # (B, T) per-token reward: -beta * KL_t, plus the shaped score on the last valid token
+    kl: Tensor  # (B, T) per-token KL estimate (0 off the mask)
+    scores: Tensor  # (B,) sequence score after the no-EOS penalty, normalisation and clipping
+
+
+def last_index(mask: Tensor) -> Tensor:
+    """(B,) index of the last 1 in each row of a right-padded (B, T) mask (0 for an empty row)."""
+    t = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return (t * mask.long()).max(dim=1).values
+
+
+def shape_rewards(
+    scores: Tensor,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    mask: Tensor,
+    ended_with_eos: Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+    no_eos_penalty: float = 0.0,
+    moments: RunningMoments | None = None,
+    reward_clip: float = 0.0,
+) -> ShapedRewards:
+    """Per-token rewards of Stiennon et al. 2020 ("Learning to summarize from human feedback", eq. 1)
+    and InstructGPT: ``r_t = -beta KL_t`` on every response token, plus the sequence score on the last one.
+
+    The score is shaped first, in this order: ``no_eos_penalty`` is subtracted from the scores of
+    responses that did not end with EOS; with `moments`, the running statistics are updated with this
+    batch and the scores standardised, ``(s - mean) / (std + 1e-8)``; with ``reward_clip = c > 0`` they
+    are clipped to ``[-c, c]``. An empty response (no valid token) gets no score.
+
+    Args:
+        scores: ``(B,)`` raw sequence rewards.
+        logprobs: ``(B, T)`` log pi_old(a_t | s_t).
+        ref_logprobs: ``(B, T)`` log pi_ref(a_t | s_t).
+        mask: ``(B, T)`` 1 on response tokens.
+        ended_with_eos: ``(B,)`` bool.
+        kl_coef: beta.
+        kl_estimator: "k1", "k2" or "k3" (`losses.kl.kl_penalty`).
+    """
+    scores = scores.to(torch.float32).clone()
+    if no_eos_penalty:
+        scores = scores - no_eos_penalty * (~ended_with_eos.bool()).to(scores.dtype)
+    if moments is not None:
+        moments.update(scores)
+        scores = (scores - moments.mean) / (moments.std + 1e-8)
+    if reward_clip > 0:
+        scores = scores.clamp(-reward_clip, reward_clip)
+    valid = mask.bool()
+    kl = torch.where(valid, kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator), 0.0)
+    rewards = -kl_coef * kl
+    last = last_index(mask)  # (B,)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    has_tokens = valid.any(-1)
+    rewards[rows[has_tokens], last[has_tokens]] += scores[has_tokens].to(rewards.dtype)
+    return ShapedRewards(rewards=torch.where(valid, rewards, 0.0), kl=kl, scores=scores)

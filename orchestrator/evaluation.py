@@ -1,0 +1,87 @@
+"""The one generation evaluation: sample an answer per held-out prompt with the policy, score it.
+
+`sample_and_score(policy, reward, rows, pad_id)` takes the role groups themselves: PPO passes its
+policy and reward roles; DPO and SFT pass their policy role and a local reward role of the built-in
+task's annotator reward (`annotator_reward_group`). On the built-in task's prompts it also gives the
+gold score (`orchestrator.task.gold_score`), which no training step ever sees, and the task's own
+evaluation (gold by query type, length in words, the share of the disputed casual ending).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors.policy import PolicyActor
+from actors.reward import RewardActor
+from cluster import LocalGroup, RoleGroup, get
+from orchestrator.data import to_prompt_batch
+
+__all__ = ["EVAL_SEED", "GOLD_DATA", "GenerationEval", "sample_and_score", "annotator_reward_group", "gold_prompt_rows"]
+
+EVAL_SEED = 1_000_003
+"""The sampling seed of every held-out generation: the start and end evaluations sample alike."""
+GOLD_DATA = ("builtin:prompts", "builtin:preferences", "builtin:hidden-context", "builtin:sft")
+"""Data of the built-in task: its held-out prompts have a gold score."""
+
+
+@dataclass
+class GenerationEval:
+    reward: float
+    """Mean reward of the sampled answers."""
+    gold: float | None
+    """Mean gold score (built-in task prompts), else None."""
+    length: float
+    """Mean answer length in tokens."""
+    samples: list = field(default_factory=list)
+    """One row per prompt: prompt (plain), messages (the whole chat), response, reward, gold."""
+    extra: dict = field(default_factory=dict)
+    """The task's own evaluation (gold by query type, length in words, disputed share)."""
+
+    def metrics(self) -> dict:
+        """eval/* scalars for metrics.jsonl."""
+        return {"eval/reward": self.reward, "eval/length": self.length, **({"eval/gold": self.gold} if self.gold is not None else {})}
+
+    def record(self) -> dict:
+        return {"reward": self.reward, "gold": self.gold, "length_tokens": self.length, "task": self.extra}
+
+
+def sample_and_score(policy: RoleGroup, reward: RoleGroup, rows: list[dict], pad_id: int, gold: bool) -> GenerationEval:
+    """One sampled answer per row of `rows` (held-out prompt rows, fixed seed `EVAL_SEED`) from the
+    `policy` role, scored by the `reward` role and, with `gold`, by the gold score."""
+    rollout = get(policy.scatter_padded(PolicyActor.generate, to_prompt_batch(rows, pad_id), seed=EVAL_SEED))
+    scores = get(reward.scatter_padded(RewardActor.score, rollout))
+    k = len(rows)
+    responses = rollout.responses
+    lengths = rollout.action_mask.sum(-1).float()
+    result = GenerationEval(reward=scores.reward.mean().item(), gold=None, length=lengths.mean().item())
+    golds = [None] * k
+    if gold:
+        from orchestrator import task
+
+        golds = [task.gold_score(row, resp) for row, resp in zip(rows, responses)]
+        result.gold = sum(golds) / k
+        result.extra = task.gold_eval(rows, responses)
+    result.samples = [
+        {"prompt": row["prompt"], "messages": row.get("chat"), "response": resp, "reward": float(r), "gold": g}
+        for row, resp, r, g in zip(rows, responses, scores.reward.tolist(), golds)
+    ]
+    return result
+
+
+def annotator_reward_group() -> LocalGroup:
+    """The built-in task's annotator reward (PPO's default reward) as a local role: what DPO's and SFT's
+    held-out generations are scored with."""
+    from orchestrator.config import BUILTIN_REWARD, RewardConfig
+
+    return LocalGroup(RewardActor, RewardConfig(kind="function", function=BUILTIN_REWARD), name="reward")
+
+
+def gold_prompt_rows(data_path: str, tokenizer, max_prompt_tokens: int, chat_template: bool) -> list[dict]:
+    """The built-in task's held-out prompt rows when `data_path` is built-in task data, else []."""
+    if data_path not in GOLD_DATA:
+        return []
+    from orchestrator.config import DataConfig
+    from orchestrator.data import load_prompts
+
+    cfg = DataConfig(path="builtin:prompts", max_prompt_tokens=max_prompt_tokens, chat_template=chat_template)
+    return load_prompts(cfg, tokenizer, eval_set=True)[0].to_list()

@@ -1,0 +1,292 @@
+"""The one job skeleton: everything a training job does around its own step, done once for every job.
+
+`rlhf ppo`, `rlhf dpo`, `rlhf rm` and `rlhf sft` are each a `Job` (their roles, their step, their
+evaluation, their exports and summary) run by `run(job, cfg)`, which owns:
+
+- the output folder: `config.yaml`; an earlier run's outputs that a fresh run would mix with (metrics,
+  TensorBoard, checkpoints, samples, summary, curves) are moved aside to `previous-<time>/`, and the log
+  says so;
+- resume: `run.resume` resolved (and a bad path refused) before any role starts; the roles' and the
+  driver's state restored from the checkpoint (`Job.load`, `Job.load_state_dict`, the driver RNG);
+- metrics: one `MetricsLogger`, one record per logged step, exactly once (a resumed run drops the
+  records after its checkpoint's step; `orchestrator.metrics`);
+- evaluation: at the start (step 0), every `run.eval_every` steps, and at the end, always; the start
+  and end results go into `summary.json` and `samples_start.jsonl` / `samples_end.jsonl`; the end
+  evaluation is part of the final step's record and of the final checkpoint, so a run stopped after
+  it does not evaluate twice;
+- checkpoints: atomic `checkpoints/step_N/` every `run.save_every` steps and at the end
+  (`orchestrator.checkpoint`), holding the roles' state (`Job.save`) and `driver.pt` (step, the job's
+  state, the evaluation history, the driver RNG);
+- the end: `Job.finish` (exports), `curves.png`, `summary.json`, the printed summary, role shutdown.
+
+A new job is its config section, its roles and its step function: a `Job` subclass, nothing more
+(`PolicyJob` for a job of one policy role, as SFT and DPO).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from orchestrator import checkpoint as ckpt
+from orchestrator.configtree import to_yaml
+from orchestrator.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger, plot_curves
+
+log = logging.getLogger("rlhf.job")
+
+__all__ = ["Evaluation", "Job", "PolicyJob", "run", "first_and_last", "OUTPUTS"]
+
+OUTPUTS = (METRICS_FILE, TENSORBOARD_DIR, "checkpoints", "summary.json", "curves.png", "samples_start.jsonl",
+           "samples_end.jsonl")
+"""What a run writes into output_dir (besides config.yaml and its exports): set aside by a fresh run."""
+
+
+@dataclass
+class Evaluation:
+    """What a job's evaluation returns to the skeleton."""
+
+    metrics: dict
+    """eval/* scalars: written into the step's record of metrics.jsonl."""
+    record: dict = field(default_factory=dict)
+    """The evaluation for summary.json (start and end; JSON-serialisable)."""
+    samples: list = field(default_factory=list)
+    """Rows for samples_start.jsonl / samples_end.jsonl (held-out generations), if the job samples."""
+
+
+class Job:
+    """A training job as the skeleton drives it. Subclasses set `name` and `curve_keys` and implement
+    the methods that raise here; the others have defaults."""
+
+    name: str = "job"
+    curve_keys: tuple = ()
+    """Metrics plotted in curves.png."""
+    groups: list = []
+    """The job's role groups (set by `start`); `shutdown` releases them."""
+
+    def start(self) -> None:
+        """Start the roles (after config.yaml is written and resume is resolved)."""
+        raise NotImplementedError
+
+    def step(self, step: int) -> dict:
+        """Training step `step` (0-based); returns its metrics."""
+        raise NotImplementedError
+
+    def evaluate(self, stage: str) -> Evaluation:
+        """Held-out evaluation; stage is "start", "step" (every run.eval_every) or "end"."""
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        """Write the roles' state (DeepSpeed checkpoints, weights in Hugging Face format) into `folder`."""
+        raise NotImplementedError
+
+    def load(self, folder: Path) -> None:
+        """Restore the roles' state from the checkpoint `folder`."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """The job's driver-side state (data position, controllers, ...): tensors and plain values."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def finish(self, out: Path) -> dict:
+        """Exports at the end of the run; returns extra summary fields."""
+        return {}
+
+    def summary(self, records: list[dict], history: dict) -> dict:
+        """The job's own summary fields from every metrics record and the evaluation history."""
+        return {}
+
+    def progress(self, metrics: dict) -> str:
+        """The progress bar's text for a step's metrics."""
+        return ""
+
+    def print_summary(self, summary: dict, out: Path) -> None:
+        print(f"\n{self.name} finished: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; outputs in {out}")
+
+    def shutdown(self) -> None:
+        """Release the roles."""
+        for group in self.groups:
+            group.shutdown()
+
+
+def run(job: Job, cfg) -> dict:
+    """Run `job` under `cfg.run` (the whole config tree `cfg` goes to config.yaml); returns the summary."""
+    timer = time.perf_counter()
+    run_cfg = cfg.run
+    out = Path(run_cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)  # a bad path fails before any role starts
+    if resume_from is None:
+        _set_aside_previous_run(out)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    torch.manual_seed(run_cfg.seed)
+
+    job.start()
+    try:
+        summary = _loop(job, run_cfg, out, resume_from, timer)
+    finally:
+        job.shutdown()
+    job.print_summary(summary, out)
+    return summary
+
+
+def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, timer: float) -> dict:
+    from tqdm import tqdm
+
+    start_step, history = 0, {}
+    if resume_from is not None:
+        state = ckpt.load_driver_state(resume_from)
+        start_step, history = int(state["step"]), state.get("history", {})
+        if start_step > run_cfg.steps:
+            raise ValueError(f"run.resume: the checkpoint {resume_from} is at step {start_step}, beyond run.steps={run_cfg.steps}")
+        job.load(resume_from)
+        job.load_state_dict(state["job"])
+        torch.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", resume_from, start_step)
+    metrics_log = MetricsLogger(out, resume_step=start_step if resume_from is not None else None)
+    try:
+        if "start" not in history:
+            history["start"] = _evaluate(job, "start", 0, out)
+            metrics_log.write(0, history["start"]["metrics"])
+        last = run_cfg.steps
+        bar = tqdm(range(start_step, last), initial=start_step, total=last, desc=job.name, dynamic_ncols=True)
+        for step in bar:
+            done = step + 1
+            metrics = job.step(step)
+            bar.set_postfix_str(job.progress(metrics))
+            if done == last:
+                history["end"] = _evaluate(job, "end", done, out)
+                metrics.update(history["end"]["metrics"])
+            elif run_cfg.eval_every and done % run_cfg.eval_every == 0:
+                metrics.update(job.evaluate("step").metrics)
+            if done % run_cfg.log_every == 0 or done == last or any(k.startswith("eval/") for k in metrics):
+                metrics_log.write(done, metrics)
+            if done == last or (run_cfg.save_every and done % run_cfg.save_every == 0):
+                with ckpt.atomic_checkpoint(run_cfg.output_dir, done, run_cfg.keep_checkpoints) as folder:
+                    job.save(folder)
+                    ckpt.save_driver_state(folder, {"step": done, "job": job.state_dict(), "history": history,
+                                                    "rng": torch.get_rng_state()})
+        bar.close()
+        if history.get("end", {}).get("step") != last:  # resumed at the final step of a run that had no end evaluation
+            history["end"] = _evaluate(job, "end", last, out)
+        extra = job.finish(out)
+        records = metrics_log.read()
+        plot_curves(records, out / "curves.png", keys=job.curve_keys)
+    finally:
+        metrics_log.close()
+    summary = {"job": job.name, "steps": last, **job.summary(records, history), **extra,
+               "eval_start": history["start"]["record"], "eval_end": history["end"]["record"],
+               "wall_time_s": round(time.perf_counter() - timer, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _evaluate(job: Job, stage: str, step: int, out: Path) -> dict:
+    """A start or end evaluation: its samples file written; returns its history entry."""
+    ev = job.evaluate(stage)
+    if ev.samples:
+        with open(out / f"samples_{stage}.jsonl", "w") as f:
+            for row in ev.samples:
+                f.write(json.dumps(row) + "\n")
+    log.info("%s evaluation at step %d: %s", stage, step, "  ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items()))
+    return {"step": step, "metrics": dict(ev.metrics), "record": ev.record}
+
+
+def _set_aside_previous_run(out: Path) -> None:
+    """A fresh run in a folder holding an earlier run's outputs (a crash before the first checkpoint,
+    run.resume=never, a rerun): move them to previous-<time>/ so nothing mixes and nothing is lost."""
+    found = [name for name in OUTPUTS if (out / name).exists()]
+    if not found:
+        return
+    aside = out / time.strftime("previous-%Y%m%d-%H%M%S")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out / time.strftime(f"previous-%Y%m%d-%H%M%S-{n}")
+    aside.mkdir()
+    for name in found:
+        os.replace(out / name, aside / name)
+    log.warning("%s held the outputs of an earlier run that this fresh run would mix with (%s); moved them to %s",
+                out, ", ".join(found), aside)
+
+
+def first_and_last(records: list[dict], key: str, at_most: int) -> tuple[float, float, int]:
+    """(mean of the first k, mean of the last k, k) values of `key` over the records that have it, with
+    k = a quarter of them, at least 1 and at most `at_most`: a training curve's start and end in summaries."""
+    values = [r[key] for r in records if key in r]
+    if not values:
+        return math.nan, math.nan, 0
+    k = max(1, min(at_most, len(values) // 4))
+    return sum(values[:k]) / k, sum(values[-k:]) / k, k
+
+
+class PolicyJob(Job):
+    """A job of one policy role (`rlhf sft`, `rlhf dpo`): the policy from `cfg.policy`, hosted by
+    `cluster.create_groups` as `role_cls` (a `PolicyActor` subclass), its tokenizer, and on the built-in
+    task's data the held-out prompts and the annotator reward of the generation evaluation.
+    Subclasses set `role_cls`, load their data, and give the role's extra constructor arguments."""
+
+    role_cls: type
+
+    def __init__(self, cfg):
+        from actors.modeling import load_tokenizer
+        from orchestrator.builtin import resolve_model_path
+        from orchestrator.evaluation import gold_prompt_rows
+
+        self.cfg = cfg
+        self.policy_path = resolve_model_path(cfg.policy.path)
+        self.tokenizer = load_tokenizer(self.policy_path, trust_remote_code=cfg.policy.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.gold_rows = gold_prompt_rows(cfg.data.path, self.tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat_template)
+        self.policy = self.reward = None
+
+    def role_kwargs(self) -> dict:
+        """Constructor arguments of the role besides model_path, seed and total_steps."""
+        return {}
+
+    def start(self) -> None:
+        from cluster import RoleSpec, create_groups
+        from orchestrator.evaluation import annotator_reward_group
+
+        cfg = self.cfg
+        spec = RoleSpec(self.role_cls, cfg.policy, kwargs=dict(model_path=self.policy_path, seed=cfg.run.seed,
+                                                               total_steps=cfg.run.steps, **self.role_kwargs()))
+        self.policy = create_groups(cfg.run.mode, {"policy": spec}, address=cfg.run.ray_address)["policy"]
+        self.groups = [self.policy]
+        if self.gold_rows:
+            self.reward = annotator_reward_group()
+            self.groups.append(self.reward)
+
+    def generation_eval(self):
+        """The generation evaluation on the built-in task's held-out prompts, or None without them."""
+        from orchestrator.evaluation import sample_and_score
+
+        if not self.gold_rows:
+            return None
+        return sample_and_score(self.policy, self.reward, self.gold_rows, self.pad_id, gold=True)
+
+    def save(self, folder: Path) -> None:
+        from cluster import get
+
+        get(self.policy.broadcast(self.role_cls.save_checkpoint, str(folder)))
+        get(self.policy.broadcast(self.role_cls.export, str(folder / "policy_hf")))
+
+    def load(self, folder: Path) -> None:
+        from cluster import get
+
+        get(self.policy.broadcast(self.role_cls.load_checkpoint, str(folder)))
+
+    def finish(self, out: Path) -> dict:
+        from cluster import get
+
+        get(self.policy.broadcast(self.role_cls.export, str(out / "policy")))  # a collective under ZeRO-3; rank 0 writes
+        return {"policy": str(out / "policy")}
