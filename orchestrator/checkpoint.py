@@ -22,6 +22,8 @@ from typing import Iterator
 
 import torch
 
+from orchestrator.configtree import ConfigError
+
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
 DRIVER_FILE = "driver.pt"
 
@@ -52,7 +54,8 @@ def resolve_resume(resume: str, output_dir: str) -> Path | None:
         return latest_checkpoint(output_dir)
     path = Path(resume)
     if not (path / DRIVER_FILE).is_file():
-        raise FileNotFoundError(f"run.resume={resume!r}: not a complete checkpoint folder (no {DRIVER_FILE})")
+        raise ConfigError(f"config key 'run.resume': {resume!r} is not a complete checkpoint folder (no {DRIVER_FILE}); "
+                          "use auto, never, or a checkpoints/step_N folder")
     return path
 
 

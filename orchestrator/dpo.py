@@ -140,7 +140,7 @@ class DPOJob(job.PolicyJob):
         accuracy_first, accuracy_last, _ = job.first_and_last(records, "dpo/accuracy", 10)
         return {
             "loss_type": self.cfg.dpo.loss,
-            "workers": self.policy.world_size,
+            "replicas": self.policy.world_size,
             "train_loss_first": loss_first,
             "train_loss_last": loss_last,
             "train_accuracy_first": accuracy_first,
@@ -155,7 +155,7 @@ class DPOJob(job.PolicyJob):
     def print_summary(self, summary: dict, out: Path) -> None:
         s, e = summary["eval_start"] or {}, summary["eval_end"] or {}
         sp, ep = s.get("pairs", {}), e.get("pairs", {})
-        print(f"\nDPO ({summary['loss_type']}) finished: {summary['steps']} steps on {summary['workers']} replica(s) "
+        print(f"\nDPO ({summary['loss_type']}) finished: {summary['steps']} steps on {summary['replicas']} replica(s) "
               f"in {summary['wall_time_s']:.0f} s; outputs in {out}")
         print(f"  training loss (mean of first vs last steps):        {summary['train_loss_first']:.4f} -> {summary['train_loss_last']:.4f}")
         print(f"  training accuracy (implicit reward, chosen > rejected): {summary['train_accuracy_first']:.3f} -> {summary['train_accuracy_last']:.3f}")

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from orchestrator import checkpoint as ckpt
-from orchestrator.configtree import to_yaml
+from orchestrator.configtree import ConfigError, to_yaml
 from orchestrator.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger, plot_curves
 
 log = logging.getLogger("rlhf.job")
@@ -124,7 +124,12 @@ def run(job: Job, cfg) -> dict:
     run_cfg = cfg.run
     out = Path(run_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)  # a bad path fails before any role starts
+    # the checkpoint to resume (a bad path, or one beyond run.steps, fails before any role starts)
+    resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)
+    state = ckpt.load_driver_state(resume_from) if resume_from is not None else None
+    if state is not None and int(state["step"]) > run_cfg.steps:
+        raise ConfigError(f"config key 'run.steps': ({run_cfg.steps}) is below the step of the checkpoint to resume, "
+                          f"{resume_from} (step {int(state['step'])}); ask for more steps, or run.resume=never to start fresh")
     if resume_from is None:
         _set_aside_previous_run(out)
     (out / "config.yaml").write_text(to_yaml(cfg))
@@ -132,22 +137,19 @@ def run(job: Job, cfg) -> dict:
 
     job.start()
     try:
-        summary = _loop(job, run_cfg, out, resume_from, timer)
+        summary = _loop(job, run_cfg, out, resume_from, state, timer)
     finally:
         job.shutdown()
     job.print_summary(summary, out)
     return summary
 
 
-def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, timer: float) -> dict:
+def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | None, timer: float) -> dict:
     from tqdm import tqdm
 
     start_step, history = 0, {}
     if resume_from is not None:
-        state = ckpt.load_driver_state(resume_from)
         start_step, history = int(state["step"]), state.get("history", {})
-        if start_step > run_cfg.steps:
-            raise ValueError(f"run.resume: the checkpoint {resume_from} is at step {start_step}, beyond run.steps={run_cfg.steps}")
         job.load(resume_from)
         job.load_state_dict(state["job"])
         torch.set_rng_state(state["rng"])

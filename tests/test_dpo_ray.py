@@ -32,7 +32,7 @@ def test_two_ray_replicas_equal_one_local_replica(model_dir, tmp_path, ray_clust
     one = train(_cfg(model_dir, str(tmp_path / "one"), *run))  # local mode: one replica, in this process
     two = train(_cfg(model_dir, str(tmp_path / "two"), *run, "run.mode=ray", "policy.replicas=2",
                      f"policy.zero_stage={stage}"))
-    assert two["workers"] == 2 and one["workers"] == 1
+    assert two["replicas"] == 2 and one["replicas"] == 1
     a, b = _records(tmp_path / "one"), _records(tmp_path / "two")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3]
     for ra, rb in zip(a, b):

@@ -119,3 +119,26 @@ def test_metrics_logger_refuses_to_append_to_an_old_file(tmp_path):
     resumed.write(2, {"a": 3.0})
     resumed.close()
     assert [(r["step"], r.get("a")) for r in resumed.read()] == [(0, None), (1, 1.0), (2, 3.0)]
+
+
+def test_resume_checks_come_before_any_role_starts(model_dir, tmp_path, capsys, monkeypatch):
+    """A checkpoint beyond run.steps, or a run.resume path that is no checkpoint: one line, exit 2, and
+    no role was built (PolicyActor would raise here)."""
+    import actors.policy
+    from orchestrator.cli import main
+    from orchestrator.ppo import train
+    from ppo_helpers import tiny_ppo_config
+
+    out = tmp_path / "run"
+    train(tiny_ppo_config(model_dir, str(out), "run.steps=2"))
+
+    def no_roles(*args, **kwargs):
+        raise AssertionError("a role was started")
+
+    monkeypatch.setattr(actors.policy.PolicyActor, "__init__", no_roles)
+    base = [f"policy.path={model_dir}", f"run.output_dir={out}", "run.mode=local", "reward.kind=function",
+            "reward.function=ppo_helpers:length_reward"]
+    assert main(["ppo", *base, "run.steps=1"]) == 2
+    assert "config key 'run.steps'" in capsys.readouterr().err
+    assert main(["ppo", *base, f"run.resume={tmp_path}"]) == 2
+    assert "not a complete checkpoint folder" in capsys.readouterr().err
