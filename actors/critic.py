@@ -65,9 +65,8 @@ class CriticActor:
             return MicroLoss(per_token, micro.action_mask, metrics)
 
         stats = TrainStats()
-        for mb in exp.split(exp.num_rows // minibatch_rows):
-            train_step(self.engine, mb.split(minibatch_rows // self.cfg.micro_batch_size), loss_fn,
-                       mb.mb_tokens[0].item(), "critic", stats)
+        for mb in exp.chunks(minibatch_rows):
+            train_step(self.engine, mb.chunks(self.cfg.micro_batch_size), loss_fn, mb.mb_tokens[0].item(), "critic", stats)
         return stats.as_dict()
 
     def save_checkpoint(self, folder: str) -> None:

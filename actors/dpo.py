@@ -93,9 +93,8 @@ class DPOActor(PolicyActor):
             }
             return MicroLoss(losses, torch.ones_like(losses), metrics)
 
-        size = self.cfg.micro_batch_size
-        micros = (pairs.select(slice(i, i + size)) for i in range(0, pairs.num_rows, size))
-        stats = train_step(self.engine, micros, loss_fn, global_pairs, "dpo", model_prefix="policy")
+        stats = train_step(self.engine, pairs.chunks(self.cfg.micro_batch_size), loss_fn, global_pairs, "dpo",
+                           model_prefix="policy")
         self.updates += 1
         return stats.as_dict()
 

@@ -100,8 +100,7 @@ def forward_micro_batches(engine, batch, size: int, fn) -> torch.Tensor:
     engine.eval()
     device = next(unwrap(engine).parameters()).device
     try:
-        return torch.cat([fn(batch.select(slice(i, i + size)).to(device)).cpu()
-                          for i in range(0, batch.num_rows, size)])
+        return torch.cat([fn(micro.to(device)).cpu() for micro in batch.chunks(size)])
     finally:
         engine.train(was_training)
 

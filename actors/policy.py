@@ -123,9 +123,8 @@ class PolicyActor:
             return MicroLoss(per_token, micro.action_mask, metrics)
 
         stats = TrainStats()
-        for mb in exp.split(exp.num_rows // minibatch_rows):
-            train_step(self.engine, mb.split(minibatch_rows // cfg.micro_batch_size), loss_fn, mb.mb_tokens[0].item(),
-                       "policy", stats)
+        for mb in exp.chunks(minibatch_rows):
+            train_step(self.engine, mb.chunks(cfg.micro_batch_size), loss_fn, mb.mb_tokens[0].item(), "policy", stats)
         return stats.as_dict()
 
     # ---------------------------------------------------------------- checkpoints

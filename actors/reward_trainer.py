@@ -139,9 +139,7 @@ class RewardModelActor:
                            "margin": (mean_c - mean_r).mean(), **terms.parts}
             return MicroLoss(terms.pair, torch.ones_like(terms.pair), metrics, batch_term=terms.batch)
 
-        size = self.cfg.micro_batch_size
-        micros = (pairs.select(slice(i, i + size)) for i in range(0, pairs.num_rows, size))
-        return train_step(self.engine, micros, loss_fn, global_pairs, "rm").as_dict()
+        return train_step(self.engine, pairs.chunks(self.cfg.micro_batch_size), loss_fn, global_pairs, "rm").as_dict()
 
     @gather_as("cat")
     def outputs(self, pairs: Pairs) -> PairOutputs:

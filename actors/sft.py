@@ -41,8 +41,7 @@ class SFTActor(PolicyActor):
             token_lp, response = sequence_token_logprobs(self.engine, micro.to(device))
             return MicroLoss(-token_lp, response)
 
-        size = self.cfg.micro_batch_size
-        micros = (batch.select(slice(i, i + size)).trimmed() for i in range(0, batch.num_rows, size))
+        micros = (micro.trimmed() for micro in batch.chunks(self.cfg.micro_batch_size))
         return train_step(self.engine, micros, loss_fn, global_tokens, "sft", model_prefix="policy").as_dict()
 
     @gather_as("cat")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 try:  # Python >= 3.11
     from typing import Self
@@ -196,6 +196,13 @@ class Batch:
             return [self]
         size = rows // n
         return [self.select(slice(i * size, (i + 1) * size)) for i in range(n)]
+
+    def chunks(self, size: int) -> Iterator[Self]:
+        """Consecutive row slices of `size` rows (the last may be shorter): micro-batches, in order."""
+        if size < 1:
+            raise BatchError(f"{type(self).__name__}.chunks: size must be >= 1, got {size}")
+        for start in range(0, self.num_rows, size):
+            yield self.select(slice(start, start + size))
 
     @classmethod
     def cat(cls, batches: Sequence[Self]) -> Self:

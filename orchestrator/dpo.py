@@ -121,12 +121,7 @@ class DPOJob(job.PolicyJob):
             "eval/logps_chosen": logps[:, 0].mean().item(),
             "eval/logps_rejected": logps[:, 1].mean().item(),
         }
-        record, samples = {"pairs": dict(metrics), "generation": None}, []
-        gen = self.generation_eval()
-        if gen is not None:
-            metrics.update(gen.metrics())
-            record["generation"], samples = gen.record(), gen.samples
-        return job.Evaluation(metrics, record, samples)
+        return self.with_generation(metrics, {"pairs": dict(metrics)})
 
     def state_dict(self) -> dict:
         return {"data": self.stream.state_dict(), "reference": self.references()}

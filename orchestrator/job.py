@@ -268,13 +268,17 @@ class PolicyJob(Job):
             self.reward = annotator_reward_group()
             self.groups.append(self.reward)
 
-    def generation_eval(self):
-        """The generation evaluation on the built-in task's held-out prompts, or None without them."""
+    def with_generation(self, metrics: dict, record: dict) -> Evaluation:
+        """The job's own held-out `metrics` (eval/*) and `record`, plus, on the built-in task's data, the
+        generation evaluation: its metrics, its record (under "generation") and its samples."""
         from orchestrator.evaluation import sample_and_score
 
-        if not self.gold_rows:
-            return None
-        return sample_and_score(self.policy, self.reward, self.gold_rows, self.pad_id, gold=True)
+        record["generation"], samples = None, []
+        if self.gold_rows:
+            gen = sample_and_score(self.policy, self.reward, self.gold_rows, self.pad_id, gold=True)
+            metrics.update(gen.metrics())
+            record["generation"], samples = gen.record(), gen.samples
+        return Evaluation(metrics, record, samples)
 
     def save(self, folder: Path) -> None:
         from cluster import get

@@ -79,12 +79,7 @@ class SFTJob(job.PolicyJob):
         out: TokenLoss = get(self.policy.scatter_padded(SFTActor.token_loss, collate_sequences(self.eval_rows, self.pad_id)))
         loss = (out.nll.sum() / out.tokens.sum()).item()
         metrics = {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0))}
-        record, samples = {"loss": loss, "generation": None}, []
-        gen = self.generation_eval()
-        if gen is not None:
-            metrics.update(gen.metrics())
-            record["generation"], samples = gen.record(), gen.samples
-        return job.Evaluation(metrics, record, samples)
+        return self.with_generation(metrics, {"loss": loss})
 
     def state_dict(self) -> dict:
         return {"data": self.stream.state_dict()}

@@ -409,3 +409,12 @@ def test_batch_check_names_the_bad_field():
         Toy(ids=torch.zeros(2, 5, dtype=torch.long), logprobs=torch.zeros(2, 4), extra=torch.zeros(3)).check()
     with pytest.raises(BatchError, match="different trailing shapes"):
         Toy.cat([toy(2, 5), toy(2, 6)])
+
+
+def test_batch_chunks_are_consecutive_row_slices():
+    batch = toy(rows=5)
+    parts = list(batch.chunks(2))
+    assert [p.texts for p in parts] == [["row0", "row1"], ["row2", "row3"], ["row4"]]
+    assert torch.equal(Toy.cat(parts).ids, batch.ids)
+    with pytest.raises(BatchError, match="size must be >= 1"):
+        list(batch.chunks(0))
