@@ -15,6 +15,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow  # four roles started for one measured step
 def test_bench_ppo_reports_every_phase(tmp_path, capsys):
     from orchestrator.cli import main
 

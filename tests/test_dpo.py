@@ -201,6 +201,7 @@ def test_bad_config_is_one_line_exit_2(capsys):
     assert "dpo.loss" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three LoRA DPO runs; the fast loop keeps the full fine-tune resume
 def test_lora_run_resumes_exactly_and_exports_merged_weights(model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -48,6 +48,7 @@ def test_two_steps_write_everything(model_dir, tmp_path):
     assert list((out / "tensorboard").iterdir())
 
 
+@pytest.mark.slow  # three PPO runs; DPO and SFT resume tests stay in the fast loop
 def test_resume_equals_uninterrupted(model_dir, tmp_path):
     from orchestrator.ppo import train
 

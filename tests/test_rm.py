@@ -153,6 +153,7 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow  # an invariance; tests/test_engine.py checks the rule itself fast
 def test_micro_batches_do_not_change_the_update(setup, tmp_path):
     """16 pairs as 2 micro-batches of 8 (gradient accumulation) == one micro-batch of 16 (per-pair loss)."""
     _train(_cfg(setup, tmp_path / "m8", "run.steps=3", "model.objective=mean_variance"))
@@ -168,6 +169,7 @@ def test_micro_batches_do_not_change_the_update(setup, tmp_path):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 0.1 * 3e-3
 
 
+@pytest.mark.slow  # a 40-step LoRA run
 def test_lora_trains_adapters_and_head_and_saves_merged(setup, tmp_path):
     out = tmp_path / "lora"
     summary = _train(_cfg(setup, out, "model.lora.enabled=true", "model.lora.r=8", "model.lr=1e-2", "run.steps=40"))

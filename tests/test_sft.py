@@ -59,6 +59,7 @@ def test_reported_loss_is_the_token_mean_cross_entropy_of_the_responses(model_di
     assert first["policy/lr"] == pytest.approx(1e-3)
 
 
+@pytest.mark.slow  # an invariance; tests/test_engine.py checks the rule itself fast
 def test_micro_batches_do_not_change_the_update(model_dir, tmp_path):
     from orchestrator.sft import train
 
