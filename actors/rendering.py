@@ -18,8 +18,7 @@ Prompt: a string (one user turn) or a chat list ``[{"role", "content"}, ...]`` e
 Response: the tokenizer's ids of the response text alone (no special tokens) followed by the EOS id:
 the tokens a policy generates before it stops. A conversation is prompt ids + response ids, nothing in
 between and nothing after the EOS (a chat template's trailing newline after its end-of-turn token is
-not part of it: generation stops at EOS). Its text, for logs and samples, is the prompt text, the
-response and the EOS token's string.
+not part of it: generation stops at EOS).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-__all__ = ["Prompt", "ROLES", "HH_ASSISTANT", "as_messages", "plain_prompt", "hh_text", "Rendering", "RenderError"]
+__all__ = ["Prompt", "ROLES", "HH_ASSISTANT", "as_messages", "plain_prompt", "Rendering", "RenderError"]
 
 Prompt = Union[str, list]
 """A prompt: a string (one user turn) or a chat list of {"role", "content"} messages ending with a user turn."""
@@ -56,7 +55,7 @@ def plain_prompt(prompt: Prompt) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
-def hh_text(messages: Sequence[dict]) -> str:
+def _hh_text(messages: Sequence[dict]) -> str:
     """A chat in the HH-RLHF layout, ending with the assistant cue: the plain rendering of a multi-turn prompt."""
     return "".join(f"\n\n{_HH_LABEL[m['role']]}: {m['content']}" for m in messages) + HH_ASSISTANT
 
@@ -91,10 +90,10 @@ class Rendering:
             try:
                 return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except Exception as e:  # noqa: BLE001  (Jinja raises whatever the template author chose)
-                raise RenderError(_first_line(e)) from None
+                raise RenderError(str(e)) from None
         if len(messages) == 1:
             return messages[0]["content"]
-        return hh_text(messages)
+        return _hh_text(messages)
 
     def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of rendered prompt texts (`prompt_text`): special tokens as the rendering says."""
@@ -116,17 +115,8 @@ class Rendering:
         prompt_ids = self.prompt_ids([self.prompt_text(p) for p in prompts])
         return [p + r for p, r in zip(prompt_ids, self.response_ids(responses))]
 
-    def conversation_text(self, prompt: Prompt, response: str) -> str:
-        """The text of one conversation (for logs and samples): prompt text, response, EOS string."""
-        return self.prompt_text(prompt) + response + (self.tokenizer.eos_token or "")
-
     def _encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         out: list[list[int]] = []
         for start in range(0, len(texts), _ENCODE_CHUNK):
             out += self.tokenizer(texts[start:start + _ENCODE_CHUNK], add_special_tokens=add_special_tokens)["input_ids"]
         return [list(ids) for ids in out]
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

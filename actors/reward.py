@@ -78,11 +78,15 @@ def build_scorer(cfg, *, max_new_tokens: int = 0) -> Scorer:
     raise ValueError(f"reward.kind={kind!r} is not one of function, model, relevance, remote, weighted")
 
 
+def reward_parts(cfg) -> list:
+    """The reward configs that score: a weighted reward's components, else the reward itself."""
+    return list(cfg.components) if cfg.kind == "weighted" else [cfg]
+
+
 def check_reward_config(cfg) -> None:
     """Checks that need the model folder but not the weights (run by the driver before any actor starts):
     a kind=model folder is a reward model whose head supports `reward.statistic` / `reward.alpha`."""
-    parts = cfg.components if cfg.kind == "weighted" else [cfg]
-    for i, part in enumerate(parts):
+    for i, part in enumerate(reward_parts(cfg)):
         if part.kind == "model":
             read_head(part, key=f"reward.components.{i}." if cfg.kind == "weighted" else "reward.")
 

@@ -683,7 +683,7 @@ def _render(row: _Parsed, rendering: Rendering) -> str:
     try:
         return rendering.prompt_text(row.messages)
     except RenderError as e:
-        raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, str(e)) from None
+        raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, _first_line(e)) from None
 
 
 def _to_dataset(columns: dict[str, list], rows: list[_Parsed], source: str) -> "datasets.Dataset":

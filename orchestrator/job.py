@@ -25,6 +25,7 @@ A new job is its config section, its roles and its step function: a `Job` subcla
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -35,8 +36,12 @@ from pathlib import Path
 
 import torch
 
+from actors.modeling import load_tokenizer
+from cluster import RoleSpec, create_groups, get
 from orchestrator import checkpoint as ckpt
+from orchestrator.builtin import resolve_model_path
 from orchestrator.configtree import ConfigError, to_yaml
+from orchestrator.evaluation import annotator_reward_group, gold_prompt_rows, sample_and_score
 from orchestrator.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger, plot_curves
 
 log = logging.getLogger("rlhf.job")
@@ -60,9 +65,9 @@ class Evaluation:
     """Rows for samples_start.jsonl / samples_end.jsonl (held-out generations), if the job samples."""
 
 
-class Job:
+class Job(abc.ABC):
     """A training job as the skeleton drives it. Subclasses set `name` and `curve_keys` and implement
-    the methods that raise here; the others have defaults."""
+    the abstract methods; the others have defaults."""
 
     name: str = "job"
     curve_keys: tuple = ()
@@ -70,25 +75,25 @@ class Job:
     groups: list = []
     """The job's role groups (set by `start`); `shutdown` releases them."""
 
+    @abc.abstractmethod
     def start(self) -> None:
         """Start the roles (after config.yaml is written and resume is resolved)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step(self, step: int) -> dict:
         """Training step `step` (0-based); returns its metrics."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, stage: str) -> Evaluation:
         """Held-out evaluation; stage is "start", "step" (every run.eval_every) or "end"."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def save(self, folder: Path) -> None:
         """Write the roles' state (DeepSpeed checkpoints, weights in Hugging Face format) into `folder`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(self, folder: Path) -> None:
         """Restore the roles' state from the checkpoint `folder`."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict:
         """The job's driver-side state (data position, controllers, ...): tensors and plain values."""
@@ -240,10 +245,6 @@ class PolicyJob(Job):
     role_cls: type
 
     def __init__(self, cfg):
-        from actors.modeling import load_tokenizer
-        from orchestrator.builtin import resolve_model_path
-        from orchestrator.evaluation import gold_prompt_rows
-
         self.cfg = cfg
         self.policy_path = resolve_model_path(cfg.policy.path)
         self.tokenizer = load_tokenizer(self.policy_path, trust_remote_code=cfg.policy.trust_remote_code)
@@ -256,9 +257,6 @@ class PolicyJob(Job):
         return {}
 
     def start(self) -> None:
-        from cluster import RoleSpec, create_groups
-        from orchestrator.evaluation import annotator_reward_group
-
         cfg = self.cfg
         spec = RoleSpec(self.role_cls, cfg.policy, kwargs=dict(model_path=self.policy_path, seed=cfg.run.seed,
                                                                total_steps=cfg.run.steps, **self.role_kwargs()))
@@ -271,8 +269,6 @@ class PolicyJob(Job):
     def with_generation(self, metrics: dict, record: dict) -> Evaluation:
         """The job's own held-out `metrics` (eval/*) and `record`, plus, on the built-in task's data, the
         generation evaluation: its metrics, its record (under "generation") and its samples."""
-        from orchestrator.evaluation import sample_and_score
-
         record["generation"], samples = None, []
         if self.gold_rows:
             gen = sample_and_score(self.policy, self.reward, self.gold_rows, self.pad_id, gold=True)
@@ -281,18 +277,12 @@ class PolicyJob(Job):
         return Evaluation(metrics, record, samples)
 
     def save(self, folder: Path) -> None:
-        from cluster import get
-
         get(self.policy.broadcast(self.role_cls.save_checkpoint, str(folder)))
         get(self.policy.broadcast(self.role_cls.export, str(folder / "policy_hf")))
 
     def load(self, folder: Path) -> None:
-        from cluster import get
-
         get(self.policy.broadcast(self.role_cls.load_checkpoint, str(folder)))
 
     def finish(self, out: Path) -> dict:
-        from cluster import get
-
         get(self.policy.broadcast(self.role_cls.export, str(out / "policy")))  # a collective under ZeRO-3; rank 0 writes
         return {"policy": str(out / "policy")}

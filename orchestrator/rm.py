@@ -69,6 +69,7 @@ class RMJob(job.Job):
         self.provenance = {"backbone": cfg.model.path, "trained_on": self.train_stats.source,
                            "train_pairs": len(self.train_rows), "lora_merged": cfg.model.lora.enabled}
         self.group = None
+        self._norm: tuple[float, float] | None = None  # (mean, std) of the mean utility under the current weights
         self.report: dict = {}
         self.arrays: dict = {}
 
@@ -85,6 +86,7 @@ class RMJob(job.Job):
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
         pairs = collate_pairs([self.train_rows[i] for i in self.stream.next()], self.pad_id)
+        self._norm = None  # the weights change: the normalisation is computed again when next needed
         metrics = merge_stats(get(self.group.scatter(RewardModelActor.train_step, pairs, global_pairs=self.cfg.rm.batch_size)))
         metrics["time/step"] = time.perf_counter() - t0
         return metrics
@@ -110,12 +112,13 @@ class RMJob(job.Job):
         """The `rlhf_reward` entry of the saved config: the head layout and rendering, the normalisation
         statistics of the mean utility over the responses of the first training pairs, provenance, `extra`."""
         head = self.head()
-        outs, _ = head_outputs(self.group, self.norm_rows, self.pad_id)
-        mu = torch.cat([head.mean(outs.chosen), head.mean(outs.rejected)]).double()
-        head.norm_mean = float(mu.mean())
-        head.norm_std = float(mu.std()) if len(mu) > 1 and float(mu.std()) > 0 else 1.0
-        return {**head.to_dict(), "normalisation": f"mean utility over the {len(mu)} responses of {len(self.norm_rows)} "
-                f"training pairs", **self.provenance, **extra}
+        if self._norm is None:  # once per set of weights: the final checkpoint and the export share it
+            outs, _ = head_outputs(self.group, self.norm_rows, self.pad_id)
+            mu = torch.cat([head.mean(outs.chosen), head.mean(outs.rejected)]).double()
+            self._norm = (float(mu.mean()), float(mu.std()) if len(mu) > 1 and float(mu.std()) > 0 else 1.0)
+        head.norm_mean, head.norm_std = self._norm
+        return {**head.to_dict(), "normalisation": f"mean utility over the {2 * len(self.norm_rows)} responses of "
+                f"{len(self.norm_rows)} training pairs", **self.provenance, **extra}
 
     def save(self, folder: Path) -> None:
         get(self.group.broadcast(RewardModelActor.save_checkpoint, str(folder)))

@@ -129,7 +129,7 @@ def reward_config(path: str | None, overrides: list[str]):
     Checked as in PPO before anything starts (ConfigError naming the key): the keys and values, the
     reward model folder's head against reward.statistic, and a kind=function's import.
     """
-    from actors.reward import check_reward_config, load_function
+    from actors.reward import check_reward_config, load_function, reward_parts
     from orchestrator.configtree import load, validate
 
     model = [] if not path else ["reward.kind=model", f"reward.path={path}"]
@@ -143,7 +143,7 @@ def reward_config(path: str | None, overrides: list[str]):
         raise ConfigError("config key 'reward.kind': remote is the client of a reward server and cannot be served")
     try:
         check_reward_config(cfg)
-        for part in cfg.components if cfg.kind == "weighted" else [cfg]:
+        for part in reward_parts(cfg):
             if part.kind == "function":
                 load_function(part.function)
     except ValueError as e:
@@ -255,10 +255,10 @@ class RewardServer:
         from ray import serve
 
         import cluster
-        from actors.reward import build_scorer
+        from actors.reward import build_scorer, reward_parts
 
         self.kind, self.max_batch_size, self.batch_wait_s = cfg.kind, max_batch_size, batch_wait_s
-        if any(part.kind == "model" for part in (cfg.components if cfg.kind == "weighted" else [cfg])):
+        if any(part.kind == "model" for part in reward_parts(cfg)):
             cluster.init_local()  # a model reward builds a frozen engine: this replica is its own world of one
         self.scorer = build_scorer(cfg)
 
