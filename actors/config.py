@@ -57,10 +57,6 @@ def deep_merge(base: dict, new: dict, prefix: str = "") -> dict:
 # Role sections
 
 
-def _lora_targets() -> list[str]:
-    return ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
 @dataclass
 class LoraConfig:
     enabled: bool = False
@@ -71,14 +67,16 @@ class LoraConfig:
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = 0.0
     """Dropout on the LoRA branch."""
-    target_modules: list[str] = field(default_factory=_lora_targets)
-    """Names of the linear modules that get adapters."""
+    target_modules: list[str] = field(default_factory=list)
+    """Names of the linear layers that get adapters (e.g. [q_proj, v_proj] on Llama, [c_attn] on GPT-2); empty or [all-linear]: every linear layer of the transformer blocks, whatever the architecture calls them. Checked against the model before any role starts."""
+    save_adapter: bool = False
+    """Also write the adapters alone (peft format, loadable with peft.PeftModel.from_pretrained) next to each merged export, as <export>_adapter/."""
 
     def validate(self, check: Check) -> None:
         check(self.r > 0, "r", "must be > 0")
         check(self.alpha > 0, "alpha", "must be > 0")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-        check(len(self.target_modules) > 0, "target_modules", "must name at least one module")
+        check(all(isinstance(n, str) and n for n in self.target_modules), "target_modules", "must be a list of module names")
 
 
 @dataclass
@@ -209,7 +207,7 @@ class RewardConfig(ModelConfig):
     path: str = ""
     """kind=model: folder or hub name of a saved reward model (a sequence classifier; its config's rlhf_reward describes the head, none means Bradley-Terry)."""
     function: str = ""
-    """kind=function: 'module:function' called as f(prompts, responses, references) -> list of floats."""
+    """kind=function: 'module:function' called as f(prompts, responses, references) -> list of floats; prompts are plain text (a chat's last user turn); a function with a `messages` parameter also gets each whole conversation as a chat list."""
     batch_size: int = 64
     """Sequences scored per forward pass (kind=remote: per HTTP request)."""
     statistic: Literal["mean", "quantile"] = "mean"

@@ -246,13 +246,18 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, trainable: Sequence[str] =
     """
     import peft
 
+    from actors.modeling import count_parameters, linear_layers, lora_targets
+
+    targets = lora_targets(model, lora.target_modules, exclude=trainable)
+    layers = linear_layers(model, exclude=trainable)
     peft_cfg = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=targets,
         bias="none",
     )
+    total = count_parameters(model)
     wrapped = peft.get_peft_model(model, peft_cfg)
     wanted = set(trainable)
     if wanted:
@@ -265,6 +270,10 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, trainable: Sequence[str] =
         missing = wanted - found
         if missing:
             raise ValueError(f"apply_lora: no parameters under module(s) {sorted(missing)}")
+    trained = count_parameters(wrapped, trainable_only=True)
+    log.info("LoRA r=%d alpha=%g on %d layers (%s)%s: %d of %d parameters trainable (%.2f%%)", lora.r, lora.alpha,
+             sum(layers[t] for t in targets), ", ".join(targets), f" + {', '.join(sorted(wanted))} in full" if wanted else "",
+             trained, total, 100 * trained / total)
     return wrapped
 
 
@@ -444,9 +453,12 @@ def gathered_params(engine_or_model: DeepSpeedEngine | nn.Module, modifier_rank:
 _CLIENT_KEY = "rlhf_client_state"  # DeepSpeed mixes its own keys into the returned client state: ours go under one key
 
 
-def export_pretrained(engine: DeepSpeedEngine, tokenizer, folder: str | os.PathLike, config_updates: dict | None = None) -> None:
+def export_pretrained(engine: DeepSpeedEngine, tokenizer, folder: str | os.PathLike, config_updates: dict | None = None,
+                      adapter: bool = False) -> None:
     """A `save_pretrained` folder (safetensors + tokenizer) that transformers loads, LoRA merged into the
-    weights and `config_updates` set on the saved config. A collective under ZeRO-3; rank 0 writes."""
+    weights and `config_updates` set on the saved config; with `adapter` and LoRA, also the adapters
+    alone in peft's format as `<folder>_adapter/` (`peft.PeftModel.from_pretrained(base, it)`).
+    A collective under ZeRO-3; rank 0 writes."""
     os.makedirs(folder, exist_ok=True)
     with gathered_params(engine) as model:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -456,6 +468,8 @@ def export_pretrained(engine: DeepSpeedEngine, tokenizer, folder: str | os.PathL
                 setattr(to_save.config, key, value)
             to_save.save_pretrained(folder, safe_serialization=True)
             tokenizer.save_pretrained(folder)
+            if adapter and hasattr(model, "peft_config"):
+                model.save_pretrained(f"{os.fspath(folder).rstrip(os.sep)}_adapter", safe_serialization=True)
 
 
 def _is_lora(engine: DeepSpeedEngine) -> bool:

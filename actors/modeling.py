@@ -15,7 +15,7 @@ Tokenizer conventions (built-in tokenizer):
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import transformers
@@ -178,6 +178,59 @@ def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: str 
     return model
 
 
+ALL_LINEAR = "all-linear"
+"""`lora.target_modules` value (and the meaning of an empty list): every linear layer of the transformer blocks."""
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D  # GPT-2's transposed linear layers
+
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def linear_layers(model: torch.nn.Module, exclude: Iterable[str] = ()) -> dict[str, int]:
+    """{last name component: count} of the linear layers of `model` (nn.Linear and GPT-2's Conv1D),
+    without the output embeddings (LM head) and without modules under a name in `exclude` (heads that
+    train in full, e.g. a reward model's `score`)."""
+    skip = set(exclude)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if not name or module is head or skip.intersection(name.split(".")) or not _is_linear(module):
+            continue
+        last = name.split(".")[-1]
+        found[last] = found.get(last, 0) + 1
+    return found
+
+
+def lora_targets(model: torch.nn.Module, requested: Sequence[str], exclude: Iterable[str] = ()) -> list[str]:
+    """The module names LoRA adapts in `model`: every linear layer of the blocks for an empty list or
+    'all-linear' (as QLoRA and OpenRLHF default to), else the requested names, each of which must name
+    a linear layer (ValueError listing the model's linear layers otherwise)."""
+    available = linear_layers(model, exclude)
+    kind = type(model).__name__
+    if not available:
+        raise ValueError(f"{kind} has no linear layers for LoRA adapters")
+    if not requested or list(requested) == [ALL_LINEAR]:
+        return sorted(available)
+    missing = [n for n in requested if n not in available]
+    if missing:
+        raise ValueError(f"no linear layer named {', '.join(missing)} in {kind}; its linear layers are "
+                         f"{', '.join(sorted(available))} (or use [] / all-linear for all of them)")
+    return list(requested)
+
+
+def model_skeleton(name_or_path: str, kind: str = "causal", num_labels: int = 1, trust_remote_code: bool = False):
+    """The model of a folder or hub name built on the meta device (no weights read, no memory): for
+    checks before any role starts (LoRA targets, module names). kind: "causal" or "classifier"."""
+    config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModelForSequenceClassification
+    if kind != "causal":
+        config.num_labels = num_labels
+    with torch.device("meta"):
+        return auto.from_config(config, trust_remote_code=trust_remote_code)
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (shared tensors counted once)."""
     params = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
@@ -187,5 +240,5 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 __all__ = [
     "CHAT_TEMPLATE", "PRESETS", "PARAM_RANGES", "SPECIAL_TOKENS", "train_bpe_tokenizer", "tiny_llama_config",
     "build_causal_lm", "build_sequence_classifier", "torch_dtype", "load_tokenizer", "load_causal_lm",
-    "load_sequence_classifier", "count_parameters",
+    "load_sequence_classifier", "count_parameters", "ALL_LINEAR", "linear_layers", "lora_targets", "model_skeleton",
 ]

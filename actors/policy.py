@@ -136,4 +136,4 @@ class PolicyActor:
 
     def export(self, folder: str) -> None:
         """A `save_pretrained` folder (safetensors) that transformers loads; LoRA merged into the weights."""
-        export_pretrained(self.engine, self.tokenizer, folder)
+        export_pretrained(self.engine, self.tokenizer, folder, adapter=self.cfg.lora.save_adapter)

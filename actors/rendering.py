@@ -11,9 +11,12 @@ Prompt: a string (one user turn) or a chat list ``[{"role", "content"}, ...]`` e
 - Chat template (the tokenizer has one and ``chat_template`` is true): the text is
   ``apply_chat_template(messages, add_generation_prompt=True)`` and its ids are the tokenizer's ids of
   that text without added special tokens (the template writes them).
-- Plain: a lone user turn is used verbatim; a longer chat is written in the HH-RLHF style
-  ``"\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nAssistant:"`` (system turns as ``"\\n\\nSystem: ..."``); the
-  ids are the tokenizer's ids with its usual special tokens (e.g. BOS).
+- Plain: a string is used verbatim; a chat list (one turn or many) is written in the HH-RLHF layout
+  ``"\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nAssistant:"`` (system turns as ``"\\n\\nSystem: ..."``), so
+  HH-RLHF dialogues and chat data render one way whatever their number of turns; the ids are the
+  tokenizer's ids with its usual special tokens (e.g. BOS). The data loader keeps a prompt's form
+  (its `chat` column is null for a string prompt) and PPO scoring passes it on, so a reward model
+  sees the layout it was trained on.
 
 Response: the tokenizer's ids of the response text alone (no special tokens) followed by the EOS id:
 the tokens a policy generates before it stops. A conversation is prompt ids + response ids, nothing in
@@ -91,8 +94,8 @@ class Rendering:
                 return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except Exception as e:  # noqa: BLE001  (Jinja raises whatever the template author chose)
                 raise RenderError(str(e)) from None
-        if len(messages) == 1:
-            return messages[0]["content"]
+        if isinstance(prompt, str):
+            return prompt
         return _hh_text(messages)
 
     def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:

@@ -8,7 +8,9 @@ whole chat list (`actors.rendering.Prompt`). `build_scorer(cfg)` makes one from 
 Kinds (config `reward.kind`):
 - `function`: a Python callable named 'module:function', called as
   f(prompts, responses, references) -> list of floats (one per response), prompts as plain text
-  (the string, or a chat's last user turn);
+  (the string, or a chat's last user turn); a function that also takes a `messages` argument (or
+  **kwargs) gets the whole conversation of each prompt as well: a chat list [{"role", "content"}, ...]
+  with every system, user and assistant turn before the response;
 - `model`: a saved reward model (a Hugging Face sequence-classifier folder whose config's
   `rlhf_reward` describes the head, see actors/reward_head.py; none means Bradley-Terry), scoring the
   conversation exactly as it was rendered in training (`actors.rendering`) with its own tokenizer,
@@ -32,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from actors.lm import peak_memory_mb
-from actors.rendering import Rendering, plain_prompt
+from actors.rendering import Rendering, as_messages, plain_prompt
 from actors.scoring import right_pad, sequence_outputs
 from actors.types import Rollout, Scores
 from cluster.group import gather_as
@@ -113,15 +115,27 @@ def _as_rows(values: Sequence | None, n: int) -> list:
     return [None] * n if values is None else list(values)
 
 
+def _takes_messages(fn) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(p.name == "messages" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 class FunctionScorer:
-    """kind=function: f(prompts, responses, references) -> N floats."""
+    """kind=function: f(prompts, responses, references[, messages=]) -> N floats (module docstring)."""
 
     def __init__(self, spec: str):
         self.spec, self.fn = spec, load_function(spec)
+        self.with_messages = _takes_messages(self.fn)
 
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
         plain = [plain_prompt(p) for p in prompts]
-        values = [float(v) for v in self.fn(plain, list(responses), _as_rows(references, len(responses)))]
+        extra = {"messages": [as_messages(p) for p in prompts]} if self.with_messages else {}
+        values = [float(v) for v in self.fn(plain, list(responses), _as_rows(references, len(responses)), **extra)]
         if len(values) != len(responses):
             raise ValueError(f"reward.function {self.spec!r} returned {len(values)} scores for {len(responses)} responses")
         return Scores(reward=torch.tensor(values, dtype=torch.float32))
@@ -161,8 +175,7 @@ class ModelScorer:
         for i in range(0, len(responses), self.batch_size):
             ids = self.rendering.conversation_ids(prompts[i : i + self.batch_size], responses[i : i + self.batch_size])
             input_ids, mask = right_pad(ids, tok.pad_token_id)  # (n, T) each
-            out.append(sequence_outputs(self.engine, input_ids.to(device), mask.to(device), tok.pad_token_id,
-                                        tok.eos_token_id).cpu())
+            out.append(sequence_outputs(self.engine, input_ids.to(device), mask.to(device), self.head.pooling).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.head.num_labels)
 
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import Tensor
 
+from actors.scoring import POOLINGS
 from losses import preference as P
 
 OBJECTIVES = ("bradley_terry", "mean_variance", "categorical", "mixture", "odin")
@@ -73,6 +74,10 @@ class RewardHead:
     """odin: weight of the length-decorrelation term."""
     odin_orth_coef: float = 1.0
     """odin: weight of the head-orthogonality term."""
+    pooling: str = "last_token"
+    """Which token the head reads (`actors.scoring`): last_token (the last token by the attention mask, the
+    response's EOS; what `rlhf rm` trains) or model (the classifier's own pooling; a classifier saved
+    without rlhf_reward, e.g. from the Hub, was trained that way)."""
     chat_template: bool = True
     """How conversations were rendered in training (`actors.rendering.Rendering`): through the tokenizer's
     chat template when it has one (data.chat_template), else plain. Scoring renders the same way."""
@@ -86,6 +91,10 @@ class RewardHead:
             raise ValueError(f"objective=mixture needs num_components >= 1, got {self.num_components}")
         if not self.norm_std > 0:
             raise ValueError(f"norm_std must be > 0, got {self.norm_std}")
+        if self.pooling == "last_non_pad_token":  # how models saved before pooling by lengths recorded it
+            self.pooling = "model"
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
 
     # ------------------------------------------------------------------ layout
 
@@ -114,13 +123,13 @@ class RewardHead:
 
     def to_dict(self) -> dict:
         """The `rlhf_reward` entry of a saved model's config (plus the derived layout, for readers)."""
-        return {**asdict(self), "num_labels": self.num_labels, "outputs": self.outputs,
-                "pooling": "last_non_pad_token"}
+        return {**asdict(self), "num_labels": self.num_labels, "outputs": self.outputs}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RewardHead":
-        """Read `rlhf_reward` back; a plain one-output classifier without it is Bradley-Terry."""
-        d = dict(d or {})
+        """Read `rlhf_reward` back; a plain one-output classifier without it is Bradley-Terry read with the
+        classifier's own pooling (as it was trained elsewhere)."""
+        d = dict(d) if d else {"pooling": "model"}
         known = {f.name for f in fields(cls)}
         head = cls(**{k: v for k, v in d.items() if k in known})
         if "num_labels" in d and d["num_labels"] != head.num_labels:

@@ -2,8 +2,8 @@
 of `actors.reward_head.RewardHead` (Bradley-Terry, mean-variance / categorical / mixture DPL, ODIN).
 
 The model is `AutoModelForSequenceClassification` on a causal-LM backbone with `head.num_labels`
-outputs; its score head reads the last non-pad token (`actors.scoring.sequence_outputs`, the same path
-as PPO-time scoring) and starts scaled by `head_init_scale` (0.01, as the DPL code does). Full
+outputs; its score head reads the last token of each conversation, the response's EOS
+(`actors.scoring.sequence_outputs`, the same path as PPO-time scoring, whatever the pad token) and starts scaled by `head_init_scale` (0.01, as the DPL code does). Full
 fine-tuning or LoRA (the score head then trains in full next to the adapters). Hosted like every role
 (`cluster.group`): one object in local mode, or N Ray replicas forming one DeepSpeed ZeRO
 data-parallel engine. Pairs arrive as `actors.pairs.Pairs` (one row per pair, so every replica gets
@@ -41,7 +41,7 @@ class PairOutputs(Batch):
     rejected: torch.Tensor = spec("B K", torch.float32)  # (B, K) score-head outputs of rejected
 
 
-def _forward(model, pairs: Pairs, pad_id: int, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(model, pairs: Pairs, pad_id: int, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over chosen and rejected of `pairs`: (out_chosen (b, K), out_rejected (b, K)).
 
     `Pairs.stacked` cuts both halves to the longest real sequence of this micro-batch (trailing
@@ -49,15 +49,15 @@ def _forward(model, pairs: Pairs, pad_id: int, eos_id: int | None) -> tuple[torc
     """
     b = pairs.num_rows
     batch = pairs.stacked(pad_id)
-    out = sequence_outputs(model, batch.input_ids, batch.attention_mask, pad_id, eos_id)  # (2b, K)
+    out = sequence_outputs(model, batch.input_ids, batch.attention_mask, pooling)  # (2b, K)
     return out[:b], out[b:]
 
 
-def pair_outputs(model, pairs: Pairs, pad_id: int, eos_id: int | None, micro_batch_size: int) -> PairOutputs:
-    """Head outputs of every pair in eval mode, `micro_batch_size` pairs per forward; `model` is a
-    Hugging Face sequence classifier or a DeepSpeed engine around one."""
+def pair_outputs(model, pairs: Pairs, pad_id: int, pooling: str, micro_batch_size: int) -> PairOutputs:
+    """Head outputs of every pair in eval mode, `micro_batch_size` pairs per forward, pooled per `pooling`
+    (`actors.scoring`); `model` is a Hugging Face sequence classifier or a DeepSpeed engine around one."""
     both = forward_micro_batches(model, pairs, micro_batch_size,
-                                 lambda micro: torch.stack(_forward(model, micro, pad_id, eos_id), dim=1))  # (B, 2, K)
+                                 lambda micro: torch.stack(_forward(model, micro, pad_id, pooling), dim=1))  # (B, 2, K)
     return PairOutputs(chosen=both[:, 0].contiguous(), rejected=both[:, 1].contiguous())
 
 
@@ -99,7 +99,6 @@ class RewardModelActor:
                              "(rlhf rm needs a causal-LM backbone whose sequence classifier names its head `score`)")
         scale_score_head(model, cfg.head_init_scale)
         self.pad_id = self.tokenizer.pad_token_id  # as the driver collates and `ModelScorer` pads
-        self.eos_id = self.tokenizer.eos_token_id
         self.engine = build_engine(
             model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size,
             trainable=("score",) if cfg.lora.enabled else (),  # with LoRA the head still trains in full
@@ -130,7 +129,7 @@ class RewardModelActor:
 
         def loss_fn(micro: Pairs) -> MicroLoss:
             micro = micro.to(device)
-            out_c, out_r = _forward(self.engine, micro, self.pad_id, self.eos_id)
+            out_c, out_r = _forward(self.engine, micro, self.pad_id, self.head.pooling)
             terms = self.head.loss(out_c, out_r, micro.chosen_len if odin else None, micro.rejected_len if odin else None,
                                    self._score_weight() if odin else None)
             with torch.no_grad():
@@ -144,7 +143,7 @@ class RewardModelActor:
     @gather_as("cat")
     def outputs(self, pairs: Pairs) -> PairOutputs:
         """Head outputs (eval mode, no gradients) of this replica's pairs."""
-        return pair_outputs(self.engine, pairs, self.pad_id, self.eos_id, self.cfg.micro_batch_size)
+        return pair_outputs(self.engine, pairs, self.pad_id, self.head.pooling, self.cfg.micro_batch_size)
 
     def save_checkpoint(self, folder: str) -> None:
         save_checkpoint(self.engine, folder, tag="reward_model")
@@ -155,4 +154,5 @@ class RewardModelActor:
     def export(self, folder: str, rlhf_reward: dict) -> None:
         """A self-describing `save_pretrained` folder: safetensors, tokenizer, and `rlhf_reward` in its config
         (LoRA merged into the weights). A collective under ZeRO-3; rank 0 writes."""
-        export_pretrained(self.engine, self.tokenizer, folder, {"rlhf_reward": dict(rlhf_reward)})
+        export_pretrained(self.engine, self.tokenizer, folder, {"rlhf_reward": dict(rlhf_reward)},
+                          adapter=self.cfg.lora.save_adapter)

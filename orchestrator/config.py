@@ -31,17 +31,23 @@ BUILTIN_REWARD = "orchestrator.task:annotator_reward"
 @dataclass
 class DataConfig:
     path: str = "builtin:prompts"
-    """Dataset: a .json/.jsonl/.parquet file, a Hugging Face dataset name, or builtin:prompts / builtin:preferences / builtin:sft."""
+    """Dataset: a .json/.jsonl/.parquet file, a folder of such shards, a Hugging Face dataset name (or a datasets builder such as json with data_files), or builtin:prompts / builtin:preferences / builtin:sft."""
     split: str = "train"
-    """Split to read (hub datasets and builtin data)."""
+    """Split to read (folders, hub datasets and builtin data); hub splits may slice, e.g. train[:1000] or train[:10%]."""
+    subset: str = ""
+    """Hub datasets: the configuration (subset) name, e.g. 'harmless-base'."""
+    data_files: list[str] = field(default_factory=list)
+    """Hub datasets and builders: the files to read (datasets' data_files; patterns allowed)."""
+    data_dir: str = ""
+    """Hub datasets: the folder inside the repository to read (datasets' data_dir); local folders: the subfolder."""
     eval_path: str = ""
     """Held-out dataset for evaluation; empty means split `eval_split` of `path` (builtin and hub data; a local file needs eval_path)."""
     eval_split: str = "test"
     """Split of the evaluation dataset."""
-    max_prompt_tokens: int = 64
-    """Longest prompt, in tokens after the chat template."""
-    max_response_tokens: int = 64
-    """Longest response (chosen/rejected) in tokens; preference data only."""
+    max_prompt_tokens: int = 512
+    """Longest prompt, in tokens after the chat template (the built-in task's prompts are under 16)."""
+    max_response_tokens: int = 1024
+    """Longest response (chosen/rejected, SFT answer) in tokens with its EOS; preference and SFT data (the built-in task's are under 64)."""
     on_long: Literal["drop", "truncate"] = "drop"
     """Rows longer than the limits: drop them, or truncate (prompts keep their end, responses their start)."""
     on_error: Literal["raise", "skip"] = "raise"
@@ -123,8 +129,18 @@ class RunConfig:
     """Evaluate on held-out prompts every N steps (0 = at the start and end only)."""
     log_every: int = 1
     """Write metrics every N steps."""
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Trackers besides metrics.jsonl: tensorboard, wandb (pip install wandb; WANDB_MODE=offline needs no network). [] for none."""
+    wandb_project: str = "rlhf"
+    """loggers=wandb: the W&B project."""
 
     def validate(self, check: Check) -> None:
+        import importlib.util
+
+        for name in self.loggers:
+            check(name in ("tensorboard", "wandb"), "loggers", f"must list tensorboard and/or wandb, got {name!r}")
+        check("wandb" not in self.loggers or importlib.util.find_spec("wandb") is not None, "loggers",
+              "lists wandb, which is not installed (pip install wandb, or pip install rlhf[wandb])")
         check(self.steps >= 1, "steps", "must be >= 1")
         check(self.save_every >= 0, "save_every", "must be >= 0")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")

@@ -4,9 +4,15 @@ Sources (`DataConfig.path`)
     FILE.jsonl      one JSON object per line; blank lines are skipped; errors name the 1-based line
     FILE.json       a JSON array of objects (errors name the 1-based row), or the JSON-lines layout
     FILE.parquet    one row per record (errors name the 1-based row)
+    FOLDER/         every .parquet/.jsonl/.json shard under it (under `data.data_dir` if set), sorted by
+                    path; when shard paths name splits as the Hub lays them out (data/train-00000-of-00002.parquet,
+                    test/part-0.jsonl), only the shards of `split` are read
     builtin:NAME    the built-in task data (`prompts`, `preferences`, `hidden-context`, `sft`), split `DataConfig.split`
-    anything else   a Hugging Face hub dataset, `datasets.load_dataset(name, split=DataConfig.split)`
-A local file is one split: `split` applies to builtin and hub data only.
+    anything else   a Hugging Face hub dataset or builder: `datasets.load_dataset(name, data.subset,
+                    data_files=data.data_files, data_dir=data.data_dir, split=data.split)`; the split
+                    may slice, e.g. train[:1000] or train[:10%] (and `json` with data.data_files reads
+                    local files through the datasets library)
+A local file is one split: `split` applies to folders, builtin and hub data.
 
 Prompt rows (`load_prompts`)
     prompt      a non-empty string, or a chat list (as `messages`)
@@ -17,7 +23,7 @@ Prompt rows (`load_prompts`)
     reference   optional string or null: an answer, for the relevance reward
     query_type  optional "open" | "closed" | null
   Output columns: prompt (the plain question: the string, or the last user turn), chat (the whole prompt
-  as a chat list), prompt_text, prompt_ids, reference, query_type, then every other input column
+  as a chat list when it was given as a chat; null for a prompt given as one string), prompt_text, prompt_ids, reference, query_type, then every other input column
   unchanged (e.g. topic, messages).
 
 Preference rows (`load_preferences`)
@@ -41,8 +47,10 @@ SFT rows (`load_sft`)
 Rendering and tokenizing
     `actors.rendering.Rendering(tokenizer, DataConfig.chat_template)`, the one rendering every model
     input goes through: with a chat template, prompt_text = `apply_chat_template(messages,
-    add_generation_prompt=True)` tokenized without added special tokens; without one, a lone user turn
-    verbatim (the tokenizer adds its usual special tokens, e.g. BOS) and longer chats in the HH style.
+    add_generation_prompt=True)` tokenized without added special tokens; without one, a prompt given
+    as a string is used verbatim (the tokenizer adds its usual special tokens, e.g. BOS) and a prompt
+    given as a chat (messages, a chat list, HH-RLHF dialogues; one turn or many) is written in the
+    HH-RLHF layout "\n\nHuman: ...\n\nAssistant:".
     Responses are tokenized alone, without special tokens, and get the eos token appended.
 
 Length limits (`max_prompt_tokens`, `max_response_tokens`, `on_long`)
@@ -223,18 +231,22 @@ def read_rows(
     max_rows: int = 0,
     on_error: str = "raise",
     stats: DataStats | None = None,
+    subset: str = "",
+    data_files: Sequence[str] = (),
+    data_dir: str = "",
 ) -> list[Row]:
     """The rows of a source (see the module doc), each with its label, e.g. ("x.jsonl line 7", {...}).
 
     Only reading errors are handled here (invalid JSON, a line that is not a JSON object); field
     checks belong to the loaders. max_rows > 0 stops after that many rows. With on_error='skip' bad
     lines are counted in `stats.skipped`; with 'raise' the first one raises `DataError`. Errors that
-    make the whole source unreadable (missing file, unreachable hub dataset) always raise.
+    make the whole source unreadable (missing file, unreachable hub dataset) always raise. subset,
+    data_files and data_dir select within a hub dataset (data_dir also within a local folder).
     """
     stats = stats if stats is not None else DataStats()
     rows: list[Row] = []
     n_read = 0
-    for where, value in _source_rows(path, split):
+    for where, value in _source_rows(path, split, subset, tuple(data_files), data_dir):
         if max_rows and n_read >= max_rows:
             break
         n_read += 1
@@ -250,24 +262,49 @@ def read_rows(
     return rows
 
 
-def _source_rows(path: str, split: str) -> Iterator[tuple[str, Any]]:
+def _source_rows(path: str, split: str, subset: str = "", data_files: tuple = (), data_dir: str = "") -> Iterator[tuple[str, Any]]:
     """Yield (label, parsed row or DataError) for every row of the source."""
     if path.startswith("builtin:"):
         yield from _builtin_rows(path, split)
         return
     if not _is_local(path):
-        yield from _hub_rows(path, split)
+        yield from _hub_rows(path, split, subset, data_files, data_dir)
         return
     if os.path.isdir(path):
-        raise DataError(path, "is a folder; give a .json, .jsonl or .parquet file")
+        for shard in _folder_shards(path, split, data_dir):
+            yield from _file_rows(shard)
+        return
     if not os.path.exists(path):
         raise DataError(path, "file not found")
+    yield from _file_rows(path)
+
+
+def _file_rows(path: str) -> Iterator[tuple[str, Any]]:
     if path.endswith(".parquet"):
         yield from _parquet_rows(path)
     elif path.endswith((".json", ".jsonl")):
         yield from _json_rows(path)
     else:
         raise DataError(path, "has an unsupported file type; use .json, .jsonl or .parquet")
+
+
+def _folder_shards(folder: str, split: str, data_dir: str = "") -> list[str]:
+    """The data files under `folder` (or its `data_dir`), only those of `split` when paths name splits."""
+    root = os.path.join(folder, data_dir) if data_dir else folder
+    if not os.path.isdir(root):
+        raise DataError(root, "folder not found (data.data_dir)")
+    shards = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(_LOCAL_SUFFIXES))
+    if not shards:
+        raise DataError(root, "is a folder without .parquet, .jsonl or .json files")
+    name = re.escape(split.split("[", 1)[0])
+    of_split = [p for p in shards if re.search(rf"(^|[/_.-]){name}([/_.-]|$)", os.path.relpath(p, root))]
+    named = [p for p in shards if re.search(r"(^|[/_.-])(train|test|validation|valid|dev|eval)([/_.-]|$)", os.path.relpath(p, root))]
+    if of_split:
+        return of_split
+    if named:
+        raise DataError(root, f"has shards named by split but none for split '{split}'",
+                        detail=f"e.g. {os.path.relpath(named[0], root)}; set data.split / data.eval_split")
+    return shards
 
 
 def _json_rows(path: str) -> Iterator[tuple[str, Any]]:
@@ -326,19 +363,22 @@ def _builtin_rows(path: str, split: str) -> Iterator[tuple[str, Any]]:
         yield f"{path}[{split}] row {i}", row
 
 
-def _hub_rows(name: str, split: str) -> Iterator[tuple[str, Any]]:
+def _hub_rows(name: str, split: str, subset: str = "", data_files: tuple = (), data_dir: str = "") -> Iterator[tuple[str, Any]]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(name, subset or None, data_files=list(data_files) or None, data_dir=data_dir or None,
+                                   split=split)
     except Exception as e:  # noqa: BLE001  (network, auth, missing split, bad name: all one message)
+        chosen = ", ".join(f"{k}={v}" for k, v in (("subset", subset), ("data_dir", data_dir)) if v)
         raise DataError(
             name,
-            f"cannot load split '{split}' from the Hugging Face hub",
+            f"cannot load split '{split}'{f' ({chosen})' if chosen else ''} from the Hugging Face hub",
             detail=f"{type(e).__name__}: {_first_line(e)}; a local file needs a .json, .jsonl or .parquet name",
         ) from None
+    label = f"{name}{f'/{subset}' if subset else ''}[{split}]"
     for i, row in enumerate(ds, start=1):
-        yield f"{name}[{split}] row {i}", row
+        yield f"{label} row {i}", row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +392,7 @@ class _Parsed:
     where: str
     messages: list[dict]  # the prompt as a chat
     prompt: str  # plain prompt: the string, or the last user turn
+    chat_given: bool  # the prompt came as a chat (messages, a chat list, HH dialogues), not as one string
     prompt_field: str  # the field the prompt came from (named by template errors)
     extras: dict
     reference: Optional[str] = None
@@ -424,7 +465,8 @@ def _parse_prompt_row(where: str, row: dict) -> _Parsed:
     if query_type is not None and query_type not in QUERY_TYPES:
         raise DataError(where, "must be 'open', 'closed' or null", "query_type", f"got {_short(query_type)}")
     extras = {k: v for k, v in row.items() if k not in ("prompt", "reference", "query_type")}
-    return _Parsed(where, messages, prompt, name, extras, reference=reference, query_type=query_type)
+    chat_given = name == "messages" or isinstance(row["prompt"], list)
+    return _Parsed(where, messages, prompt, chat_given, name, extras, reference=reference, query_type=query_type)
 
 
 def _parse_preference_row(where: str, row: dict) -> _Parsed:
@@ -456,7 +498,8 @@ def _parse_preference_row(where: str, row: dict) -> _Parsed:
         raise DataError(where, "is identical to 'chosen'", "rejected")
     extras = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
     prompt = row["prompt"] if isinstance(row.get("prompt"), str) else _last_user(messages)
-    return _Parsed(where, messages, prompt, prompt_field, extras, chosen=chosen, rejected=rejected)
+    chat_given = not isinstance(row.get("prompt"), str)
+    return _Parsed(where, messages, prompt, chat_given, prompt_field, extras, chosen=chosen, rejected=rejected)
 
 
 def _parse_sft_row(where: str, row: dict) -> _Parsed:
@@ -482,7 +525,8 @@ def _parse_sft_row(where: str, row: dict) -> _Parsed:
         raise DataError(where, "is empty", "response")
     extras = {k: v for k, v in row.items() if k not in ("prompt", "response", "completion")}
     prompt = row["prompt"] if isinstance(row.get("prompt"), str) else _last_user(messages)
-    return _Parsed(where, messages, prompt, prompt_field, extras, response=response)
+    chat_given = not isinstance(row.get("prompt"), str)
+    return _Parsed(where, messages, prompt, chat_given, prompt_field, extras, response=response)
 
 
 def _response(where: str, name: str, value: str | list, prompt: list[dict]) -> str:
@@ -591,15 +635,18 @@ def _resolve_source(cfg: "DataConfig", eval_set: bool) -> tuple[str, str]:
         return cfg.path, cfg.split
     if cfg.eval_path:
         return cfg.eval_path, cfg.eval_split
-    if _is_local(cfg.path):
+    if _is_local(cfg.path) and not os.path.isdir(cfg.path):
         raise DataError(cfg.path, f"is one file with no '{cfg.eval_split}' split; set data.eval_path for evaluation data")
     return cfg.path, cfg.eval_split
 
 
 def _load(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple["datasets.Dataset", DataStats]:
     path, split = _resolve_source(cfg, eval_set)
-    stats = DataStats(source=path if _is_local(path) else f"{path}[{split}]", kind=kind)
-    raw = read_rows(path, split, max_rows=cfg.max_rows, on_error=cfg.on_error, stats=stats)
+    one_file = _is_local(path) and not os.path.isdir(path)
+    stats = DataStats(source=path if one_file else f"{path}[{split}]", kind=kind)
+    hub = path == cfg.path  # subset, data_files and data_dir select within data.path, not within data.eval_path
+    raw = read_rows(path, split, max_rows=cfg.max_rows, on_error=cfg.on_error, stats=stats,
+                    subset=cfg.subset if hub else "", data_files=cfg.data_files if hub else (), data_dir=cfg.data_dir if hub else "")
     rendering = Rendering(tokenizer, cfg.chat_template)
     if ANSWERS[kind] and tokenizer.eos_token_id is None:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
@@ -651,7 +698,7 @@ def _load(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple["dat
                 continue
             stats.truncated += 1
         columns["prompt"].append(row.prompt)
-        columns["chat"].append(row.messages)
+        columns["chat"].append(row.messages if row.chat_given else None)
         columns["prompt_text"].append(text)
         columns["prompt_ids"].append(p)
         if kind == "prompt":
@@ -681,7 +728,7 @@ def _load(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple["dat
 def _render(row: _Parsed, rendering: Rendering) -> str:
     """The prompt as the policy sees it (`actors.rendering`); a template failure names the row."""
     try:
-        return rendering.prompt_text(row.messages)
+        return rendering.prompt_text(row.messages if row.chat_given else row.messages[0]["content"])
     except RenderError as e:
         raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, _first_line(e)) from None
 

@@ -25,10 +25,11 @@ Evaluation
 ----------
 - Held-out pairs (at the start, every `run.eval_every` steps, at the end): DPO loss, implicit-reward
   accuracy (chosen reward > rejected reward) and margin, and the policy's log-probs of both answers.
-- With the built-in task's data, the generation evaluation of every job (`orchestrator.evaluation`):
-  one sampled answer per held-out built-in prompt, scored by the gold score and by the annotators'
-  mean utility (`orchestrator.task.annotator_reward`, PPO's default training reward); samples in
-  `samples_start.jsonl` / `samples_end.jsonl`.
+- The generation evaluation of every job (`orchestrator.evaluation`), samples in `samples_start.jsonl`
+  / `samples_end.jsonl`: with the built-in task's data, one sampled answer per held-out built-in
+  prompt, scored by the gold score and by the annotators' mean utility
+  (`orchestrator.task.annotator_reward`, PPO's default training reward); with other data, answers to
+  the first held-out prompts, unscored (`job.PolicyJob`).
 
 Everything else (output folder, metrics, checkpoints, resume, summary) is the job skeleton's
 (`orchestrator.job`).
@@ -77,8 +78,9 @@ class DPOJob(job.PolicyJob):
             eval_set = eval_set.select(range(min(cfg.dpo.eval_pairs, len(eval_set))))
         self.train_rows = train_set.select_columns(ID_COLUMNS).to_list()
         self.eval_rows = eval_set.select_columns(ID_COLUMNS).to_list()
-        log.info("data: %d train pairs, %d eval pairs, %d gold prompts", len(self.train_rows), len(self.eval_rows),
-                 len(self.gold_rows))
+        self.prepare(self.train_rows, eval_set, ("chosen_ids", "rejected_ids"))
+        log.info("data: %d train pairs, %d eval pairs, %d held-out prompts sampled (gold: %s)", len(self.train_rows),
+                 len(self.eval_rows), len(self.sample_rows), bool(self.gold_rows))
         self.loss_args = dpo_loss_args(cfg.dpo.loss, cfg.dpo.beta, cfg.dpo.label_smoothing)
         self.stream = IndexStream(len(self.train_rows), cfg.run.seed)
         self.reference: dict | None = None  # {"train": (N, 2), "eval": (M, 2)} log pi_ref of chosen, rejected
@@ -168,6 +170,9 @@ class DPOJob(job.PolicyJob):
             st, et = sg.get("task") or {}, eg.get("task") or {}
             if "disputed_share" in st:
                 print(f"  held-out answers with the disputed casual ending: {st['disputed_share']:.0%} -> {et['disputed_share']:.0%}")
+        elif sg:
+            print(f"  held-out samples: {out / 'samples_end.jsonl'} (response length {sg['length_tokens']:.1f} -> "
+                  f"{eg['length_tokens']:.1f} tokens)")
         print(f"  exported policy: {out / 'policy'}   curves: {out / 'curves.png'}   metrics: {out / 'metrics.jsonl'}")
 
 

@@ -26,34 +26,37 @@ GOLD_DATA = ("builtin:prompts", "builtin:preferences", "builtin:hidden-context",
 
 @dataclass
 class GenerationEval:
-    reward: float
-    """Mean reward of the sampled answers."""
+    reward: float | None
+    """Mean reward of the sampled answers (None without a reward role)."""
     gold: float | None
     """Mean gold score (built-in task prompts), else None."""
     length: float
     """Mean answer length in tokens."""
     samples: list = field(default_factory=list)
-    """One row per prompt: prompt (plain), messages (the whole chat), response, reward, gold."""
+    """One row per prompt: prompt (plain), messages (the whole chat), prompt_text (as the policy saw it),
+    response, length_tokens, reward, gold."""
     extra: dict = field(default_factory=dict)
     """The task's own evaluation (gold by query type, length in words, disputed share)."""
 
     def metrics(self) -> dict:
         """eval/* scalars for metrics.jsonl."""
-        return {"eval/reward": self.reward, "eval/length": self.length, **({"eval/gold": self.gold} if self.gold is not None else {})}
+        return {**({"eval/reward": self.reward} if self.reward is not None else {}), "eval/length": self.length,
+                **({"eval/gold": self.gold} if self.gold is not None else {})}
 
     def record(self) -> dict:
         return {"reward": self.reward, "gold": self.gold, "length_tokens": self.length, "task": self.extra}
 
 
-def sample_and_score(policy: RoleGroup, reward: RoleGroup, rows: list[dict], pad_id: int, gold: bool) -> GenerationEval:
+def sample_and_score(policy: RoleGroup, reward: RoleGroup | None, rows: list[dict], pad_id: int, gold: bool) -> GenerationEval:
     """One sampled answer per row of `rows` (held-out prompt rows, fixed seed `EVAL_SEED`) from the
-    `policy` role, scored by the `reward` role and, with `gold`, by the gold score."""
+    `policy` role, scored by the `reward` role (if any) and, with `gold`, by the gold score."""
     rollout = get(policy.scatter_padded(PolicyActor.generate, to_prompt_batch(rows, pad_id), seed=EVAL_SEED))
-    scores = get(reward.scatter_padded(RewardActor.score, rollout))
     k = len(rows)
+    rewards = get(reward.scatter_padded(RewardActor.score, rollout)).reward.tolist() if reward is not None else [None] * k
     responses = rollout.responses
     lengths = rollout.action_mask.sum(-1).float()
-    result = GenerationEval(reward=scores.reward.mean().item(), gold=None, length=lengths.mean().item())
+    mean_reward = sum(rewards) / k if reward is not None else None
+    result = GenerationEval(reward=mean_reward, gold=None, length=lengths.mean().item())
     golds = [None] * k
     if gold:
         from orchestrator import task
@@ -62,8 +65,9 @@ def sample_and_score(policy: RoleGroup, reward: RoleGroup, rows: list[dict], pad
         result.gold = sum(golds) / k
         result.extra = task.gold_eval(rows, responses)
     result.samples = [
-        {"prompt": row["prompt"], "messages": row.get("chat"), "response": resp, "reward": float(r), "gold": g}
-        for row, resp, r, g in zip(rows, responses, scores.reward.tolist(), golds)
+        {"prompt": row["prompt"], "messages": row.get("chat"), "prompt_text": row.get("prompt_text"), "response": resp,
+         "length_tokens": int(n), "reward": r, "gold": g}
+        for row, resp, n, r, g in zip(rows, responses, lengths.tolist(), rewards, golds)
     ]
     return result
 

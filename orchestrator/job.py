@@ -39,8 +39,9 @@ import torch
 from actors.modeling import load_tokenizer
 from cluster import RoleSpec, create_groups, get
 from orchestrator import checkpoint as ckpt
+from orchestrator import preflight
 from orchestrator.builtin import resolve_model_path
-from orchestrator.configtree import ConfigError, to_yaml
+from orchestrator.configtree import ConfigError, to_dict, to_yaml
 from orchestrator.evaluation import annotator_reward_group, gold_prompt_rows, sample_and_score
 from orchestrator.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger, plot_curves
 
@@ -49,7 +50,7 @@ log = logging.getLogger("rlhf.job")
 __all__ = ["Evaluation", "Job", "PolicyJob", "run", "first_and_last", "OUTPUTS"]
 
 OUTPUTS = (METRICS_FILE, TENSORBOARD_DIR, "checkpoints", "summary.json", "curves.png", "samples_start.jsonl",
-           "samples_end.jsonl")
+           "samples_end.jsonl", "wandb", "wandb_id")
 """What a run writes into output_dir (besides config.yaml and its exports): set aside by a fresh run."""
 
 
@@ -95,6 +96,12 @@ class Job(abc.ABC):
     def load(self, folder: Path) -> None:
         """Restore the roles' state from the checkpoint `folder`."""
 
+    def fingerprint(self) -> dict:
+        """What a checkpoint of this job must have been written for (models, LoRA and ZeRO layout, data
+        size): stored in every checkpoint; a resume with a different one is refused before any role starts
+        (`orchestrator.preflight.check_fingerprint`)."""
+        return {"job": self.name}
+
     def state_dict(self) -> dict:
         """The job's driver-side state (data position, controllers, ...): tensors and plain values."""
         return {}
@@ -132,6 +139,8 @@ def run(job: Job, cfg) -> dict:
     # the checkpoint to resume (a bad path, or one beyond run.steps, fails before any role starts)
     resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)
     state = ckpt.load_driver_state(resume_from) if resume_from is not None else None
+    if state is not None:
+        preflight.check_fingerprint(state.get("fingerprint"), job.fingerprint(), resume_from, run_cfg.output_dir)
     if state is not None and int(state["step"]) > run_cfg.steps:
         raise ConfigError(f"config key 'run.steps': ({run_cfg.steps}) is below the step of the checkpoint to resume, "
                           f"{resume_from} (step {int(state['step'])}); ask for more steps, or run.resume=never to start fresh")
@@ -142,14 +151,14 @@ def run(job: Job, cfg) -> dict:
 
     job.start()
     try:
-        summary = _loop(job, run_cfg, out, resume_from, state, timer)
+        summary = _loop(job, run_cfg, out, resume_from, state, timer, to_dict(cfg))
     finally:
         job.shutdown()
     job.print_summary(summary, out)
     return summary
 
 
-def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | None, timer: float) -> dict:
+def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | None, timer: float, config: dict) -> dict:
     from tqdm import tqdm
 
     start_step, history = 0, {}
@@ -159,7 +168,8 @@ def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | 
         job.load_state_dict(state["job"])
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", resume_from, start_step)
-    metrics_log = MetricsLogger(out, resume_step=start_step if resume_from is not None else None)
+    metrics_log = MetricsLogger(out, resume_step=start_step if resume_from is not None else None, loggers=run_cfg.loggers,
+                                config=config, wandb_project=run_cfg.wandb_project)
     try:
         if "start" not in history:
             history["start"] = _evaluate(job, "start", 0, out)
@@ -181,7 +191,7 @@ def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | 
                 with ckpt.atomic_checkpoint(run_cfg.output_dir, done, run_cfg.keep_checkpoints) as folder:
                     job.save(folder)
                     ckpt.save_driver_state(folder, {"step": done, "job": job.state_dict(), "history": history,
-                                                    "rng": torch.get_rng_state()})
+                                                    "rng": torch.get_rng_state(), "fingerprint": job.fingerprint()})
         bar.close()
         if history.get("end", {}).get("step") != last:  # resumed at the final step of a run that had no end evaluation
             history["end"] = _evaluate(job, "end", last, out)
@@ -238,19 +248,51 @@ def first_and_last(records: list[dict], key: str, at_most: int) -> tuple[float, 
 
 class PolicyJob(Job):
     """A job of one policy role (`rlhf sft`, `rlhf dpo`): the policy from `cfg.policy`, hosted by
-    `cluster.create_groups` as `role_cls` (a `PolicyActor` subclass), its tokenizer, and on the built-in
-    task's data the held-out prompts and the annotator reward of the generation evaluation.
-    Subclasses set `role_cls`, load their data, and give the role's extra constructor arguments."""
+    `cluster.create_groups` as `role_cls` (a `PolicyActor` subclass), its tokenizer, the checks before
+    any role starts (model path, LoRA targets, lengths against the position limit), and held-out samples
+    at the start and end: on the built-in task's data its held-out prompts, scored by the gold score and
+    the annotator reward; on other data the first `SAMPLE_PROMPTS` distinct prompts of the held-out set,
+    unscored. Subclasses set `role_cls`, load their data, call `prepare(train_rows, eval_set, answers)`,
+    and give the role's extra constructor arguments."""
 
     role_cls: type
+    SAMPLE_PROMPTS = 16
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.policy_path = resolve_model_path(cfg.policy.path)
+        self.policy_info = preflight.model_info("policy.path", self.policy_path, cfg.policy.trust_remote_code)
+        preflight.check_lora("policy", self.policy_path, cfg.policy.lora, trust_remote_code=cfg.policy.trust_remote_code)
         self.tokenizer = load_tokenizer(self.policy_path, trust_remote_code=cfg.policy.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
         self.gold_rows = gold_prompt_rows(cfg.data.path, self.tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat_template)
+        self.sample_rows = self.gold_rows
+        self.n_train = 0
         self.policy = self.reward = None
+
+    def prepare(self, train_rows: list[dict], eval_set, answers: tuple[str, ...]) -> None:
+        """Checks of the loaded data before any role starts: the longest prompt + answer of `train_rows`
+        and of `eval_set` (columns `answers`), and the sampled prompts + policy.max_new_tokens, against
+        the policy's position limit. Picks the held-out prompts to sample on data without gold."""
+        cols = ["prompt_ids", *answers]
+        held_out = eval_set.select_columns(cols).to_list()
+        longest = max(len(r["prompt_ids"]) + max(len(r[a]) for a in answers) for r in train_rows + held_out)
+        preflight.check_positions(self.policy_info, longest, "data.max_prompt_tokens", "the longest prompt + answer of the data")
+        self.n_train = len(train_rows)
+        if not self.gold_rows:
+            picked, seen = [], set()
+            for row in eval_set.select_columns(["prompt", "chat", "prompt_text", "prompt_ids"]):
+                if tuple(row["prompt_ids"]) not in seen and len(picked) < self.SAMPLE_PROMPTS:
+                    seen.add(tuple(row["prompt_ids"]))
+                    picked.append(row)
+            self.sample_rows = picked
+        if self.sample_rows:
+            preflight.check_positions(self.policy_info, max(len(r["prompt_ids"]) for r in self.sample_rows) + self.cfg.policy.max_new_tokens,
+                                      "policy.max_new_tokens", "the longest held-out prompt + policy.max_new_tokens")
+
+    def fingerprint(self) -> dict:
+        return {"job": self.name, "policy": preflight.model_fingerprint(self.cfg.policy.path, self.policy_info),
+                "policy_layout": preflight.layout_fingerprint(self.cfg.policy), "train_rows": self.n_train}
 
     def role_kwargs(self) -> dict:
         """Constructor arguments of the role besides model_path, seed and total_steps."""
@@ -267,11 +309,11 @@ class PolicyJob(Job):
             self.groups.append(self.reward)
 
     def with_generation(self, metrics: dict, record: dict) -> Evaluation:
-        """The job's own held-out `metrics` (eval/*) and `record`, plus, on the built-in task's data, the
-        generation evaluation: its metrics, its record (under "generation") and its samples."""
+        """The job's own held-out `metrics` (eval/*) and `record`, plus the generation evaluation on the
+        sampled prompts: its metrics, its record (under "generation") and its samples."""
         record["generation"], samples = None, []
-        if self.gold_rows:
-            gen = sample_and_score(self.policy, self.reward, self.gold_rows, self.pad_id, gold=True)
+        if self.sample_rows:
+            gen = sample_and_score(self.policy, self.reward, self.sample_rows, self.pad_id, gold=bool(self.gold_rows))
             metrics.update(gen.metrics())
             record["generation"], samples = gen.record(), gen.samples
         return Evaluation(metrics, record, samples)

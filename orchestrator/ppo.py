@@ -29,7 +29,7 @@ from actors.trainer import merge_stats
 from cluster import RoleSpec, create_groups, get
 from losses.common import RunningMoments
 from losses.kl import KLController
-from orchestrator import job
+from orchestrator import job, preflight
 from orchestrator.config import ConfigError, PPOConfig
 from orchestrator.data import to_prompt_batch
 from orchestrator.evaluation import GOLD_DATA, sample_and_score
@@ -83,6 +83,26 @@ def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) ->
     return Roles(policy=groups["policy"], critic=groups["critic"], reward=groups["reward"], reference=groups.get("reference"))
 
 
+def preflight_models(cfg: PPOConfig, policy_path: str) -> dict:
+    """The models' configs, read and checked before any role starts (`orchestrator.preflight`): every path
+    readable, LoRA targets that exist. Returns {role: ModelInfo} for policy, reference (when it has its
+    own path), critic and reward (kind=model)."""
+    trust = cfg.policy.trust_remote_code
+    infos = {"policy": preflight.model_info("policy.path", policy_path, trust)}
+    if cfg.reference.path:
+        infos["reference"] = preflight.model_info("reference.path", cfg.reference.path, cfg.reference.trust_remote_code)
+    if cfg.reward.kind == "model":
+        infos["reward"] = preflight.model_info("reward.path", cfg.reward.path, cfg.reward.trust_remote_code)
+    critic_path = policy_path if cfg.critic.init_from == "policy" else cfg.reward.path
+    infos["critic"] = infos["policy"] if cfg.critic.init_from == "policy" else infos.get("reward")
+    preflight.check_lora("policy", policy_path, cfg.policy.lora, trust_remote_code=trust)
+    if infos["critic"] is not None:
+        preflight.check_lora("critic", critic_path, cfg.critic.lora, trust_remote_code=cfg.critic.trust_remote_code)
+    else:
+        del infos["critic"]
+    return infos
+
+
 class PPOJob(job.Job):
     name = "ppo"
     curve_keys = ("reward/score", "kl/mean", "length/mean")
@@ -100,10 +120,20 @@ class PPOJob(job.Job):
         self.policy_path = resolve_model_path(cfg.policy.path)
         if cfg.reference.path:
             cfg.reference.path = resolve_model_path(cfg.reference.path)
+        self.infos = preflight_models(cfg, self.policy_path)
         tokenizer = load_tokenizer(self.policy_path, trust_remote_code=cfg.policy.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id
         self.train_rows = load_prompts(cfg.data, tokenizer)[0].to_list()
         self.eval_rows = load_prompts(cfg.data, tokenizer, eval_set=True)[0].to_list()
+        longest = max(len(r["prompt_ids"]) for r in self.train_rows + self.eval_rows) + cfg.policy.max_new_tokens
+        for role, info in self.infos.items():
+            if role != "reward":  # the reward model renders text with its own tokenizer
+                preflight.check_positions(info, longest, "policy.max_new_tokens", "the longest prompt + policy.max_new_tokens")
+        trust = cfg.policy.trust_remote_code
+        if cfg.reference.path:
+            preflight.check_same_vocab("policy.path", tokenizer, "reference.path", cfg.reference.path, trust)
+        if cfg.critic.init_from == "reward" and cfg.reward.kind == "model":
+            preflight.check_same_vocab("policy.path", tokenizer, "reward.path", cfg.reward.path, trust)
         self.gold = cfg.data.path in GOLD_DATA
         log.info("data: %d train prompts, %d eval prompts (gold evaluation: %s)", len(self.train_rows),
                  len(self.eval_rows), self.gold)
@@ -111,6 +141,15 @@ class PPOJob(job.Job):
         self.kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
         self.moments = RunningMoments()
         self.roles: Roles | None = None
+
+    def fingerprint(self) -> dict:
+        cfg = self.cfg
+        given = {"policy": cfg.policy.path, "reference": cfg.reference.path,
+                 "critic": cfg.policy.path if cfg.critic.init_from == "policy" else cfg.reward.path}
+        models = {role: preflight.model_fingerprint(given[role], info) for role, info in self.infos.items() if role != "reward"}
+        return {"job": self.name, **models, "critic_init": cfg.critic.init_from,
+                "policy_layout": preflight.layout_fingerprint(cfg.policy), "critic_layout": preflight.layout_fingerprint(cfg.critic),
+                "train_rows": len(self.train_rows)}
 
     def start(self) -> None:
         self.roles = start_roles(self.cfg, self.policy_path, optimizer_steps(self.cfg))

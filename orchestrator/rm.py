@@ -29,7 +29,7 @@ from actors.pairs import Pairs, collate_pairs
 from actors.reward_trainer import PairOutputs, RewardModelActor, head_from_config
 from actors.trainer import merge_stats
 from cluster import RoleSpec, create_groups, get
-from orchestrator import job
+from orchestrator import job, preflight
 from orchestrator.config import RMConfig
 from orchestrator.streams import LengthGroupedStream
 
@@ -55,7 +55,10 @@ class RMJob(job.Job):
 
         self.cfg = cfg
         self.backbone = resolve_model_path(cfg.model.path)
-        tokenizer = load_tokenizer(self.backbone, trust_remote_code=cfg.model.trust_remote_code)
+        trust = cfg.model.trust_remote_code
+        self.info = preflight.model_info("model.path", self.backbone, trust)
+        preflight.check_lora("model", self.backbone, cfg.model.lora, kind="classifier", exclude=("score",), trust_remote_code=trust)
+        tokenizer = load_tokenizer(self.backbone, trust_remote_code=trust)
         self.pad_id = tokenizer.pad_token_id
         train_set, self.train_stats = load_preferences(cfg.data, tokenizer)
         eval_set, self.eval_stats = load_preferences(cfg.data, tokenizer, eval_set=True)
@@ -65,6 +68,9 @@ class RMJob(job.Job):
         self.norm_rows = self.train_rows[: cfg.rm.norm_pairs or None]
         log.info("data: %d training pairs, %d held-out pairs", len(self.train_rows), len(self.eval_rows))
         lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in self.train_rows]
+        preflight.check_positions(self.info, max(lengths + [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"]))
+                                                            for r in self.eval_rows]),
+                                  "data.max_prompt_tokens", "the longest prompt + response of the data")
         self.stream = LengthGroupedStream(lengths, cfg.rm.batch_size, cfg.run.seed, what="pairs (rm.batch_size)")
         self.provenance = {"backbone": cfg.model.path, "trained_on": self.train_stats.source,
                            "train_pairs": len(self.train_rows), "lora_merged": cfg.model.lora.enabled}
@@ -72,6 +78,12 @@ class RMJob(job.Job):
         self._norm: tuple[float, float] | None = None  # (mean, std) of the mean utility under the current weights
         self.report: dict = {}
         self.arrays: dict = {}
+
+    def fingerprint(self) -> dict:
+        head = head_from_config(self.cfg.model)
+        return {"job": self.name, "model": preflight.model_fingerprint(self.cfg.model.path, self.info),
+                "model_layout": preflight.layout_fingerprint(self.cfg.model), "head": [head.objective, head.num_labels],
+                "train_rows": len(self.train_rows)}
 
     def start(self) -> None:
         t0 = time.perf_counter()

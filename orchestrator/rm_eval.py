@@ -220,7 +220,7 @@ def eval_saved_model(cfg) -> tuple[dict, dict]:
     rows = dataset.to_list()[: cfg.max_pairs or None]
     groups = group_labels(rows, cfg.group_by, stats.source)
     pairs = collate_pairs(rows, tokenizer.pad_token_id)
-    outs = pair_outputs(model, pairs, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.batch_size)
+    outs = pair_outputs(model, pairs, tokenizer.pad_token_id, head.pooling, cfg.batch_size)
     report, arrays = evaluate_outputs(head, outs.chosen, outs.rejected, pairs.chosen_len, pairs.rejected_len, groups)
     report.update({**ceiling_report(rows), "model": str(folder), "data": stats.source})
     out_dir = Path(cfg.output_dir) if cfg.output_dir else folder / "eval"

@@ -10,8 +10,9 @@ mode) or as `policy.replicas` Ray actors forming one DeepSpeed ZeRO engine. The 
 tokens only (prompt tokens are context) and is divided by the response tokens of the whole batch, so
 replicas and micro-batches do not change it. Everything around the step (output folder, metrics,
 evaluation, checkpoints, resume, summary) is the job skeleton's (`orchestrator.job`). Evaluation:
-held-out cross-entropy (`eval/loss`, `eval/ppl`) and, on the built-in task's data, the generation
-evaluation of every job (gold score, annotator reward, length; `orchestrator.evaluation`).
+held-out cross-entropy (`eval/loss`, `eval/ppl`) and the generation evaluation of every job (on the
+built-in task's data: gold score, annotator reward, length; on other data: samples and length;
+`orchestrator.evaluation`, `job.PolicyJob`).
 
 The built-in warm start: `builtin:<size>` as a model path means the built-in Llama of that size
 (`builtin:<size>-base`) after `rlhf sft` with its defaults (`builtin_policy_dir`): trained on first use
@@ -58,8 +59,9 @@ class SFTJob(job.PolicyJob):
         self.eval_rows = eval_set.select(range(min(cfg.sft.eval_rows or len(eval_set), len(eval_set)))).select_columns(columns).to_list()
         if len(self.train_rows) < cfg.sft.batch_size:
             raise ValueError(f"sft.batch_size={cfg.sft.batch_size} is more than the {len(self.train_rows)} training rows")
-        logger.info("data: %d train rows, %d eval rows, %d gold prompts", len(self.train_rows), len(self.eval_rows),
-                    len(self.gold_rows))
+        self.prepare(self.train_rows, eval_set, ("response_ids",))
+        logger.info("data: %d train rows, %d eval rows, %d held-out prompts sampled (gold: %s)", len(self.train_rows),
+                    len(self.eval_rows), len(self.sample_rows), bool(self.gold_rows))
         self.stream = IndexStream(len(self.train_rows), cfg.run.seed)
 
     def role_kwargs(self) -> dict:
@@ -103,6 +105,9 @@ class SFTJob(job.PolicyJob):
         if sg.get("gold") is not None:
             print(f"  held-out GOLD score of sampled answers:      {sg['gold']:.4f} -> {eg['gold']:.4f}")
             print(f"  held-out response length (tokens):           {sg['length_tokens']:.1f} -> {eg['length_tokens']:.1f}")
+        elif sg:
+            print(f"  held-out samples: {out / 'samples_end.jsonl'} (response length {sg['length_tokens']:.1f} -> "
+                  f"{eg['length_tokens']:.1f} tokens)")
         print(f"  exported policy: {out / 'policy'} (rlhf ppo policy.path={out / 'policy'})")
 
 

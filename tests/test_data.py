@@ -111,6 +111,36 @@ def test_json_jsonl_parquet_give_identical_datasets(tmp_path, tok):
             assert got.to_list() == expected.to_list(), path
 
 
+def test_folder_of_shards_by_split_and_hub_builder_with_files_subset_and_slices(tmp_path, tok):
+    """A local folder of Parquet/JSONL shards laid out as the Hub does (data/train-*.parquet, data/test-*.jsonl)
+    reads the shards of its split, in path order; `data.data_dir` picks a subfolder; the `json` builder
+    of the datasets library with `data.data_files` reads files offline, and hub splits slice."""
+    rows = [{**PAIR, "prompt": f"What color is thing {i}?"} for i in range(6)]
+    data = tmp_path / "repo" / "data"
+    data.mkdir(parents=True)
+    write_parquet(data / "train-00000-of-00002.parquet", rows[:2])
+    write_jsonl(data / "train-00001-of-00002.jsonl", rows[2:4])
+    write_jsonl(data / "test-00000-of-00001.jsonl", rows[4:])
+    train, stats = load_preferences(cfg(tmp_path / "repo"), tok)
+    assert train["prompt"] == [r["prompt"] for r in rows[:4]] and stats.source == f"{tmp_path / 'repo'}[train]"
+    held_out, _ = load_preferences(cfg(tmp_path / "repo"), tok, eval_set=True)  # eval_split=test of the folder
+    assert held_out["prompt"] == [r["prompt"] for r in rows[4:]]
+    assert load_preferences(cfg(tmp_path / "repo", data_dir="data"), tok)[0]["prompt"] == train["prompt"]
+    with pytest.raises(DataError, match="has shards named by split but none for split 'validation'"):
+        load_preferences(cfg(tmp_path / "repo", split="validation"), tok)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_jsonl(plain / "part-a.jsonl", rows[:3])
+    assert len(load_preferences(cfg(plain), tok)[0]) == 3  # no split names: every shard is the split
+    (tmp_path / "repo" / "empty").mkdir()
+    with pytest.raises(DataError, match="folder without .parquet, .jsonl or .json files"):
+        load_preferences(cfg(tmp_path / "repo", data_dir="empty"), tok)
+
+    files = [str(data / "train-00001-of-00002.jsonl"), str(data / "test-00000-of-00001.jsonl")]
+    sliced, stats = load_preferences(cfg("json", data_files=files, split="train[1:3]"), tok)
+    assert sliced["prompt"] == [r["prompt"] for r in rows[3:5]] and stats.source == "json[train[1:3]]"
+
+
 def test_read_rows_labels_lines_and_rows(tmp_path):
     jsonl = write_jsonl(tmp_path / "a.jsonl", [PAIR, "", "   ", PAIR])
     assert [w for w, _ in read_rows(str(jsonl))] == [f"{jsonl} line 1", f"{jsonl} line 4"]
@@ -136,7 +166,7 @@ def test_builtin_source(tok):
 def test_hub_error_is_one_line_naming_the_dataset(tok, monkeypatch):
     import datasets
 
-    def offline(name, split=None, **kw):
+    def offline(name, *args, split=None, **kw):
         raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)\nmore detail")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)

@@ -136,7 +136,7 @@ def test_resume_checks_come_before_any_role_starts(model_dir, tmp_path, capsys, 
         raise AssertionError("a role was started")
 
     monkeypatch.setattr(actors.policy.PolicyActor, "__init__", no_roles)
-    base = [f"policy.path={model_dir}", f"run.output_dir={out}", "run.mode=local", "reward.kind=function",
+    base = [f"policy.path={model_dir}", f"run.output_dir={out}", "run.mode=local", "reward.kind=function", "data.max_rows=64",
             "reward.function=ppo_helpers:length_reward"]
     assert main(["ppo", *base, "run.steps=1"]) == 2
     assert "config key 'run.steps'" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The scoring contract of reward models (`actors.scoring`): the head pools the last non-pad token of
-right-padded sequences, misplaced pad ids are refused, training-time scoring (`RewardModelActor`,
+right-padded sequences (whatever the pad id), transformers' own pooling is available for hub models, training-time scoring (`RewardModelActor`,
 `pair_outputs`) equals PPO-time scoring (`ModelScorer`) on the same model, and a saved model reloads
 and scores identically. Also the evaluation helpers `rm_eval.annotator_blind_ceiling` and
 `losses.common.spearman`. No network, no Ray; caches go to tmp_path through RLHF_CACHE."""
@@ -59,10 +59,10 @@ def _texts(tok, prompts, responses):
 
 
 def _rewards(model, input_ids, mask):
-    return sequence_outputs(model, input_ids, mask, model.config.pad_token_id)[:, 0]
+    return sequence_outputs(model, input_ids, mask)[:, 0]
 
 
-def test_head_pools_the_last_non_pad_token_with_right_padding(tok):
+def test_head_pools_the_last_token_with_right_padding(tok):
     model = _classifier(tok, seed=3)  # full-size head: scores differ visibly between positions
     prompts = ["Tell me about fruit.", "What color is a banana?", "Talk about music."]
     responses = ["I like the apple and the pear.", "Yellow.", "The song is nice. I hope this helps. lol !!"]
@@ -89,28 +89,31 @@ def test_head_pools_the_last_non_pad_token_with_right_padding(tok):
     torch.testing.assert_close(wide, batched, atol=1e-5, rtol=0)
 
 
-def test_pad_position_garbage_is_refused_because_transformers_pools_by_pad_id(tok):
-    """transformers pools the rightmost token != pad_token_id and ignores the attention mask, so
-    garbage under mask 0 would be read instead of the eos: sequence_outputs refuses such input."""
+def test_last_token_pooling_ignores_the_pad_id_and_model_pooling_is_transformers(tok):
+    """last_token reads the head at the last token by the attention mask: garbage in the padding, or a
+    pad id equal to the eos id (a tokenizer without a pad token), changes nothing. "model" pooling is
+    transformers' own (rightmost token != pad_token_id), which garbage in the padding does move."""
     model = _classifier(tok, seed=3)
     ids = _texts(tok, ["Tell me about fruit.", "Talk about music."], ["Yellow.", "The song is nice. I hope this helps."])
     input_ids, mask = right_pad(ids, tok.pad_token_id)
     assert (mask == 0).any()
     garbage = input_ids.clone()
     garbage[mask == 0] = tok.convert_tokens_to_ids("<|user|>")
+    eos_padded, _ = right_pad(ids, tok.eos_token_id)
     with torch.no_grad():
         clean = _rewards(model, input_ids, mask)
-        hf_on_garbage = model(input_ids=garbage, attention_mask=mask).logits[:, 0]
+        torch.testing.assert_close(_rewards(model, garbage, mask), clean, atol=1e-6, rtol=0)
+        torch.testing.assert_close(_rewards(model, eos_padded, mask), clean, atol=1e-6, rtol=0)
+        own = sequence_outputs(model, input_ids, mask, pooling="model")[:, 0]
+        torch.testing.assert_close(own, model(input_ids=input_ids, attention_mask=mask).logits[:, 0], atol=0, rtol=0)
+        torch.testing.assert_close(own, clean, atol=1e-5, rtol=0)  # pad != eos: both read the eos
+        moved = sequence_outputs(model, garbage, mask, pooling="model")[:, 0]
     short = mask.sum(1).argmin()
-    assert not torch.allclose(hf_on_garbage[short], clean[short])  # the reason for the guard
-    with pytest.raises(ValueError, match="pad ids must sit exactly on the masked positions"):
-        _rewards(model, garbage, mask)
-    stray = input_ids.clone()
-    stray[0, 1] = tok.pad_token_id  # a pad id inside a text
-    with pytest.raises(ValueError, match="pad ids must sit exactly on the masked positions"):
-        _rewards(model, stray, mask)
+    assert not torch.allclose(moved[short], clean[short])  # why rlhf rm trains with last_token
     with pytest.raises(ValueError, match="right-padded"):
         _rewards(model, input_ids.flip(1), mask.flip(1))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        sequence_outputs(model, input_ids, mask, pooling="mean")
 
 
 def test_training_time_scores_equal_ppo_time_scores_and_reload_is_exact(tmp_path):
@@ -149,7 +152,7 @@ def test_training_time_scores_equal_ppo_time_scores_and_reload_is_exact(tmp_path
     folder = tmp_path / "rm"
     actor.export(str(folder), RewardHead("mean_variance").to_dict())
     reloaded = modeling.load_sequence_classifier(str(folder), num_labels=2).eval()
-    evaluated = pair_outputs(reloaded, collate_pairs(rows, tokenizer.pad_token_id), tokenizer.pad_token_id, tokenizer.eos_token_id, 7)
+    evaluated = pair_outputs(reloaded, collate_pairs(rows, tokenizer.pad_token_id), tokenizer.pad_token_id, "last_token", 7)
     scorer = ModelScorer.from_config(load(RewardConfig, None, ["kind=model", f"path={folder}", "batch_size=3"]))
     ppo = scorer.outputs(prompts, responses)
 
