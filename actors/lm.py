@@ -31,14 +31,23 @@ def response_logprobs(
     prompt_len: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    packed_positions: torch.Tensor | None = None,  # (B, P+T) packed rows: positions restarting per example
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log pi(a_t | s_t) for every response position: (B, T), in fp32; with `with_entropy`, also the
     entropy H(pi(. | s_t)) of each position's distribution (B, T) (`losses.entropy_from_logits`).
 
     Logits are divided by the sampling temperature, so the log-probs (and entropies) are those of the
     distribution the rollout was sampled from (as in OpenRLHF and verl).
+
+    Packed rows (`packed_positions`, from `Sequences.packed`): no attention mask is passed, and
+    transformers turns positions that restart into block-diagonal causal attention (its packed-sequence
+    detection; flash-attention reads the same positions as variable-length sequences), so no example
+    sees another.
     """
-    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
+    if packed_positions is not None:
+        out = model(input_ids=sequences, attention_mask=None, position_ids=packed_positions, use_cache=False)
+    else:
+        out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
     logits = out.logits[:, prompt_len - 1 : -1]  # (B, T, V)
     if temperature != 1.0:
         logits = logits / temperature
@@ -108,12 +117,14 @@ def forward_micro_batches(engine, batch, size: int, fn) -> torch.Tensor:
 def sequence_token_logprobs(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """log p of every token of right-padded sequences given the tokens before it, and where the response is.
 
-    batch: a `actors.types.Sequences` (input_ids, attention_mask, response_mask, all (B, L)).
+    batch: a `actors.types.Sequences` (input_ids, attention_mask, response_mask, all (B, L); position_ids
+    when its rows are packed).
     Returns ``(token_logprobs (B, L-1) fp32, response (B, L-1) bool)``: position t holds log p(token
     t+1 | tokens 0..t) and whether token t+1 is a response token. `response_logprobs` with
     prompt_len=1 scores every token from position 1 on, so prompts of different lengths share one batch.
     """
-    token_lp = response_logprobs(model, batch.input_ids, batch.attention_mask, prompt_len=1)  # (B, L-1)
+    token_lp = response_logprobs(model, batch.input_ids, batch.attention_mask, prompt_len=1,
+                                 packed_positions=batch.position_ids)  # (B, L-1)
     return token_lp, batch.response_mask[:, 1:].bool()
 
 

@@ -5,6 +5,11 @@ export). `train_step(batch, global_tokens)` is one optimizer step through `actor
 the per-token loss is ``-log p(token | everything before it)`` on response tokens only (prompt tokens
 are context), summed and divided by the response tokens of the whole minibatch over every replica,
 i.e. the token-mean cross-entropy of the minibatch, however it is cut into replicas and micro-batches.
+
+Packing (`pack_length` > 0): each replica packs its rows into rows of at most `pack_length` tokens
+(`Sequences.packed`; positions restart per example, attention stays within each example), and
+`cfg.micro_batch_size` then counts packed rows. The loss and its normaliser are the same response
+tokens, so packing changes the speed, not the update.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class TokenLoss(Batch):
 
 
 class SFTActor(PolicyActor):
+    def __init__(self, cfg, *, pack_length: int = 0, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.pack_length = pack_length
+
     def train_step(self, batch: Sequences, global_tokens: float) -> dict:
         """One optimizer step on this replica's rows (micro-batches of `cfg.micro_batch_size` rows);
         returns `TrainStats` weighted by tokens: sft/loss (the token-mean cross-entropy), policy/lr,
@@ -41,6 +50,8 @@ class SFTActor(PolicyActor):
             token_lp, response = sequence_token_logprobs(self.engine, micro.to(device))
             return MicroLoss(-token_lp, response)
 
+        if self.pack_length:
+            batch = batch.packed(self.pack_length, self.pad_id)
         micros = (micro.trimmed() for micro in batch.chunks(self.cfg.micro_batch_size))
         return train_step(self.engine, micros, loss_fn, global_tokens, "sft", model_prefix="policy").as_dict()
 

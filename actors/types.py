@@ -73,11 +73,44 @@ class Sequences(Batch):
     input_ids: torch.Tensor = spec("B L", torch.long)  # (B, L) prompt + response tokens, right-padded with the pad id
     attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, L) 1 on tokens, 0 on padding
     response_mask: torch.Tensor = spec("B L", torch.long)  # (B, L) 1 on response tokens (positions of input_ids, not shifted)
+    position_ids: torch.Tensor = spec("B L", torch.long, optional=True)  # (B, L) packed rows only: positions restart at 0 for each example
 
     def trimmed(self) -> "Sequences":
         """The same rows cut to their longest real sequence (a micro-batch carries no padding beyond its own)."""
         width = int(self.attention_mask.sum(-1).max())
-        return Sequences(self.input_ids[:, :width], self.attention_mask[:, :width], self.response_mask[:, :width])
+        positions = None if self.position_ids is None else self.position_ids[:, :width]
+        return Sequences(self.input_ids[:, :width], self.attention_mask[:, :width], self.response_mask[:, :width], positions)
+
+    def packed(self, length: int, pad_id: int) -> "Sequences":
+        """The examples of these rows packed, in order, into rows of at most `length` tokens (a row is closed
+        when the next example does not fit), each example keeping its tokens and response mask and its
+        positions restarting at 0, so that a packed forward (block-diagonal causal attention,
+        `actors.lm.response_logprobs`) gives every token the log-prob it has alone."""
+        lengths = self.attention_mask.sum(-1).tolist()
+        if max(lengths) > length:
+            raise ValueError(f"an example of {max(lengths)} tokens does not fit a packed row of {length}")
+        rows: list[list[int]] = [[]]
+        used = 0
+        for i, n in enumerate(lengths):
+            if used + n > length:
+                rows.append([])
+                used = 0
+            rows[-1].append(i)
+            used += n
+        width = max(sum(lengths[i] for i in r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask, response, positions = (torch.zeros((len(rows), width), dtype=torch.long) for _ in range(3))
+        for j, members in enumerate(rows):
+            at = 0
+            for i in members:
+                n = lengths[i]
+                ids[j, at:at + n] = self.input_ids[i, :n]
+                response[j, at:at + n] = self.response_mask[i, :n]
+                positions[j, at:at + n] = torch.arange(n)
+                mask[j, at:at + n] = 1
+                at += n
+            positions[j, at:] = torch.arange(width - at)  # the padding: a segment of its own
+        return Sequences(ids, mask, response, positions)
 
 
 @dataclass

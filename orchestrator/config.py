@@ -299,10 +299,15 @@ class SFTAlgoConfig:
     """Rows (prompt + response) per optimizer step over all replicas; the loss is the token mean over their response tokens."""
     eval_rows: int = 256
     """Held-out rows of the loss evaluation (the first ones of the eval split; 0 = all)."""
+    packing: bool = False
+    """Pack each replica's rows into rows of up to sft.pack_length tokens (attention stays within each example; the loss is unchanged); policy.micro_batch_size then counts packed rows."""
+    pack_length: int = 1024
+    """sft.packing: tokens per packed row; at least the longest example, at most the model's position limit."""
 
     def validate(self, check: Check) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.eval_rows >= 0, "eval_rows", "must be >= 0")
+        check(self.pack_length >= 1, "pack_length", "must be >= 1")
 
 
 @dataclass

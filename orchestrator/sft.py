@@ -33,7 +33,8 @@ from actors.pairs import collate_sequences
 from actors.sft import SFTActor, TokenLoss
 from actors.trainer import merge_stats
 from cluster import get
-from orchestrator import job
+from orchestrator import job, preflight
+from orchestrator.configtree import ConfigError
 from orchestrator.config import SFTConfig
 from orchestrator.streams import IndexStream
 
@@ -60,12 +61,18 @@ class SFTJob(job.PolicyJob):
         if len(self.train_rows) < cfg.sft.batch_size:
             raise ValueError(f"sft.batch_size={cfg.sft.batch_size} is more than the {len(self.train_rows)} training rows")
         self.prepare(self.train_rows, eval_set, ("response_ids",))
+        if cfg.sft.packing:
+            longest = max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in self.train_rows)
+            if longest > cfg.sft.pack_length:
+                raise ConfigError(f"config key 'sft.pack_length': ({cfg.sft.pack_length}) is shorter than the longest "
+                                  f"training example ({longest} tokens); raise it or lower data.max_prompt_tokens / data.max_response_tokens")
+            preflight.check_positions(self.policy_info, cfg.sft.pack_length, "sft.pack_length", "a packed row")
         logger.info("data: %d train rows, %d eval rows, %d held-out prompts sampled (gold: %s)", len(self.train_rows),
                     len(self.eval_rows), len(self.sample_rows), bool(self.gold_rows))
         self.stream = IndexStream(len(self.train_rows), cfg.run.seed)
 
     def role_kwargs(self) -> dict:
-        return {"minibatch_size": self.cfg.sft.batch_size}
+        return {"minibatch_size": self.cfg.sft.batch_size, "pack_length": self.cfg.sft.pack_length if self.cfg.sft.packing else 0}
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
