@@ -168,6 +168,13 @@ class PPOConfig:
     """PPO algorithm: batch sizes, GAE, KL penalty, reward shaping."""
 
     def validate(self, check: Check) -> None:
+        builtin_reward = [part for part in ([self.reward] + list(self.reward.components))
+                          if part.kind == "function" and part.function == BUILTIN_REWARD]
+        for path, key in ((self.data.path, "data.path"), (self.data.eval_path, "data.eval_path")):
+            check(not builtin_reward or not path or path.startswith("builtin:"), "reward.function",
+                  f"is the built-in task's annotator reward ({BUILTIN_REWARD}), which scores only the built-in prompts, "
+                  f"but {key}={path!r}; set a reward for your prompts (reward.kind=model reward.path=<your reward model>, "
+                  "or reward.function=<module:function>)")
         n = self.ppo.rollout_batch_size
         for role in ("policy", "reference", "critic", "reward"):
             replicas = getattr(self, role).replicas

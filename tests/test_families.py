@@ -75,9 +75,11 @@ def test_family_sft_rm_ppo_lora_dpo(family, families, tmp_path):
     fam = families[family]
     small = ["policy.max_new_tokens=8", "policy.micro_batch_size=4"]
 
-    # SFT on the user's chat file, then the export loads and generates in plain transformers
+    # SFT on the user's chat file (Gemma's with LoRA, merged on export), then the export loads and
+    # generates in plain transformers
+    lora_sft = ["policy.lora.enabled=true", "policy.lr=1e-2"] if family == "gemma" else []
     out = _run("sft", tmp_path / "sft", f"policy.path={fam['model']}", f"data.path={fam['sft']}", f"data.eval_path={fam['sft']}",
-               "sft.batch_size=8", "policy.warmup_steps=0", *small)
+               "sft.batch_size=8", "policy.warmup_steps=0", *small, *lora_sft)
     policy = out["policy"]
     lm = transformers.AutoModelForCausalLM.from_pretrained(policy)
     tok = transformers.AutoTokenizer.from_pretrained(policy)
@@ -161,6 +163,10 @@ def test_checks_before_any_role_starts_are_one_line_naming_the_key(families, tmp
     monkeypatch.setattr(ppo, "start_roles", no_roles)
     gpt2 = families["gpt2"]
     base = ["run.mode=local", f"run.output_dir={tmp_path / 'ppo'}", f"data.path={gpt2['prompts']}", f"data.eval_path={gpt2['prompts']}"]
+    # the built-in task's reward knows only the built-in prompts
+    with pytest.raises(ConfigError, match=r"^config key 'reward.function': is the built-in task's annotator reward"):
+        load_job_config("ppo", None, base)
+    base += ["reward.function=ppo_helpers:length_reward"]
 
     def ppo_error(*extra: str) -> str:
         with pytest.raises(ConfigError) as e:
@@ -205,7 +211,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(families, tmp_path, monkey
     monkeypatch.setattr(ppo, "start_roles", lambda *a, **k: pytest.fail("a role started"))
     out = tmp_path / "ppo"
     common = ["run.mode=local", f"run.output_dir={out}", f"data.path={families['gpt2']['prompts']}",
-              f"data.eval_path={families['gpt2']['prompts']}"]
+              f"data.eval_path={families['gpt2']['prompts']}", "reward.function=ppo_helpers:length_reward"]
     written = ppo.PPOJob(load_job_config("ppo", None, common + [f"policy.path={families['qwen2']['model']}"]))
     with checkpoint.atomic_checkpoint(str(out), 5, 2) as folder:
         checkpoint.save_driver_state(folder, {"step": 5, "job": {}, "history": {}, "rng": torch.get_rng_state(),
