@@ -223,4 +223,6 @@ def test_lora_run_resumes_exactly_and_exports_merged_weights(model_dir, tmp_path
     assert not any("lora" in name for name, _ in exported.named_parameters())
     base = dict(load_causal_lm(model_dir).named_parameters())
     changed = {n for n, p in exported.named_parameters() if not torch.equal(p, base[n])}
-    assert changed and all(n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for n in changed), changed
+    # the default targets: every linear layer of the blocks, nothing else (embeddings, norms, LM head)
+    linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert changed == {n for n in base if n.endswith(".weight") and n.split(".")[-2] in linear}, changed

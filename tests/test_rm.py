@@ -172,13 +172,14 @@ def test_micro_batches_do_not_change_the_update(setup, tmp_path):
 @pytest.mark.slow  # a 40-step LoRA run
 def test_lora_trains_adapters_and_head_and_saves_merged(setup, tmp_path):
     out = tmp_path / "lora"
-    summary = _train(_cfg(setup, out, "model.lora.enabled=true", "model.lora.r=8", "model.lr=1e-2", "run.steps=40"))
+    summary = _train(_cfg(setup, out, "model.lora.enabled=true", "model.lora.r=8", "model.lr=1e-2", "run.steps=40",
+                          "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj]"))  # named targets (default: all-linear)
     assert summary["eval"]["pair_accuracy"] > 0.75, summary["eval"]
     saved = _weights(out)
     assert not any("lora" in k for k in saved)
     base = _weights_of_backbone(setup["model"])
     changed = [k for k in base if k in saved and not torch.equal(base[k], saved[k])]
-    # merged adapters change exactly the targeted attention projections; everything else is the backbone's
+    # merged adapters change exactly the named attention projections; everything else is the backbone's
     assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in changed), changed
 
 
