@@ -423,6 +423,19 @@ def step(engine: DeepSpeedEngine) -> dict[str, float]:
     return {"lr": float(lr), "grad_norm": norm}
 
 
+def any_replica(flag: bool) -> bool:
+    """True when `flag` is true on any replica of this role's process group (every replica must call it:
+    all of them then raise together instead of one waiting for the others in a collective)."""
+    import torch.distributed as tdist
+
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+    return flag
+
+
 def unwrap(engine_or_model: DeepSpeedEngine | nn.Module) -> nn.Module:
     """The user module inside an engine (or the module itself)."""
     return engine_or_model.module if isinstance(engine_or_model, DeepSpeedEngine) else engine_or_model
@@ -483,8 +496,12 @@ def save_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: 
     weights are not written again at every checkpoint (``exclude_frozen_parameters``); no 'latest'
     file (atomic checkpoint rotation belongs to the driver, which knows which checkpoint is
     complete); and the replica's CPU RNG state rides along (`load_checkpoint` restores it), so a
-    resumed role draws the random numbers an uninterrupted one would.
+    resumed role draws the random numbers an uninterrupted one would. Non-finite weights raise
+    instead (the driver's atomic checkpoint then publishes nothing).
     """
+    local = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]  # ZeRO-3: this rank's partition
+    if any_replica(not all(bool(torch.isfinite(t).all()) for t in local if t.numel())):
+        raise FloatingPointError(f"{tag}: weights are not finite; no checkpoint is written over the last good one")
     engine.save_checkpoint(
         os.fspath(directory),
         tag=tag,

@@ -56,6 +56,14 @@ def load_function(spec: str):
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"reward.function {spec!r}: module {module_name!r} has no function {attr!r}")
+    import inspect
+
+    try:
+        inspect.signature(fn).bind([], [], [], **({"messages": []} if _takes_messages(fn) else {}))
+    except TypeError as e:
+        raise ValueError(f"reward.function {spec!r} must accept (prompts, responses, references) ({e})") from None
+    except ValueError:  # no signature to inspect (a builtin): it is called and checked then
+        pass
     return fn
 
 
@@ -80,17 +88,45 @@ def build_scorer(cfg, *, max_new_tokens: int = 0) -> Scorer:
     raise ValueError(f"reward.kind={kind!r} is not one of function, model, relevance, remote, weighted")
 
 
+def describe(cfg) -> str:
+    """The reward of `cfg` in a few words, for messages: e.g. "reward.function=my_mod:fn"."""
+    if cfg.kind == "function":
+        return f"reward.function={cfg.function}"
+    if cfg.kind == "model":
+        return f"reward.path={cfg.path}"
+    if cfg.kind == "remote":
+        return f"reward.url={cfg.url}"
+    if cfg.kind == "weighted":
+        return "reward.kind=weighted (" + ", ".join(describe(c) for c in cfg.components) + ")"
+    return f"reward.kind={cfg.kind}"
+
+
 def reward_parts(cfg) -> list:
     """The reward configs that score: a weighted reward's components, else the reward itself."""
     return list(cfg.components) if cfg.kind == "weighted" else [cfg]
 
 
 def check_reward_config(cfg) -> None:
-    """Checks that need the model folder but not the weights (run by the driver before any actor starts):
-    a kind=model folder is a reward model whose head supports `reward.statistic` / `reward.alpha`."""
+    """Checks run by the driver before any actor starts: a kind=model folder is a reward model whose head
+    supports `reward.statistic` / `reward.alpha`; a kind=function imports and takes (prompts, responses,
+    references); a kind=remote endpoint answers its health check."""
     for i, part in enumerate(reward_parts(cfg)):
+        key = f"reward.components.{i}." if cfg.kind == "weighted" else "reward."
         if part.kind == "model":
-            read_head(part, key=f"reward.components.{i}." if cfg.kind == "weighted" else "reward.")
+            read_head(part, key=key)
+        elif part.kind == "function":
+            try:
+                load_function(part.function)
+            except ValueError as e:
+                raise ValueError(str(e).replace("reward.", key, 1)) from None
+        elif part.kind == "remote":
+            from actors.remote_reward import RemoteRewardError, get_json
+
+            try:
+                get_json(part.url, timeout_s=min(part.timeout_s, 10.0))
+            except RemoteRewardError as e:
+                raise ValueError(f"{key}url={part.url!r} does not answer its health check ({e}); "
+                                 "start the endpoint first (rlhf serve reward) or fix the URL") from None
 
 
 def read_head(cfg, key: str = "reward."):

@@ -26,8 +26,19 @@ from typing import Callable, Iterable, TypeVar
 
 import torch
 
-from actors.engine import backward, step
+from actors.engine import any_replica, backward, step, unwrap
 from losses.ppo import aggregate
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinity where training needs finite numbers; the message names its source and says that
+    no update was made."""
+
+
+def _grads_finite(engine) -> bool:
+    """Whether every gradient this replica holds is finite (ZeRO 0: the whole gradient; at ZeRO 1-3 the
+    gradients live in DeepSpeed's partitions, whose own overflow check skips a non-finite step)."""
+    return all(bool(torch.isfinite(p.grad).all()) for p in unwrap(engine).parameters() if p.grad is not None)
 
 __all__ = ["MicroLoss", "TrainStats", "merge_stats", "train_step"]
 
@@ -96,13 +107,15 @@ def train_step(engine, micro_batches: Iterable[M], loss_fn: Callable[[M], MicroL
     """
     model_prefix = model_prefix or prefix
     stats = stats if stats is not None else TrainStats()
-    for micro in micro_batches:
+    for k, micro in enumerate(micro_batches):
         out = loss_fn(micro)
         mask = out.mask.bool()
         count = float(mask.sum())
         loss = aggregate(out.per_item, mask, num_tokens=global_count)
         if out.batch_term is not None:
             loss = loss + out.batch_term * (count / global_count)
+        if any_replica(not bool(torch.isfinite(loss.detach()).all())):
+            raise NonFiniteError(f"{prefix} loss is not finite (micro-batch {k} on some replica); no update was made")
         backward(engine, loss)
         with torch.no_grad():
             mean = aggregate(out.per_item.detach(), mask).item()
@@ -115,7 +128,12 @@ def train_step(engine, micro_batches: Iterable[M], loss_fn: Callable[[M], MicroL
                     stats.add_max(key, float(value))
                 else:
                     stats.add(key, float(value), count)
+    if any_replica(not _grads_finite(engine)):
+        raise NonFiniteError(f"{model_prefix} gradients are not finite although the {prefix} loss is; no update was made")
     info = step(engine)
+    if info["grad_norm"] != info["grad_norm"] or abs(info["grad_norm"]) == float("inf"):
+        if engine.gradient_clipping() > 0:  # a NaN norm with clipping on: the step saw non-finite gradients
+            raise NonFiniteError(f"{model_prefix} gradient norm is {info['grad_norm']} (DeepSpeed skips such an update)")
     stats.add(f"{model_prefix}/lr", info["lr"], 1.0)
     stats.add(f"{model_prefix}/grad_norm", info["grad_norm"], 1.0)
     return stats

@@ -14,7 +14,10 @@
     rlhf serve reward --path DIR [--port 8000]      a reward as a Ray Serve HTTP endpoint (PPO: reward.kind=remote)
 
 Errors in user input (config keys and values, data rows) end the run with one line on stderr that
-names the key, file, row or field, and exit code 2.
+names the key, file, row or field, and exit code 2. A training job that fails after it started (a role
+that raised, a reward that returned garbage, a non-finite number) ends with one line naming the role and
+the root cause, the full traceback written to `<output_dir>/error.log` (the line gives the path), and
+exit code 1. Ctrl-C: exit 130.
 """
 
 from __future__ import annotations
@@ -26,6 +29,42 @@ import sys
 from orchestrator.configtree import ConfigError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+ERROR_LOG = "error.log"
+
+
+class RunFailed(RuntimeError):
+    """A job failed after it started; the message is one line and names where the traceback went."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The root cause in one line: a role error's first line (role, replica, method, exception), else the
+    exception's type and first line."""
+    from cluster import RoleError
+
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, RoleError):
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _failed(exc: BaseException, output_dir: str) -> RunFailed:
+    """Write the traceback of `exc` to output_dir/error.log (appending) and return the one-line RunFailed."""
+    import os
+    import time
+    import traceback
+
+    path = os.path.join(output_dir, ERROR_LOG)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        where = f"full traceback in {path}"
+    except OSError as e:
+        where = f"the traceback could not be written to {path}: {e}"
+    return RunFailed(f"{_one_line(exc)} ({where})")
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -45,7 +84,12 @@ def _cmd_train(job: str):
         from orchestrator.config import load_job_config
 
         cfg = load_job_config(job, args.config, args.overrides)  # every key checked before anything starts
-        importlib.import_module(f"orchestrator.{job}").train(cfg)
+        try:
+            importlib.import_module(f"orchestrator.{job}").train(cfg)
+        except (ConfigError, _user_errors(), KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001  (after start: one line, the traceback to a file)
+            raise _failed(e, cfg.run.output_dir) from e
         return 0
 
     return cmd
@@ -191,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, _user_errors()) as e:
         print(f"rlhf: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RunFailed as e:
+        print(f"rlhf: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("rlhf: interrupted", file=sys.stderr)
         return 130

@@ -9,12 +9,17 @@ evaluation (gold by query type, length in words, the share of the disputed casua
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 
 from actors.policy import PolicyActor
 from actors.reward import RewardActor
+from actors.trainer import NonFiniteError
 from cluster import LocalGroup, RoleGroup, get
 from orchestrator.data import to_prompt_batch
+
+log = logging.getLogger("rlhf.evaluation")
 
 __all__ = ["EVAL_SEED", "GOLD_DATA", "GenerationEval", "sample_and_score", "annotator_reward_group", "gold_prompt_rows"]
 
@@ -47,15 +52,28 @@ class GenerationEval:
         return {"reward": self.reward, "gold": self.gold, "length_tokens": self.length, "task": self.extra}
 
 
-def sample_and_score(policy: RoleGroup, reward: RoleGroup | None, rows: list[dict], pad_id: int, gold: bool) -> GenerationEval:
+def sample_and_score(policy: RoleGroup, reward: RoleGroup | None, rows: list[dict], pad_id: int, gold: bool,
+                     on_nonfinite: str = "raise", reward_name: str = "the reward") -> GenerationEval:
     """One sampled answer per row of `rows` (held-out prompt rows, fixed seed `EVAL_SEED`) from the
-    `policy` role, scored by the `reward` role (if any) and, with `gold`, by the gold score."""
+    `policy` role, scored by the `reward` role (if any) and, with `gold`, by the gold score. A non-finite
+    reward raises `NonFiniteError` naming the first such prompt (on_nonfinite="skip": it is left out of
+    the mean, with a warning)."""
     rollout = get(policy.scatter_padded(PolicyActor.generate, to_prompt_batch(rows, pad_id), seed=EVAL_SEED))
     k = len(rows)
     rewards = get(reward.scatter_padded(RewardActor.score, rollout)).reward.tolist() if reward is not None else [None] * k
     responses = rollout.responses
     lengths = rollout.action_mask.sum(-1).float()
-    mean_reward = sum(rewards) / k if reward is not None else None
+    mean_reward = None
+    if reward is not None:
+        finite = [r for r in rewards if math.isfinite(r)]
+        if len(finite) < k:
+            i = next(i for i, r in enumerate(rewards) if not math.isfinite(r))
+            msg = (f"{reward_name} is not finite for {k - len(finite)} of {k} held-out responses; first prompt "
+                   f"{rows[i]['prompt'][:80]!r}, response {responses[i][:80]!r}")
+            if on_nonfinite == "raise":
+                raise NonFiniteError(msg)
+            log.warning("%s (left out of eval/reward)", msg)
+        mean_reward = sum(finite) / len(finite) if finite else math.nan
     result = GenerationEval(reward=mean_reward, gold=None, length=lengths.mean().item())
     golds = [None] * k
     if gold:

@@ -17,7 +17,27 @@ from losses.common import RunningMoments, explained_variance
 from losses.kl import KLController, sequence_kl
 from losses.rewards import shape_rewards
 
-__all__ = ["make_experience", "reward_metrics", "schedule"]
+__all__ = ["make_experience", "reward_metrics", "schedule", "nonfinite_inputs"]
+
+
+def nonfinite_inputs(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values,
+                     reward: str) -> str | None:
+    """None when the scores and the per-token views of a rollout are finite (on response tokens); else one
+    line naming the first non-finite source (`reward` describes the reward), how many responses it hit,
+    and the first such prompt and response."""
+    mask = rollout.action_mask.bool()
+    checks = [(f"the reward ({reward})", ~torch.isfinite(scores.reward))]
+    if scores.std is not None:
+        checks.append((f"the reward's std ({reward})", ~torch.isfinite(scores.std)))
+    for name, view in (("the reference log-probs", ref_logprobs.logprobs), ("the policy's log-probs", old_logprobs.logprobs),
+                       ("the critic's values", values.values)):
+        checks.append((name, (~torch.isfinite(view) & mask).any(-1)))
+    for name, bad in checks:
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            return (f"{name} is not finite for {int(bad.sum())} of {len(bad)} responses; first prompt "
+                    f"{rollout.prompts[i][:80]!r}, response {rollout.responses[i][:80]!r}")
+    return None
 
 
 def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values,

@@ -24,8 +24,8 @@ import torch
 from actors.critic import CriticActor
 from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
-from actors.reward import RewardActor, check_reward_config
-from actors.trainer import merge_stats
+from actors.reward import RewardActor, check_reward_config, describe
+from actors.trainer import NonFiniteError, merge_stats
 from cluster import RoleSpec, create_groups, get
 from losses.common import RunningMoments
 from losses.kl import KLController
@@ -33,7 +33,7 @@ from orchestrator import job, preflight
 from orchestrator.config import ConfigError, PPOConfig
 from orchestrator.data import to_prompt_batch
 from orchestrator.evaluation import GOLD_DATA, sample_and_score
-from orchestrator.experience import make_experience, schedule
+from orchestrator.experience import make_experience, nonfinite_inputs, schedule
 from orchestrator.streams import IndexStream
 
 log = logging.getLogger("rlhf.ppo")
@@ -138,6 +138,7 @@ class PPOJob(job.Job):
         log.info("data: %d train prompts, %d eval prompts (gold evaluation: %s)", len(self.train_rows),
                  len(self.eval_rows), self.gold)
         self.prompts = IndexStream(len(self.train_rows), cfg.run.seed)
+        self.skipped = {"in_a_row": 0, "total": 0}  # steps skipped for non-finite inputs (run.on_nonfinite=skip)
         self.kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
         self.moments = RunningMoments()
         self.roles: Roles | None = None
@@ -156,13 +157,28 @@ class PPOJob(job.Job):
         self.groups = self.roles.all()
 
     def step(self, step: int) -> dict:
-        return ppo_step(self.roles, self.cfg, self.next_prompts, self.kl_ctl, self.moments, step)
+        try:
+            metrics = ppo_step(self.roles, self.cfg, self.next_prompts, self.kl_ctl, self.moments, step)
+        except NonFiniteError as e:
+            if self.cfg.run.on_nonfinite == "raise":
+                raise
+            self.skipped["in_a_row"] += 1
+            self.skipped["total"] += 1
+            if self.skipped["in_a_row"] > self.cfg.run.max_skipped_steps:
+                raise NonFiniteError(f"{e} ({self.skipped['in_a_row']} steps in a row, more than run.max_skipped_steps="
+                                     f"{self.cfg.run.max_skipped_steps})") from None
+            log.warning("step %d skipped (run.on_nonfinite=skip): %s", step + 1, e)
+            return {"nonfinite/skipped_steps": float(self.skipped["total"])}
+        self.skipped["in_a_row"] = 0
+        metrics["nonfinite/skipped_steps"] = float(self.skipped["total"])
+        return metrics
 
     def next_prompts(self, n: int):
         return to_prompt_batch([self.train_rows[i] for i in self.prompts.next(n)], self.pad_id)
 
     def evaluate(self, stage: str) -> job.Evaluation:
-        ev = sample_and_score(self.roles.policy, self.roles.reward, self.eval_rows, self.pad_id, self.gold)
+        ev = sample_and_score(self.roles.policy, self.roles.reward, self.eval_rows, self.pad_id, self.gold,
+                              on_nonfinite=self.cfg.run.on_nonfinite, reward_name=f"the reward ({describe(self.cfg.reward)})")
         return job.Evaluation(ev.metrics(), ev.record(), ev.samples)
 
     def save(self, folder: Path) -> None:
@@ -183,12 +199,14 @@ class PPOJob(job.Job):
         )
 
     def state_dict(self) -> dict:
-        return {"kl": self.kl_ctl.state_dict(), "moments": self.moments.state_dict(), "data": self.prompts.state_dict()}
+        return {"kl": self.kl_ctl.state_dict(), "moments": self.moments.state_dict(), "data": self.prompts.state_dict(),
+                "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl"])
         self.moments.load_state_dict(state["moments"])
         self.prompts.load_state_dict(state["data"])
+        self.skipped = dict(state.get("skipped", self.skipped))
 
     def finish(self, out: Path) -> dict:
         get(self.roles.policy.broadcast(PolicyActor.export, str(out / "policy")))  # a collective under ZeRO-3; rank 0 writes
@@ -199,6 +217,8 @@ class PPOJob(job.Job):
         return {"train_reward_first": first, "train_reward_last": last}
 
     def progress(self, m: dict) -> str:
+        if "reward/score" not in m:
+            return "skipped (non-finite inputs)"
         return (f"reward {m['reward/score']:.3f} kl {m['kl/mean']:.3f} gen {m['time/generate']:.1f}s "
                 f"train {m['time/critic_update+policy_update']:.1f}s")
 
@@ -251,6 +271,9 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
         profile,
     )
 
+    bad = nonfinite_inputs(rollout, scores, ref_lp, old_lp, values, describe(cfg.reward))
+    if bad is not None:  # before anything learns from it (run.on_nonfinite: PPOJob raises or skips the step)
+        raise NonFiniteError(bad)
     t0 = time.perf_counter()
     exp, metrics = make_experience(rollout, scores, ref_lp, old_lp, values, cfg.ppo, kl_ctl, moments,
                                    std_threshold=cfg.reward.std_threshold)

@@ -3,7 +3,8 @@
 Every job runs them from its constructor (after its data is loaded, before `orchestrator.job.run`
 starts a role), reading model configs only (no weights):
 
-- a model path that is not a readable model folder or hub name (`model_info`);
+- a model path that is not a readable model folder or hub name, or a folder without weights or
+  tokenizer files, or with a config.json that does not parse (`model_info`);
 - prompt + generation (or prompt + response) lengths beyond a model's position limit (`check_positions`);
 - LoRA `target_modules` that name no linear layer of the model (`check_lora`, on a meta-device skeleton);
 - two roles that must share token ids (policy and reference, policy and a critic taken from the reward
@@ -26,6 +27,8 @@ from orchestrator.configtree import ConfigError
 
 log = logging.getLogger("rlhf.preflight")
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 """Config attributes that hold a model's position limit, in the order they are read."""
 
@@ -51,8 +54,16 @@ def model_info(key: str, path: str, trust_remote_code: bool = False) -> ModelInf
     it is not a model folder or a reachable hub name."""
     import transformers
 
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise ConfigError(f"config key '{key}': {path!r} is a folder without config.json, not a saved model")
+    if os.path.isdir(path):
+        files = os.listdir(path)
+        if "config.json" not in files:
+            raise ConfigError(f"config key '{key}': {path!r} is a folder without config.json, not a saved model")
+        if not any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+            raise ConfigError(f"config key '{key}': {path!r} has a config.json but no weights "
+                              f"({', '.join('*' + x for x in WEIGHT_SUFFIXES)}); was the save interrupted?")
+        if not any(f in TOKENIZER_FILES for f in files):
+            raise ConfigError(f"config key '{key}': {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                              "save the tokenizer next to the model (tokenizer.save_pretrained)")
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001  (missing folder, bad JSON, unknown architecture, no network: one line)

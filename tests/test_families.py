@@ -194,8 +194,9 @@ def test_checks_before_any_role_starts_are_one_line_naming_the_key(families, tmp
     short = tmp_path / "short"
     config = transformers.AutoConfig.from_pretrained(gpt2["model"])
     config.n_positions = 8
-    config.save_pretrained(short)  # the check reads the config only; no weights needed
+    config.save_pretrained(short)  # the check reads the config only (the weights are never loaded)
     gpt2["tokenizer"].save_pretrained(short)
+    (short / "model.safetensors").write_bytes((Path(gpt2["model"]) / "model.safetensors").read_bytes())
     cfg = load_job_config("rm", None, ["run.mode=local", f"run.output_dir={tmp_path / 'rm'}", f"model.path={short}",
                                        f"data.path={gpt2['hh']}", f"data.eval_path={gpt2['hh']}"])
     monkeypatch.setattr(rm.RMJob, "start", no_roles)

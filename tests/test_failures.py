@@ -1,0 +1,148 @@
+"""Runs that fail well: every error after start is one line naming its cause, with the traceback in
+output_dir/error.log; non-finite numbers never reach an optimizer step or a checkpoint; early checks
+of reward functions and endpoints. Local mode, no Ray."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from ppo_helpers import length_reward, tiny_model_dir, tiny_ppo_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(str(tmp_path_factory.mktemp("cache")))
+
+
+def nan_after_first(prompts, responses, references=None):
+    """NaN for every response once $RLHF_NAN_FROM calls have been made (0: from the first)."""
+    calls = int(os.environ.get("RLHF_NAN_CALLS", "0"))
+    os.environ["RLHF_NAN_CALLS"] = str(calls + 1)
+    if calls >= int(os.environ.get("RLHF_NAN_FROM", "0")):
+        return [math.nan] * len(responses)
+    return length_reward(prompts, responses, references)
+
+
+def wrong_count(prompts, responses, references=None):
+    return [1.0]
+
+
+def two_args(prompts, responses):
+    return [0.0] * len(responses)
+
+
+def _error_lines(capsys) -> list[str]:
+    """The rlhf lines of stderr (progress bars and logs aside); stderr never holds a traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("rlhf:")]
+
+
+def _weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_nan_reward_stops_before_any_update_naming_the_reward(model_dir, tmp_path, monkeypatch, capsys):
+    """The default run.on_nonfinite=raise: the start evaluation already sees the NaN; through the CLI it is
+    one line naming the reward function and a prompt, exit 1, the traceback in output_dir/error.log."""
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("RLHF_NAN_FROM", "0")
+    monkeypatch.setenv("RLHF_NAN_CALLS", "0")
+    out = tmp_path / "run"
+    cfg = tiny_ppo_config(model_dir, str(out), f"reward.function={__name__}:nan_after_first")
+    overrides = [f"{k}={v}" for k, v in (("policy.path", model_dir), ("run.output_dir", out))]
+    code = main(["ppo", *overrides, "run.mode=local", "run.steps=2", "ppo.rollout_batch_size=8", "ppo.minibatch_size=4",
+                 "policy.micro_batch_size=2", "critic.micro_batch_size=2", "policy.max_new_tokens=8", "data.max_rows=64",
+                 "reward.kind=function", f"reward.function={__name__}:nan_after_first"])
+    err = _error_lines(capsys)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("rlhf: error: NonFiniteError: the reward (reward.function=test_failures:nan_after_first) "
+                             "is not finite for ")
+    assert f"full traceback in {out / 'error.log'}" in err[0] and "Traceback" in (out / "error.log").read_text()
+    assert not (out / "checkpoints").exists() and cfg.run.on_nonfinite == "raise"
+
+
+def test_skip_mode_drops_nan_steps_without_an_update_and_stops_after_too_many(model_dir, tmp_path, monkeypatch):
+    """run.on_nonfinite=skip: steps whose rewards are NaN are dropped (no optimizer step: the exported policy
+    is the one before them) and counted; more than run.max_skipped_steps in a row stops the run."""
+    from actors.trainer import NonFiniteError
+    from orchestrator.ppo import train
+
+    monkeypatch.setenv("RLHF_NAN_FROM", "3")  # start eval (1 call) and steps 1-2 fine, then NaN
+    monkeypatch.setenv("RLHF_NAN_CALLS", "0")
+    common = [f"reward.function={__name__}:nan_after_first", "run.on_nonfinite=skip", "run.save_every=1", "run.keep_checkpoints=10"]
+    out = tmp_path / "skip"
+    with pytest.raises(NonFiniteError, match=r"\(3 steps in a row, more than run.max_skipped_steps=2\)"):
+        train(tiny_ppo_config(model_dir, str(out), *common, "run.steps=6", "run.max_skipped_steps=2"))
+    import json
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["nonfinite/skipped_steps"] for r in records[1:]] == [0.0, 0.0, 1.0, 2.0]
+    assert all(math.isfinite(v) for r in records for v in r.values())
+    # the checkpoints of the skipped steps hold exactly the weights after step 2: no update on a NaN
+    after2, after4 = _weights(out / "checkpoints" / "step_000002" / "policy_hf"), _weights(out / "checkpoints" / "step_000004" / "policy_hf")
+    assert all(torch.equal(after2[k], after4[k]) for k in after2)
+    after1 = _weights(out / "checkpoints" / "step_000001" / "policy_hf")
+    assert not all(torch.equal(after1[k], after2[k]) for k in after1)  # a finite step does update
+
+
+def test_trainer_refuses_a_non_finite_loss_and_a_checkpoint_of_non_finite_weights(model_dir, tmp_path):
+    from actors.engine import build_engine, save_checkpoint
+    from actors.modeling import load_causal_lm
+    from actors.trainer import MicroLoss, NonFiniteError, train_step
+    from cluster import init_local
+    from orchestrator.config import load_job_config
+
+    init_local()
+    cfg = load_job_config("ppo", None, ["policy.micro_batch_size=1"]).policy
+    engine = build_engine(load_causal_lm(model_dir), cfg, train=True, total_steps=2, minibatch_size=1)
+    before = {k: v.clone() for k, v in engine.module.state_dict().items()}
+
+    def nan_loss(_micro):
+        out = engine(input_ids=torch.tensor([[1, 2, 3]])).logits[..., 0]
+        return MicroLoss(out * math.nan, torch.ones_like(out))
+
+    with pytest.raises(NonFiniteError, match="policy loss is not finite .* no update was made"):
+        train_step(engine, [None], nan_loss, 3.0, "policy")
+    assert all(torch.equal(before[k], v) for k, v in engine.module.state_dict().items())
+    with torch.no_grad():
+        next(engine.module.parameters()).view(-1)[0] = math.inf
+    with pytest.raises(FloatingPointError, match="weights are not finite; no checkpoint is written"):
+        save_checkpoint(engine, tmp_path / "ckpt", tag="policy")
+    assert not (tmp_path / "ckpt" / "policy").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([f"reward.function={__name__}:two_args"], "must accept (prompts, responses, references)"),
+    (["reward.function=no_such_module:f"], "cannot import module 'no_such_module'"),
+    (["reward.kind=remote", "reward.url=http://127.0.0.1:9/reward"], "does not answer its health check"),
+])
+def test_reward_problems_found_before_any_role_starts(model_dir, tmp_path, extra, message, capsys, monkeypatch):
+    import actors.policy
+    from orchestrator.cli import main
+
+    monkeypatch.setattr(actors.policy.PolicyActor, "__init__", lambda *a, **k: pytest.fail("a role started"))
+    code = main(["ppo", f"policy.path={model_dir}", f"run.output_dir={tmp_path}", "run.mode=local", "data.max_rows=8",
+                 "reward.kind=function", *extra])
+    err = _error_lines(capsys)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_reward_that_breaks_mid_run_is_one_line_naming_the_role(model_dir, tmp_path, capsys):
+    from orchestrator.cli import main
+
+    code = main(["ppo", f"policy.path={model_dir}", f"run.output_dir={tmp_path}", "run.mode=local", "data.max_rows=8",
+                 "ppo.rollout_batch_size=8", "ppo.minibatch_size=8", "policy.max_new_tokens=4",
+                 "reward.kind=function", f"reward.function={__name__}:wrong_count"])
+    err = _error_lines(capsys)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("rlhf: error: role 'reward' replica 0/1: RewardActor.score raised ValueError: "
+                             f"reward.function '{__name__}:wrong_count' returned 1 scores for ")
