@@ -135,7 +135,13 @@ def run(job: Job, cfg) -> dict:
     timer = time.perf_counter()
     run_cfg = cfg.run
     out = Path(run_cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # an unwritable output_dir fails here, before any role starts
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"config key 'run.output_dir': {str(out)!r} is not writable ({e.strerror or e})") from None
     # the checkpoint to resume (a bad path, or one beyond run.steps, fails before any role starts)
     resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)
     state = ckpt.load_driver_state(resume_from) if resume_from is not None else None
@@ -188,10 +194,7 @@ def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | 
             if done % run_cfg.log_every == 0 or done == last or any(k.startswith("eval/") for k in metrics):
                 metrics_log.write(done, metrics)
             if done == last or (run_cfg.save_every and done % run_cfg.save_every == 0):
-                with ckpt.atomic_checkpoint(run_cfg.output_dir, done, run_cfg.keep_checkpoints) as folder:
-                    job.save(folder)
-                    ckpt.save_driver_state(folder, {"step": done, "job": job.state_dict(), "history": history,
-                                                    "rng": torch.get_rng_state(), "fingerprint": job.fingerprint()})
+                _save(job, run_cfg, done, history)
         bar.close()
         if history.get("end", {}).get("step") != last:  # resumed at the final step of a run that had no end evaluation
             history["end"] = _evaluate(job, "end", last, out)
@@ -205,6 +208,24 @@ def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | 
                "wall_time_s": round(time.perf_counter() - timer, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a file size limit, a role that failed to save)."""
+
+
+def _save(job: Job, run_cfg, done: int, history: dict) -> None:
+    """The checkpoint of step `done`, atomically; a failure names the step and the checkpoint left intact."""
+    try:
+        with ckpt.atomic_checkpoint(run_cfg.output_dir, done, run_cfg.keep_checkpoints) as folder:
+            job.save(folder)
+            ckpt.save_driver_state(folder, {"step": done, "job": job.state_dict(), "history": history,
+                                            "rng": torch.get_rng_state(), "fingerprint": job.fingerprint()})
+    except Exception as e:  # noqa: BLE001  (one message naming what is left; the cause is chained)
+        kept = ckpt.latest_checkpoint(run_cfg.output_dir)
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"writing the checkpoint of step {done} failed ({cause}); "
+                              f"{f'the last complete checkpoint, {kept}, is intact' if kept else 'no earlier checkpoint exists'}") from e
 
 
 def _evaluate(job: Job, stage: str, step: int, out: Path) -> dict:

@@ -146,3 +146,68 @@ def test_a_reward_that_breaks_mid_run_is_one_line_naming_the_role(model_dir, tmp
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith("rlhf: error: role 'reward' replica 0/1: RewardActor.score raised ValueError: "
                              f"reward.function '{__name__}:wrong_count' returned 1 scores for ")
+
+
+def test_a_truncated_checkpoint_file_is_named_and_auto_resume_falls_back(model_dir, tmp_path, caplog, capsys):
+    """A role's checkpoint file cut short after it was written (a full disk, an interrupted copy):
+    run.resume=<it> is one line naming the file; run.resume=auto passes over it to the one before."""
+    import json
+
+    from orchestrator.cli import main
+    from orchestrator.config import load_job_config
+    from orchestrator.sft import train
+
+    out = tmp_path / "sft"
+    args = [f"policy.path={model_dir}", f"run.output_dir={out}", "run.mode=local", "sft.batch_size=8",
+            "policy.micro_batch_size=8", "policy.warmup_steps=0", "data.max_rows=32", "sft.eval_rows=8",
+            "policy.max_new_tokens=4", "run.save_every=1", "run.keep_checkpoints=5"]
+    train(load_job_config("sft", None, args + ["run.steps=3"]))
+    latest = out / "checkpoints" / "step_000003"
+    victim = max((p for p in latest.rglob("*") if p.is_file() and p.suffix == ".pt"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+    assert main(["sft", *args, "run.steps=4", f"run.resume={latest}"]) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and f"the checkpoint is damaged: {victim} is truncated or changed" in err[0], err
+    with caplog.at_level("WARNING"):
+        train(load_job_config("sft", None, args + ["run.steps=4"]))
+    assert f"checkpoint {latest} is damaged ({victim} is truncated" in caplog.text
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4]  # resumed after step 2: steps 3 and 4 written once each
+
+
+def test_unwritable_output_dir_and_a_full_disk_during_a_checkpoint(model_dir, tmp_path, capsys):
+    """An output_dir that cannot be written: one line before anything starts. A checkpoint that runs out of
+    space (RLIMIT_FSIZE in a child process: writes past 256 KiB fail): one line naming the step and the
+    checkpoint left intact, which a later run resumes from."""
+    import json
+    import subprocess
+    import sys
+
+    from orchestrator.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    args = [f"policy.path={model_dir}", "run.mode=local", "sft.batch_size=8", "policy.micro_batch_size=8",
+            "policy.warmup_steps=0", "data.max_rows=32", "sft.eval_rows=8", "policy.max_new_tokens=4", "run.save_every=1",
+            "run.keep_checkpoints=5"]
+    assert main(["sft", *args, f"run.output_dir={blocker / 'run'}"]) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and err[0].startswith("rlhf: error: config key 'run.output_dir':") and "is not writable" in err[0]
+
+    out = tmp_path / "sft"
+    assert main(["sft", *args, f"run.output_dir={out}", "run.steps=2"]) == 0
+    child = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY)); "
+             "from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", child, "sft", *args, f"run.output_dir={out}", "run.steps=3"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("rlhf:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and "writing the checkpoint of step 3 failed" in lines[0], lines
+    assert f"the last complete checkpoint, {out / 'checkpoints' / 'step_000002'}, is intact" in lines[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+    assert main(["sft", *args, f"run.output_dir={out}", "run.steps=3"]) == 0  # space again: resumes from step 2
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
