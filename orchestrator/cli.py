@@ -17,7 +17,10 @@ Errors in user input (config keys and values, data rows) end the run with one li
 names the key, file, row or field, and exit code 2. A training job that fails after it started (a role
 that raised, a reward that returned garbage, a non-finite number) ends with one line naming the role and
 the root cause, the full traceback written to `<output_dir>/error.log` (the line gives the path), and
-exit code 1. Ctrl-C: exit 130.
+exit code 1. SIGTERM (preemption, `ray job stop`) or SIGINT (Ctrl-C) during a training job: the
+current step finishes, a checkpoint is written, the roles stop, and the exit code is 143 (SIGTERM) or
+130 (SIGINT); `run.resume=auto` continues. A second signal, or `run.stop_timeout_s` passing, abandons
+the step (exit 130, the previous checkpoint kept).
 """
 
 from __future__ import annotations
@@ -84,8 +87,13 @@ def _cmd_train(job: str):
         from orchestrator.config import load_job_config
 
         cfg = load_job_config(job, args.config, args.overrides)  # every key checked before anything starts
+        from orchestrator.job import Preempted
+
         try:
             importlib.import_module(f"orchestrator.{job}").train(cfg)
+        except Preempted as e:
+            print(f"rlhf: {e}", file=sys.stderr)
+            return e.exit_code
         except (ConfigError, _user_errors(), KeyboardInterrupt):
             raise
         except Exception as e:  # noqa: BLE001  (after start: one line, the traceback to a file)

@@ -129,6 +129,8 @@ class RunConfig:
     """Evaluate on held-out prompts every N steps (0 = at the start and end only)."""
     log_every: int = 1
     """Write metrics every N steps."""
+    stop_timeout_s: float = 300.0
+    """On SIGTERM / SIGINT (preemption, `ray job stop`, Ctrl-C): the longest wait for the current step and its checkpoint; past it (or on a second signal) the step is abandoned without a checkpoint."""
     on_nonfinite: Literal["raise", "skip"] = "raise"
     """A NaN or infinity in a reward, log-prob, value or loss: raise (stop with a message naming its source) or skip (PPO drops the step, counts it in nonfinite/skipped_steps, and stops after run.max_skipped_steps in a row). No optimizer step ever sees one."""
     max_skipped_steps: int = 3
@@ -147,6 +149,7 @@ class RunConfig:
               "lists wandb, which is not installed (pip install wandb, or pip install rlhf[wandb])")
         check(self.steps >= 1, "steps", "must be >= 1")
         check(self.max_skipped_steps >= 0, "max_skipped_steps", "must be >= 0")
+        check(self.stop_timeout_s > 0, "stop_timeout_s", "must be > 0")
         check(self.save_every >= 0, "save_every", "must be >= 0")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.eval_every >= 0, "eval_every", "must be >= 0")

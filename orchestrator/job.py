@@ -25,11 +25,14 @@ A new job is its config section, its roles and its step function: a `Job` subcla
 
 from __future__ import annotations
 
+import _thread
 import abc
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +50,7 @@ from orchestrator.metrics import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger, p
 
 log = logging.getLogger("rlhf.job")
 
-__all__ = ["Evaluation", "Job", "PolicyJob", "run", "first_and_last", "OUTPUTS"]
+__all__ = ["Evaluation", "Job", "PolicyJob", "Preempted", "run", "first_and_last", "OUTPUTS"]
 
 OUTPUTS = (METRICS_FILE, TENSORBOARD_DIR, "checkpoints", "summary.json", "curves.png", "samples_start.jsonl",
            "samples_end.jsonl", "wandb", "wandb_id")
@@ -155,16 +158,69 @@ def run(job: Job, cfg) -> dict:
     (out / "config.yaml").write_text(to_yaml(cfg))
     torch.manual_seed(run_cfg.seed)
 
-    job.start()
-    try:
-        summary = _loop(job, run_cfg, out, resume_from, state, timer, to_dict(cfg))
-    finally:
-        job.shutdown()
+    with _StopSignals(run_cfg.stop_timeout_s) as stop:
+        job.start()
+        stop.install()  # again: connecting to Ray installs Ray's own SIGTERM handler in this process
+        try:
+            summary = _loop(job, run_cfg, out, resume_from, state, timer, to_dict(cfg), stop)
+        finally:
+            job.shutdown()
     job.print_summary(summary, out)
     return summary
 
 
-def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | None, timer: float, config: dict) -> dict:
+class Preempted(Exception):
+    """The run stopped on SIGTERM or SIGINT at a step boundary, after writing its checkpoint."""
+
+    EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = self.EXIT_CODES.get(signum, 1)
+
+
+class _StopSignals:
+    """SIGTERM (a scheduler's preemption, `ray job stop`) and SIGINT (Ctrl-C) during a run: the current step
+    finishes, a checkpoint is written at its boundary, the roles stop, and `Preempted` carries the exit
+    code (143, 130). If that takes more than `timeout_s` after the signal, or a second signal comes, the
+    step is abandoned at once (KeyboardInterrupt: no checkpoint; the last one stays). Only the main
+    thread can own signals; elsewhere (a test's worker thread) nothing is installed."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s, self.signum, self.previous, self.timer = timeout_s, None, {}, None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # the second signal: abandon now
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self.signum = signum
+        log.warning("%s received: finishing the current step, then a checkpoint and stop (at most %g s; "
+                    "a second signal stops at once)", signal.Signals(signum).name, self.timeout_s)
+        self.timer = threading.Timer(self.timeout_s, _thread.interrupt_main)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def install(self) -> None:
+        """(Re)install the handlers; the first call remembers the ones to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.signal(sig, self._handle)
+            self.previous.setdefault(sig, previous if previous is not None else signal.SIG_DFL)
+
+    def __enter__(self) -> "_StopSignals":
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | None, timer: float, config: dict,
+          stop: "_StopSignals") -> dict:
     from tqdm import tqdm
 
     start_step, history = 0, {}
@@ -193,8 +249,12 @@ def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | 
                 metrics.update(job.evaluate("step").metrics)
             if done % run_cfg.log_every == 0 or done == last or any(k.startswith("eval/") for k in metrics):
                 metrics_log.write(done, metrics)
-            if done == last or (run_cfg.save_every and done % run_cfg.save_every == 0):
+            if done == last or (run_cfg.save_every and done % run_cfg.save_every == 0) or stop.signum is not None:
                 _save(job, run_cfg, done, history)
+            if stop.signum is not None and done < last:
+                name = signal.Signals(stop.signum).name
+                raise Preempted(stop.signum, f"stopped by {name} after step {done} of {last}; checkpoint "
+                                f"{ckpt.latest_checkpoint(run_cfg.output_dir)} written; run again with run.resume=auto to continue")
         bar.close()
         if history.get("end", {}).get("step") != last:  # resumed at the final step of a run that had no end evaluation
             history["end"] = _evaluate(job, "end", last, out)

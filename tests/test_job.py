@@ -89,6 +89,29 @@ def test_killed_after_a_checkpoint_resumes_and_drops_the_lost_steps(model_dir, t
     assert summary["steps"] == 6 and summary["eval_start"]["reward"] is not None
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_finishes_the_step_writes_a_checkpoint_and_resume_continues(model_dir, tmp_path, sig, code):
+    """Preemption: SIGTERM (or Ctrl-C's SIGINT) mid-run finishes the current step, writes its checkpoint
+    (save_every=0: none otherwise), stops with exit 143 (130) and one line; run.resume=auto then runs the
+    remaining steps, each logged once."""
+    out = tmp_path / "run"
+    cmd = _command(model_dir, out, steps=30, save_every=0)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while 2 not in _steps(out):
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the signal"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stderr = proc.communicate(timeout=120)[1]
+    lines = [line for line in stderr.splitlines() if line.startswith("rlhf:")]
+    assert proc.returncode == code and "Traceback" not in stderr, stderr[-3000:]
+    stopped = _steps(out)[-1]
+    assert len(lines) == 1 and lines[0].startswith(f"rlhf: stopped by {sig.name} after step {stopped} of 30; checkpoint ")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{stopped:06d}"]
+    _finish(_command(model_dir, out, steps=stopped + 2, save_every=0))
+    assert _steps(out) == list(range(stopped + 3))
+
+
 def test_a_fresh_run_sets_an_earlier_runs_outputs_aside(model_dir, tmp_path):
     from orchestrator.ppo import train
     from ppo_helpers import tiny_ppo_config
