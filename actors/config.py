@@ -224,6 +224,8 @@ class RewardConfig(ModelConfig):
     """kind=remote: the endpoint, e.g. http://127.0.0.1:8000/reward (POST JSON prompts/responses/references/query_types)."""
     timeout_s: float = 60.0
     """kind=remote: seconds to wait for one HTTP request."""
+    retries: int = 3
+    """kind=remote: retries of a request that failed transiently (no connection, timeout, HTTP 502/503/504), with back-off 0.5 s, 1 s, 2 s, ... (at most 8 s)."""
     components: list[RewardComponentConfig] = field(default_factory=list)
     """kind=weighted: the summed rewards, each a reward config (any kind but weighted) with a `weight`; e.g. in YAML `components: [{kind: model, path: rm, weight: 1.0}, {kind: relevance, weight: 0.5}]`, or `reward.components.1.weight=0.3`."""
 
@@ -241,6 +243,7 @@ class RewardConfig(ModelConfig):
         check(self.kind != "remote" or self.url.startswith(("http://", "https://")), "url",
               "must be an http:// or https:// URL when reward.kind=remote")
         check(self.timeout_s > 0, "timeout_s", "must be > 0")
+        check(self.retries >= 0, "retries", "must be >= 0")
         check(self.kind != "weighted" or len(self.components) > 0, "components", "must list at least one reward when reward.kind=weighted")
         check(self.kind == "weighted" or not self.components, "components", "is only read when reward.kind=weighted")
 

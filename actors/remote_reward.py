@@ -16,10 +16,12 @@ The pairs go out in requests of `batch_size` pairs, one after another (the serve
 many clients into one scorer call; a larger batch_size asks less of the network, but must not exceed
 the server's --max-batch-size, or the server answers 413 naming its limit).
 
-Errors name the URL and, for an HTTP error, carry the server's own message. There are no retries:
-the scoring is idempotent, so a retry would be safe, but a reward server that refuses connections or
-answers 5xx is a broken run that should stop loudly (PPO checkpoints make the restart cheap) rather
-than stall a step in back-off. Plain `urllib` (no extra dependency). Proxies from the environment
+Errors name the URL and, for an HTTP error, carry the server's own message. Transient failures (a
+refused or reset connection, a timeout, HTTP 502/503/504 from a proxy or a restarting replica) are
+retried `retries` times with exponential back-off (0.5 s, 1 s, 2 s, ... capped at 8 s); scoring is
+idempotent, so a retry is safe. Errors that a retry cannot fix (4xx naming a field, 500 from a scorer
+that raised, an answer that is not the wire format) are raised at once, and so is the last transient
+one, with the number of attempts. Plain `urllib` (no extra dependency). Proxies from the environment
 (`http_proxy`, `no_proxy`) are honoured, except for loopback URLs, which always go direct.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,13 +43,21 @@ __all__ = ["RemoteRewardError", "RemoteScorer", "get_json"]
 
 
 class RemoteRewardError(RuntimeError):
-    """The reward server could not be reached, answered an error, or answered nonsense."""
+    """The reward server could not be reached, answered an error, or answered nonsense. `transient`: a
+    retry may succeed (no connection, a timeout, HTTP 502/503/504)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self):  # picklable across Ray with its flag
+        return (type(self), (self.args[0], self.transient))
 
 
 class RemoteScorer:
     """Scores through a reward server; `batch_size` pairs per HTTP request."""
 
-    def __init__(self, url: str, timeout_s: float = 60.0, batch_size: int = 64):
+    def __init__(self, url: str, timeout_s: float = 60.0, batch_size: int = 64, retries: int = 3):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"reward url {url!r} must be an http:// or https:// URL with a host")
@@ -54,7 +65,7 @@ class RemoteScorer:
             raise ValueError(f"reward timeout_s must be > 0 (got {timeout_s})")
         if batch_size < 1:
             raise ValueError(f"reward batch_size must be >= 1 (got {batch_size})")
-        self.url, self.timeout_s, self.batch_size = url, float(timeout_s), int(batch_size)
+        self.url, self.timeout_s, self.batch_size, self.retries = url, float(timeout_s), int(batch_size), int(retries)
         self._opener = _opener(parsed.hostname)
 
     def __repr__(self) -> str:
@@ -93,7 +104,17 @@ class RemoteScorer:
 
     def _post(self, body: dict) -> tuple[list[float], list[float] | None]:
         n = len(body["responses"])
-        answer = _request(self._opener, self.url, self.timeout_s, json.dumps(body).encode())
+        data = json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            try:
+                answer = _request(self._opener, self.url, self.timeout_s, data)
+                break
+            except RemoteRewardError as e:
+                if not e.transient or attempt == self.retries:
+                    if e.transient and self.retries:
+                        raise RemoteRewardError(f"{e} ({attempt + 1} attempts)") from None
+                    raise
+                time.sleep(min(0.5 * 2**attempt, 8.0))
         fields = answer if isinstance(answer, dict) else {}
         rewards, stds = fields.get("rewards"), fields.get("stds")
         if not _numbers(rewards, n) or not (stds is None or _numbers(stds, n)):
@@ -115,13 +136,14 @@ def _request(opener: urllib.request.OpenerDirector, url: str, timeout_s: float, 
         with opener.open(req, timeout=timeout_s) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as e:
-        raise RemoteRewardError(f"reward server {url} answered HTTP {e.code}: {_error_text(e)}") from None
+        raise RemoteRewardError(f"reward server {url} answered HTTP {e.code}: {_error_text(e)}",
+                                transient=e.code in (502, 503, 504)) from None
     except (socket.timeout, TimeoutError):
-        raise RemoteRewardError(f"reward server {url} did not answer within {timeout_s:g} s") from None
+        raise RemoteRewardError(f"reward server {url} did not answer within {timeout_s:g} s", transient=True) from None
     except (urllib.error.URLError, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise RemoteRewardError(
-            f"cannot reach the reward server {url} ({reason}); is `rlhf serve reward` running there?"
+            f"cannot reach the reward server {url} ({reason}); is `rlhf serve reward` running there?", transient=True
         ) from None
     try:
         return json.loads(raw)

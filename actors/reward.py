@@ -82,7 +82,7 @@ def build_scorer(cfg, *, max_new_tokens: int = 0) -> Scorer:
     if kind == "remote":
         from actors.remote_reward import RemoteScorer
 
-        return RemoteScorer(cfg.url, cfg.timeout_s, cfg.batch_size)
+        return RemoteScorer(cfg.url, cfg.timeout_s, cfg.batch_size, retries=cfg.retries)
     if kind == "weighted":
         return WeightedScorer([(c.weight, build_scorer(c, max_new_tokens=max_new_tokens)) for c in cfg.components])
     raise ValueError(f"reward.kind={kind!r} is not one of function, model, relevance, remote, weighted")

@@ -211,3 +211,52 @@ def test_unwritable_output_dir_and_a_full_disk_during_a_checkpoint(model_dir, tm
     assert main(["sft", *args, f"run.output_dir={out}", "run.steps=3"]) == 0  # space again: resumes from step 2
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]
+
+
+def test_remote_reward_retries_transient_errors_with_backoff_and_not_the_others():
+    """A real HTTP server on 127.0.0.1 that answers 503 a given number of times before scoring: the client
+    retries transient errors (with back-off) up to reward.retries and names the attempts when the budget is
+    spent; a 400 (a request a retry cannot fix) is raised at once."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from actors.remote_reward import RemoteRewardError, RemoteScorer
+
+    state = {"fail": 0, "status": 503, "posts": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["posts"] += 1
+            if state["fail"] > 0:
+                state["fail"] -= 1
+                code, answer = state["status"], {"error": "busy"}
+            else:
+                code, answer = 200, {"rewards": [float(len(r)) for r in body["responses"]], "stds": None}
+            raw = _json.dumps(answer).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        state.update(fail=2, posts=0)
+        assert RemoteScorer(url, 10, 8, retries=2)(["q", "q"], ["ab", "abc"]).reward.tolist() == [2.0, 3.0]
+        assert state["posts"] == 3  # two 503s, then the answer
+        state.update(fail=5, posts=0)
+        with pytest.raises(RemoteRewardError, match=r"answered HTTP 503: busy \(3 attempts\)"):
+            RemoteScorer(url, 10, 8, retries=2)(["q"], ["ab"])
+        state.update(fail=1, status=400, posts=0)
+        with pytest.raises(RemoteRewardError, match="answered HTTP 400"):
+            RemoteScorer(url, 10, 8, retries=2)(["q"], ["ab"])
+        assert state["posts"] == 1
+    finally:
+        server.shutdown()
