@@ -101,14 +101,15 @@ class RoleError(RuntimeError):
     """A role method (or constructor) failed in a replica; says which role, rank and method.
 
     The message carries the replica's own traceback (the remote frames are not in the driver's).
+    `died`: the replica's actor (its process or node) is gone, rather than its method raising.
     """
 
-    def __init__(self, message: str, role: str = "", rank: int = -1, method: str = ""):
+    def __init__(self, message: str, role: str = "", rank: int = -1, method: str = "", died: bool = False):
         super().__init__(message)
-        self.role, self.rank, self.method = role, rank, method
+        self.role, self.rank, self.method, self.died = role, rank, method, died
 
     def __reduce__(self):  # keep the attributes across Ray's pickling
-        return (type(self), (self.args[0], self.role, self.rank, self.method))
+        return (type(self), (self.args[0], self.role, self.rank, self.method, self.died))
 
 
 # ------------------------------------------------------------------------------------ invocation
@@ -251,10 +252,10 @@ def _actor_error(err: Exception, waiting: list[Pending]) -> RoleError:
             try:
                 ray.get(ref, timeout=0)
             except ray.exceptions.RayActorError:
-                return RoleError(f"{label}: the actor died during {p.role}.{p.method}: {err}", p.role, -1, p.method)
+                return RoleError(f"{label}: the actor died during {p.role}.{p.method}: {err}", p.role, -1, p.method, died=True)
             except Exception:  # other failures or not ready: not the dead one
                 continue
-    return RoleError(f"a replica died: {err}")
+    return RoleError(f"a replica died: {err}", died=True)
 
 
 # ------------------------------------------------------------------------------------- interface

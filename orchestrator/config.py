@@ -129,6 +129,8 @@ class RunConfig:
     """Evaluate on held-out prompts every N steps (0 = at the start and end only)."""
     log_every: int = 1
     """Write metrics every N steps."""
+    max_restarts: int = 3
+    """run.mode=ray: times a run restarts its roles by itself when one's actor (process or node) dies, resuming from the latest checkpoint; 0 = stop with the error."""
     stop_timeout_s: float = 300.0
     """On SIGTERM / SIGINT (preemption, `ray job stop`, Ctrl-C): the longest wait for the current step and its checkpoint; past it (or on a second signal) the step is abandoned without a checkpoint."""
     on_nonfinite: Literal["raise", "skip"] = "raise"
@@ -150,6 +152,7 @@ class RunConfig:
         check(self.steps >= 1, "steps", "must be >= 1")
         check(self.max_skipped_steps >= 0, "max_skipped_steps", "must be >= 0")
         check(self.stop_timeout_s > 0, "stop_timeout_s", "must be > 0")
+        check(self.max_restarts >= 0, "max_restarts", "must be >= 0")
         check(self.save_every >= 0, "save_every", "must be >= 0")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.eval_every >= 0, "eval_every", "must be >= 0")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import _thread
 import abc
+import copy
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ from pathlib import Path
 import torch
 
 from actors.modeling import load_tokenizer
-from cluster import RoleSpec, create_groups, get
+from cluster import RoleError, RoleSpec, create_groups, get
 from orchestrator import checkpoint as ckpt
 from orchestrator import preflight
 from orchestrator.builtin import resolve_model_path
@@ -219,55 +220,94 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def _restore(job: Job, folder: Path, state: dict) -> tuple[int, dict]:
+    """Load the checkpoint `folder` (driver state `state`) into the running roles; (its step, its history)."""
+    job.load(folder)
+    job.load_state_dict(state["job"])
+    torch.set_rng_state(state["rng"])
+    log.info("resumed from %s at step %d", folder, int(state["step"]))
+    return int(state["step"]), state.get("history", {})
+
+
 def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | None, timer: float, config: dict,
           stop: "_StopSignals") -> dict:
-    from tqdm import tqdm
-
-    start_step, history = 0, {}
-    if resume_from is not None:
-        start_step, history = int(state["step"]), state.get("history", {})
-        job.load(resume_from)
-        job.load_state_dict(state["job"])
-        torch.set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", resume_from, start_step)
-    metrics_log = MetricsLogger(out, resume_step=start_step if resume_from is not None else None, loggers=run_cfg.loggers,
-                                config=config, wandb_project=run_cfg.wandb_project)
-    try:
-        if "start" not in history:
-            history["start"] = _evaluate(job, "start", 0, out)
-            metrics_log.write(0, history["start"]["metrics"])
-        last = run_cfg.steps
-        bar = tqdm(range(start_step, last), initial=start_step, total=last, desc=job.name, dynamic_ncols=True)
-        for step in bar:
-            done = step + 1
-            metrics = job.step(step)
-            bar.set_postfix_str(job.progress(metrics))
-            if done == last:
-                history["end"] = _evaluate(job, "end", done, out)
-                metrics.update(history["end"]["metrics"])
-            elif run_cfg.eval_every and done % run_cfg.eval_every == 0:
-                metrics.update(job.evaluate("step").metrics)
-            if done % run_cfg.log_every == 0 or done == last or any(k.startswith("eval/") for k in metrics):
-                metrics_log.write(done, metrics)
-            if done == last or (run_cfg.save_every and done % run_cfg.save_every == 0) or stop.signum is not None:
-                _save(job, run_cfg, done, history)
-            if stop.signum is not None and done < last:
-                name = signal.Signals(stop.signum).name
-                raise Preempted(stop.signum, f"stopped by {name} after step {done} of {last}; checkpoint "
-                                f"{ckpt.latest_checkpoint(run_cfg.output_dir)} written; run again with run.resume=auto to continue")
-        bar.close()
-        if history.get("end", {}).get("step") != last:  # resumed at the final step of a run that had no end evaluation
-            history["end"] = _evaluate(job, "end", last, out)
-        extra = job.finish(out)
-        records = metrics_log.read()
-        plot_curves(records, out / "curves.png", keys=job.curve_keys)
-    finally:
-        metrics_log.close()
-    summary = {"job": job.name, "steps": last, **job.summary(records, history), **extra,
-               "eval_start": history["start"]["record"], "eval_end": history["end"]["record"],
+    """The steps, with self-healing in ray mode: when a role's actor dies (its process or node is lost), the
+    roles are torn down and started again, the latest whole checkpoint is loaded (or the run's initial
+    state, when there is none yet), and the run goes on from there, up to run.max_restarts times; each
+    restart is logged with its cause, counted in the metrics (run/restarts) and listed in the summary."""
+    start_step, history = _restore(job, resume_from, state) if resume_from is not None else (0, {})
+    initial = (copy.deepcopy(job.state_dict()), torch.get_rng_state()) if resume_from is None else None
+    restarts: list[dict] = []
+    resume_step = start_step if resume_from is not None else None
+    while True:
+        metrics_log = MetricsLogger(out, resume_step=resume_step, loggers=run_cfg.loggers, config=config,
+                                    wandb_project=run_cfg.wandb_project)
+        try:
+            records, extra = _steps(job, run_cfg, out, start_step, history, metrics_log, stop, len(restarts))
+            break
+        except RoleError as e:
+            if not e.died or run_cfg.mode != "ray" or len(restarts) >= run_cfg.max_restarts:
+                raise
+            cause = str(e).strip().splitlines()[0]
+        finally:
+            metrics_log.close()
+        folder = ckpt.resolve_resume("auto", run_cfg.output_dir)
+        log.warning("restart %d of %d (run.max_restarts): %s; starting the roles again, then %s", len(restarts) + 1,
+                    run_cfg.max_restarts, cause, f"resuming from {folder}" if folder else "from the start (no checkpoint yet)")
+        job.shutdown()
+        job.start()
+        stop.install()
+        if folder is not None:
+            start_step, history = _restore(job, folder, ckpt.load_driver_state(folder))
+            resume_step = start_step
+        else:
+            job.load_state_dict(copy.deepcopy(initial[0]))
+            torch.set_rng_state(initial[1])
+            start_step, history, resume_step = 0, {}, -1  # -1: drop every record of the lost attempt
+        restarts.append({"cause": cause, "resumed_at_step": start_step})
+    summary = {"job": job.name, "steps": run_cfg.steps, **job.summary(records, history), **extra,
+               "eval_start": history["start"]["record"], "eval_end": history["end"]["record"], "restarts": restarts,
                "wall_time_s": round(time.perf_counter() - timer, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _steps(job: Job, run_cfg, out: Path, start_step: int, history: dict, metrics_log: MetricsLogger,
+           stop: "_StopSignals", restarts: int) -> tuple[list[dict], dict]:
+    """Steps start_step+1 .. run.steps with their evaluations, metrics and checkpoints, then the exports;
+    returns (every metrics record, the job's extra summary fields)."""
+    from tqdm import tqdm
+
+    if "start" not in history:
+        history["start"] = _evaluate(job, "start", 0, out)
+        metrics_log.write(0, history["start"]["metrics"])
+    last = run_cfg.steps
+    bar = tqdm(range(start_step, last), initial=start_step, total=last, desc=job.name, dynamic_ncols=True)
+    for step in bar:
+        done = step + 1
+        metrics = job.step(step)
+        metrics["run/restarts"] = float(restarts)
+        bar.set_postfix_str(job.progress(metrics))
+        if done == last:
+            history["end"] = _evaluate(job, "end", done, out)
+            metrics.update(history["end"]["metrics"])
+        elif run_cfg.eval_every and done % run_cfg.eval_every == 0:
+            metrics.update(job.evaluate("step").metrics)
+        if done % run_cfg.log_every == 0 or done == last or any(k.startswith("eval/") for k in metrics):
+            metrics_log.write(done, metrics)
+        if done == last or (run_cfg.save_every and done % run_cfg.save_every == 0) or stop.signum is not None:
+            _save(job, run_cfg, done, history)
+        if stop.signum is not None and done < last:
+            name = signal.Signals(stop.signum).name
+            raise Preempted(stop.signum, f"stopped by {name} after step {done} of {last}; checkpoint "
+                            f"{ckpt.latest_checkpoint(run_cfg.output_dir)} written; run again with run.resume=auto to continue")
+    bar.close()
+    if history.get("end", {}).get("step") != last:  # resumed at the final step of a run that had no end evaluation
+        history["end"] = _evaluate(job, "end", last, out)
+    extra = job.finish(out)
+    records = metrics_log.read()
+    plot_curves(records, out / "curves.png", keys=job.curve_keys)
+    return records, extra
 
 
 class CheckpointError(RuntimeError):
