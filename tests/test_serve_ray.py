@@ -132,6 +132,56 @@ def test_concurrent_requests_are_merged_and_split_back(served):
     assert after["largest_batch_requests"] >= 2
 
 
+@pytest.mark.slow  # 200 requests from 8 clients
+def test_under_load_no_answer_is_dropped_or_misrouted_and_latency_is_reported(served):
+    """8 concurrent clients x 25 requests of 1-4 pairs each, every response text unique to its client and
+    request, against an application with a short batch wait: each client gets exactly the scores of its own
+    pairs, in order; the p50 / p99 request latency is printed (pytest -s shows it)."""
+    from ray import serve
+
+    url = deploy(served["fn_cfg"], ServeOptions(port=served["port"], route="/load", name="load", max_batch_size=FN_BATCH,
+                                                batch_wait_s=0.005))
+    scorer = build_scorer(served["fn_cfg"])
+    clients, per_client = 8, 25
+    latencies: list[float] = []
+    failures: list = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        remote = RemoteScorer(url, timeout_s=60, batch_size=FN_BATCH, retries=0)
+        for k in range(per_client):
+            n = (c + k) % 4 + 1
+            prompts, responses = PROMPTS[:n], [f"client {c} request {k} pair {i} " + "x" * (c * k % 7) for i in range(n)]
+            t0 = time.perf_counter()
+            try:
+                got = remote(prompts, responses).reward
+            except Exception as e:  # noqa: BLE001  (reported below)
+                with lock:
+                    failures.append(e)
+                continue
+            dt = time.perf_counter() - t0
+            want = scorer(prompts, responses).reward
+            with lock:
+                latencies.append(dt)
+                if not torch.equal(got, want):
+                    failures.append((c, k, got.tolist(), want.tolist()))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    wall = time.perf_counter() - t0
+    serve.delete("load")
+    assert not failures, failures[:3]
+    assert len(latencies) == clients * per_client
+    ordered = sorted(latencies)
+    p50, p99 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    print(f"\nrlhf serve reward under load: {len(latencies)} requests from {clients} clients in {wall:.1f} s; "
+          f"latency p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms")
+
+
 @pytest.mark.parametrize("body, status, field", [
     (b"not json", 400, "JSON"),
     (b"[1, 2]", 400, "JSON object"),
