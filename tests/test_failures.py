@@ -260,3 +260,30 @@ def test_remote_reward_retries_transient_errors_with_backoff_and_not_the_others(
         assert state["posts"] == 1
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_a_finite_loss_with_non_finite_gradients_makes_no_update_at_any_zero_stage(model_dir, stage):
+    """sqrt at 0: the loss is 0, its gradient infinite. ZeRO 0-1: the trainer finds it before the step;
+    ZeRO 2-3: DeepSpeed's overflow check skips the step and the trainer raises on its norm. Either way the
+    weights are unchanged and finite."""
+    from actors.engine import build_engine, gathered_params
+    from actors.modeling import load_causal_lm
+    from actors.trainer import MicroLoss, NonFiniteError, train_step
+    from cluster import init_local
+    from orchestrator.config import load_job_config
+
+    init_local()
+    cfg = load_job_config("ppo", None, ["policy.micro_batch_size=1", f"policy.zero_stage={stage}"]).policy
+    engine = build_engine(load_causal_lm(model_dir), cfg, train=True, total_steps=2, minibatch_size=1)
+    with gathered_params(engine) as model:
+        before = [p.detach().clone() for p in model.parameters()]
+
+    def infinite_gradient(_micro):
+        out = engine(input_ids=torch.tensor([[1, 2, 3]])).logits[..., 0]
+        return MicroLoss(torch.sqrt(out - out.detach()), torch.ones_like(out))
+
+    with pytest.raises(NonFiniteError, match="policy gradient"):
+        train_step(engine, [None], infinite_gradient, 3.0, "policy")
+    with gathered_params(engine) as model:
+        assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
