@@ -521,13 +521,17 @@ def load_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     has_optimizer = engine.optimizer is not None and hasattr(engine.optimizer, "state_dict")
-    load_path, client_state = engine.load_checkpoint(
-        os.fspath(directory),
-        tag=tag,
-        load_module_strict=not _is_lora(engine),
-        load_optimizer_states=has_optimizer,
-        load_lr_scheduler_states=engine.lr_scheduler is not None,
-    )
+    try:
+        load_path, client_state = engine.load_checkpoint(
+            os.fspath(directory),
+            tag=tag,
+            load_module_strict=not _is_lora(engine),
+            load_optimizer_states=has_optimizer,
+            load_lr_scheduler_states=engine.lr_scheduler is not None,
+        )
+    except Exception as e:  # noqa: BLE001  (DeepSpeed's and torch's messages name no checkpoint)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RuntimeError(f"cannot load the checkpoint {path}: {type(e).__name__}: {text}") from e
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed could not load a checkpoint from {path}")
     rng = (client_state or {}).get(_CLIENT_KEY, {}).get("rng")

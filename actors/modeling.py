@@ -14,6 +14,7 @@ Tokenizer conventions (built-in tokenizer):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Iterable, Sequence
 
@@ -133,10 +134,28 @@ def torch_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+class ModelLoadError(OSError):
+    """A model or tokenizer could not be loaded; the message names the path."""
+
+
+@contextlib.contextmanager
+def _naming(name_or_path: str):
+    """Errors while loading `name_or_path` become one `ModelLoadError` naming it (transformers' own messages
+    often name neither the folder nor the file, e.g. a truncated safetensors file)."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelLoadError(f"cannot load {name_or_path!r}: {type(e).__name__}: {text}") from e
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """Load a tokenizer by Hugging Face name or folder; guarantee a pad token (the EOS token if the
     tokenizer has none, with a warning)."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    with _naming(name_or_path):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {name_or_path!r} has neither a pad nor an eos token")
@@ -162,8 +181,9 @@ def _ensure_pad_id(model, name_or_path: str) -> None:
 def load_causal_lm(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False):
     """Load any Hugging Face causal LM by name or folder in `dtype` ("fp32" | "bf16").
     `trust_remote_code` stays False unless passed; config.pad_token_id is always set afterwards."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    with _naming(name_or_path):
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
     _ensure_pad_id(model, name_or_path)
     return model
 
@@ -172,8 +192,9 @@ def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: str 
                              trust_remote_code: bool = False):
     """Load any Hugging Face sequence classifier by name or folder; from a causal-LM folder the
     classification head is freshly initialised. pad_token_id is set (the head reads the last non-pad token)."""
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=num_labels, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    with _naming(name_or_path):
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=num_labels, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
     _ensure_pad_id(model, name_or_path)
     return model
 

@@ -171,7 +171,12 @@ class FunctionScorer:
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
         plain = [plain_prompt(p) for p in prompts]
         extra = {"messages": [as_messages(p) for p in prompts]} if self.with_messages else {}
-        values = [float(v) for v in self.fn(plain, list(responses), _as_rows(references, len(responses)), **extra)]
+        try:
+            values = [float(v) for v in self.fn(plain, list(responses), _as_rows(references, len(responses)), **extra)]
+        except Exception as e:  # noqa: BLE001  (the user's code: name it and the batch it failed on)
+            first = plain[0][:80] if plain else ""
+            raise RuntimeError(f"reward.function {self.spec!r} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                               f"(on {len(responses)} responses; first prompt {first!r})") from e
         if len(values) != len(responses):
             raise ValueError(f"reward.function {self.spec!r} returned {len(values)} scores for {len(responses)} responses")
         return Scores(reward=torch.tensor(values, dtype=torch.float32))
