@@ -181,9 +181,9 @@ def _ensure_pad_id(model, name_or_path: str) -> None:
 def load_causal_lm(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False):
     """Load any Hugging Face causal LM by name or folder in `dtype` ("fp32" | "bf16").
     `trust_remote_code` stays False unless passed; config.pad_token_id is always set afterwards."""
+    dt = torch_dtype(dtype)
     with _naming(name_or_path):
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+        model = transformers.AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dt, trust_remote_code=trust_remote_code)
     _ensure_pad_id(model, name_or_path)
     return model
 
@@ -192,9 +192,10 @@ def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: str 
                              trust_remote_code: bool = False):
     """Load any Hugging Face sequence classifier by name or folder; from a causal-LM folder the
     classification head is freshly initialised. pad_token_id is set (the head reads the last non-pad token)."""
+    dt = torch_dtype(dtype)
     with _naming(name_or_path):
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+            name_or_path, num_labels=num_labels, dtype=dt, trust_remote_code=trust_remote_code)
     _ensure_pad_id(model, name_or_path)
     return model
 

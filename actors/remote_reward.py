@@ -142,6 +142,8 @@ def _request(opener: urllib.request.OpenerDirector, url: str, timeout_s: float, 
         raise RemoteRewardError(f"reward server {url} did not answer within {timeout_s:g} s", transient=True) from None
     except (urllib.error.URLError, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, (socket.timeout, TimeoutError)):  # urllib wraps a read timeout in URLError
+            raise RemoteRewardError(f"reward server {url} did not answer within {timeout_s:g} s", transient=True) from None
         raise RemoteRewardError(
             f"cannot reach the reward server {url} ({reason}); is `rlhf serve reward` running there?", transient=True
         ) from None

@@ -195,10 +195,10 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch):
                  transformers.AutoModelForSequenceClassification):
         monkeypatch.setattr(auto, "from_pretrained", record)
     for fn in (modeling.load_tokenizer, modeling.load_causal_lm, modeling.load_sequence_classifier):
-        with pytest.raises(Stop):
-            fn("some-org/some-model")
-        with pytest.raises(Stop):
-            fn("some-org/some-model", trust_remote_code=True)
+        for kwargs in ({}, {"trust_remote_code": True}):
+            with pytest.raises(modeling.ModelLoadError, match="^cannot load 'some-org/some-model': Stop") as e:
+                fn("some-org/some-model", **kwargs)
+            assert isinstance(e.value.__cause__, Stop)  # the loader's own error, named and chained
     assert [c["trust_remote_code"] for c in calls] == [False, True] * 3
 
 

@@ -45,8 +45,8 @@ def test_silent_server_times_out_naming_the_url():
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
-        with pytest.raises(RemoteRewardError, match=rf"reward server {url} did not answer within 0.5 s"):
-            RemoteScorer(url, timeout_s=0.5, batch_size=4)(["q"], ["a"])
+        with pytest.raises(RemoteRewardError, match=rf"reward server {url} did not answer within 0.5 s \(2 attempts\)"):
+            RemoteScorer(url, timeout_s=0.5, batch_size=4, retries=1)(["q"], ["a"])
 
 
 @pytest.mark.parametrize("kwargs, message", [
