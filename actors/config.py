@@ -6,8 +6,9 @@ them; `orchestrator.configtree` reads them from YAML and dotted overrides, and c
 `validate(check)` before anything starts (`check(cond, field, message)` raises a `ConfigError`
 naming the dotted key).
 
-The two config primitives every layer above needs live here too, at the lowest layer that uses
-them: `ConfigError` and `deep_merge` (config files and overrides, and DeepSpeed config overrides).
+The config primitives every layer above needs live here too, at the lowest layer that uses them:
+`ConfigError`, `deep_merge` (config files and overrides, and DeepSpeed config overrides) and
+`first_line` (the cause in one-line error messages).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ Check = Callable[[bool, str, str], None]
 
 class ConfigError(ValueError):
     """A bad config key or value; the message is one line and names the dotted key."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none): the cause in
+    one-line error messages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _indexed(v: Any) -> bool:

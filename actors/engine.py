@@ -70,7 +70,7 @@ select_accelerator()  # must precede `import deepspeed`; see cluster.dist.select
 import deepspeed  # noqa: E402
 from deepspeed.runtime.engine import DeepSpeedEngine  # noqa: E402
 
-from actors.config import LoraConfig, ModelConfig, TrainableConfig, deep_merge  # noqa: E402
+from actors.config import LoraConfig, ModelConfig, TrainableConfig, deep_merge, first_line  # noqa: E402
 
 __all__ = [
     "lr_multiplier",
@@ -500,7 +500,8 @@ def save_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: 
     instead (the driver's atomic checkpoint then publishes nothing).
     """
     local = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]  # ZeRO-3: this rank's partition
-    if any_replica(not all(bool(torch.isfinite(t).all()) for t in local if t.numel())):
+    flags = [torch.isfinite(t).all() for t in local if t.numel()]
+    if any_replica(bool(flags) and not bool(torch.stack(flags).all())):
         raise FloatingPointError(f"{tag}: weights are not finite; no checkpoint is written over the last good one")
     engine.save_checkpoint(
         os.fspath(directory),
@@ -530,8 +531,7 @@ def load_checkpoint(engine: DeepSpeedEngine, directory: str | os.PathLike, tag: 
             load_lr_scheduler_states=engine.lr_scheduler is not None,
         )
     except Exception as e:  # noqa: BLE001  (DeepSpeed's and torch's messages name no checkpoint)
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise RuntimeError(f"cannot load the checkpoint {path}: {type(e).__name__}: {text}") from e
+        raise RuntimeError(f"cannot load the checkpoint {path}: {type(e).__name__}: {first_line(e)}") from e
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed could not load a checkpoint from {path}")
     rng = (client_state or {}).get(_CLIENT_KEY, {}).get("rng")

@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 
 import torch
 import transformers
+
+from actors.config import first_line
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 logger = logging.getLogger(__name__)
@@ -147,8 +149,7 @@ def _naming(name_or_path: str):
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelLoadError(f"cannot load {name_or_path!r}: {type(e).__name__}: {text}") from e
+        raise ModelLoadError(f"cannot load {name_or_path!r}: {type(e).__name__}: {first_line(e)}") from e
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from actors.config import first_line
 from actors.lm import peak_memory_mb
 from actors.rendering import Rendering, as_messages, plain_prompt
 from actors.scoring import right_pad, sequence_outputs
@@ -175,7 +176,7 @@ class FunctionScorer:
             values = [float(v) for v in self.fn(plain, list(responses), _as_rows(references, len(responses)), **extra)]
         except Exception as e:  # noqa: BLE001  (the user's code: name it and the batch it failed on)
             first = plain[0][:80] if plain else ""
-            raise RuntimeError(f"reward.function {self.spec!r} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            raise RuntimeError(f"reward.function {self.spec!r} raised {type(e).__name__}: {first_line(e)} "
                                f"(on {len(responses)} responses; first prompt {first!r})") from e
         if len(values) != len(responses):
             raise ValueError(f"reward.function {self.spec!r} returned {len(values)} scores for {len(responses)} responses")

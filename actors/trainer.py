@@ -38,7 +38,8 @@ class NonFiniteError(FloatingPointError):
 def _grads_finite(engine) -> bool:
     """Whether every gradient this replica holds is finite (ZeRO 0: the whole gradient; at ZeRO 1-3 the
     gradients live in DeepSpeed's partitions, whose own overflow check skips a non-finite step)."""
-    return all(bool(torch.isfinite(p.grad).all()) for p in unwrap(engine).parameters() if p.grad is not None)
+    flags = [torch.isfinite(p.grad).all() for p in unwrap(engine).parameters() if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True  # one device sync, not one per tensor
 
 __all__ = ["MicroLoss", "TrainStats", "merge_stats", "train_step"]
 

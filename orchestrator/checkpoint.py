@@ -26,6 +26,8 @@ from typing import Iterator
 
 import torch
 
+from actors.config import first_line
+
 from orchestrator.configtree import ConfigError
 
 log = logging.getLogger("rlhf.checkpoint")
@@ -71,7 +73,7 @@ def verify(folder: Path) -> str | None:
     try:
         load_driver_state(folder)
     except Exception as e:  # noqa: BLE001  (a damaged zip, a truncated pickle: one message)
-        return f"{folder / DRIVER_FILE} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"{folder / DRIVER_FILE} cannot be read ({type(e).__name__}: {first_line(e)})"
     return None
 
 

@@ -43,13 +43,10 @@ class RunFailed(RuntimeError):
 def _one_line(exc: BaseException) -> str:
     """The root cause in one line: a role error's first line (role, replica, method, exception), else the
     exception's type and first line."""
+    from actors.config import first_line
     from cluster import RoleError
 
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    if isinstance(exc, RoleError):
-        return first
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first_line(exc) if isinstance(exc, RoleError) else f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _failed(exc: BaseException, output_dir: str) -> RunFailed:

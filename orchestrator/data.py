@@ -86,6 +86,7 @@ if TYPE_CHECKING:  # heavy imports stay inside functions: `rlhf --help` imports 
 
     from orchestrator.config import DataConfig
 
+from actors.config import first_line
 from actors.rendering import HH_ASSISTANT, ROLES, Rendering, RenderError
 
 logger = logging.getLogger("rlhf.data")
@@ -346,7 +347,7 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:
                 i += 1
                 yield f"{path} row {i}", row
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(path, "cannot be read as Parquet", detail=_first_line(e)) from None
+        raise DataError(path, "cannot be read as Parquet", detail=first_line(e)) from None
 
 
 def _builtin_rows(path: str, split: str) -> Iterator[tuple[str, Any]]:
@@ -354,11 +355,11 @@ def _builtin_rows(path: str, split: str) -> Iterator[tuple[str, Any]]:
     try:
         from orchestrator.builtin import builtin_rows
     except ImportError as e:
-        raise DataError(path, "built-in data is not available", detail=_first_line(e)) from None
+        raise DataError(path, "built-in data is not available", detail=first_line(e)) from None
     try:
         rows = builtin_rows(name, split)
     except (KeyError, ValueError) as e:
-        raise DataError(path, f"unknown built-in dataset or split '{split}'", detail=_first_line(e)) from None
+        raise DataError(path, f"unknown built-in dataset or split '{split}'", detail=first_line(e)) from None
     for i, row in enumerate(rows, start=1):
         yield f"{path}[{split}] row {i}", row
 
@@ -374,7 +375,7 @@ def _hub_rows(name: str, split: str, subset: str = "", data_files: tuple = (), d
         raise DataError(
             name,
             f"cannot load split '{split}'{f' ({chosen})' if chosen else ''} from the Hugging Face hub",
-            detail=f"{type(e).__name__}: {_first_line(e)}; a local file needs a .json, .jsonl or .parquet name",
+            detail=f"{type(e).__name__}: {first_line(e)}; a local file needs a .json, .jsonl or .parquet name",
         ) from None
     label = f"{name}{f'/{subset}' if subset else ''}[{split}]"
     for i, row in enumerate(ds, start=1):
@@ -730,7 +731,7 @@ def _render(row: _Parsed, rendering: Rendering) -> str:
     try:
         return rendering.prompt_text(row.messages if row.chat_given else row.messages[0]["content"])
     except RenderError as e:
-        raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, _first_line(e)) from None
+        raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, first_line(e)) from None
 
 
 def _to_dataset(columns: dict[str, list], rows: list[_Parsed], source: str) -> "datasets.Dataset":
@@ -754,7 +755,7 @@ def _to_dataset(columns: dict[str, list], rows: list[_Parsed], source: str) -> "
             first = next((type(v) for v in values if v is not None), type(None))
             odd = next((i for i, v in enumerate(values) if v is not None and type(v) is not first), None)
             where = rows[odd].where if odd is not None else source
-            raise DataError(where, f"has a different type than in earlier rows ({_TYPE_NAMES.get(first, first.__name__)})", name, _first_line(e)) from None
+            raise DataError(where, f"has a different type than in earlier rows ({_TYPE_NAMES.get(first, first.__name__)})", name, first_line(e)) from None
     return datasets.Dataset.from_dict(arrays)
 
 
@@ -839,7 +840,7 @@ def run_data_check(args: argparse.Namespace) -> int:
     try:
         tokenizer = _load_tokenizer(args.tokenizer)
     except Exception as e:  # noqa: BLE001
-        print(f"rlhf: error: cannot load tokenizer '{args.tokenizer}' ({type(e).__name__}: {_first_line(e)})", file=sys.stderr)
+        print(f"rlhf: error: cannot load tokenizer '{args.tokenizer}' ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
         return 2
     try:
         dataset, stats = _load(args.kind, cfg, tokenizer, eval_set=False)  # an empty result is reported below
@@ -920,11 +921,6 @@ def _type_name(value: Any) -> str:
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _one_line(text: str) -> str:

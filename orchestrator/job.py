@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from actors.config import first_line
 from actors.modeling import load_tokenizer
 from cluster import RoleError, RoleSpec, create_groups, get
 from orchestrator import checkpoint as ckpt
@@ -248,7 +249,7 @@ def _loop(job: Job, run_cfg, out: Path, resume_from: Path | None, state: dict | 
         except RoleError as e:
             if not e.died or run_cfg.mode != "ray" or len(restarts) >= run_cfg.max_restarts:
                 raise
-            cause = str(e).strip().splitlines()[0]
+            cause = first_line(e)
         finally:
             metrics_log.close()
         folder = ckpt.resolve_resume("auto", run_cfg.output_dir)
@@ -323,7 +324,7 @@ def _save(job: Job, run_cfg, done: int, history: dict) -> None:
                                             "rng": torch.get_rng_state(), "fingerprint": job.fingerprint()})
     except Exception as e:  # noqa: BLE001  (one message naming what is left; the cause is chained)
         kept = ckpt.latest_checkpoint(run_cfg.output_dir)
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = first_line(e)
         raise CheckpointError(f"writing the checkpoint of step {done} failed ({cause}); "
                               f"{f'the last complete checkpoint, {kept}, is intact' if kept else 'no earlier checkpoint exists'}") from e
 

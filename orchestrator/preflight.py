@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from actors.config import first_line
 from orchestrator.configtree import ConfigError
 
 log = logging.getLogger("rlhf.preflight")
@@ -67,7 +68,7 @@ def model_info(key: str, path: str, trust_remote_code: bool = False) -> ModelInf
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001  (missing folder, bad JSON, unknown architecture, no network: one line)
-        hint = "no such folder" if _looks_local(path) and not os.path.exists(path) else _first_line(e)
+        hint = "no such folder" if _looks_local(path) and not os.path.exists(path) else first_line(e)
         raise ConfigError(f"config key '{key}': {path!r} is not a readable model folder or hub name ({hint})") from None
     limit, where = None, ""
     for attr in POSITION_KEYS:
@@ -153,8 +154,3 @@ def _short(value) -> str:
 def _looks_local(path: str) -> bool:
     """A path meant as a folder: hub names are 'name' or 'org/name'."""
     return path.startswith(("/", ".", "~")) or path.count("/") > 1
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -52,6 +52,20 @@ _TOKENIZERS = {
 SMALL = dict(hidden=32, layers=2, heads=2, inter=64)
 
 
+def build_families(root: Path) -> dict:
+    """`build_family` of every family under root/<family>."""
+    return {f: build_family(f, root / f) for f in FAMILIES}
+
+
+def run_job(job: str, out, *overrides: str) -> dict:
+    """`rlhf <job>` in this process for 2 steps, never resuming, into `out`; returns its summary."""
+    from orchestrator import dpo, ppo, rm, sft
+    from orchestrator.config import load_job_config
+
+    cfg = load_job_config(job, None, ["run.steps=2", "run.resume=never", f"run.output_dir={out}", *overrides])
+    return {"sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo}[job].train(cfg)
+
+
 def family_tokenizer(family: str, cache: Path):
     """The family's tokenizer, a byte-level BPE trained on the built-in task's corpus."""
     from orchestrator.builtin import builtin_tokenizer

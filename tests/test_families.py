@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from families import FAMILIES, build_family, family_config, family_tokenizer, sequence_classifier
+from families import FAMILIES, build_families, family_config, family_tokenizer, run_job, sequence_classifier
 from orchestrator.config import ConfigError, load_job_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,15 +23,11 @@ def _cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    return {f: build_family(f, root / f) for f in FAMILIES}
+    return build_families(tmp_path_factory.mktemp("families"))
 
 
 def _run(job: str, out: Path, *overrides: str) -> dict:
-    from orchestrator import dpo, ppo, rm, sft
-
-    cfg = load_job_config(job, None, ["run.mode=local", "run.steps=2", "run.resume=never", f"run.output_dir={out}", *overrides])
-    return {"sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo}[job].train(cfg)
+    return run_job(job, out, "run.mode=local", *overrides)
 
 
 def _samples(path: Path) -> list[dict]:

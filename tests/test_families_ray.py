@@ -6,7 +6,7 @@ role to 1e-5."""
 import pytest
 import torch
 
-from families import FAMILIES, build_family
+from families import FAMILIES, build_families, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -18,16 +18,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    return {f: build_family(f, root / f) for f in FAMILIES}
-
-
-def _run(job: str, out, *overrides: str) -> dict:
-    from orchestrator import dpo, ppo, rm, sft
-    from orchestrator.config import load_job_config
-
-    cfg = load_job_config(job, None, ["run.steps=2", "run.resume=never", f"run.output_dir={out}", *overrides])
-    return {"sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo}[job].train(cfg)
+    return build_families(tmp_path_factory.mktemp("families"))
 
 
 def test_gpt2_sft_rm_ppo_dpo_in_ray_mode(ray_cluster, families, tmp_path):
@@ -35,19 +26,19 @@ def test_gpt2_sft_rm_ppo_dpo_in_ray_mode(ray_cluster, families, tmp_path):
 
     fam = families["gpt2"]
     cpus = "policy.num_cpus=0.5"
-    sft = _run("sft", tmp_path / "sft", "run.mode=ray", cpus, f"policy.path={fam['model']}", f"data.path={fam['sft']}",
-               f"data.eval_path={fam['sft']}", "sft.batch_size=8", "policy.micro_batch_size=4", "policy.warmup_steps=0",
-               "policy.max_new_tokens=8")
-    rm = _run("rm", tmp_path / "rm", "run.mode=ray", "model.num_cpus=0.5", f"model.path={sft['policy']}",
-              f"data.path={fam['prefs']}", f"data.eval_path={fam['prefs']}", "rm.batch_size=8", "model.micro_batch_size=4",
-              "model.warmup_steps=0")
+    sft = run_job("sft", tmp_path / "sft", "run.mode=ray", cpus, f"policy.path={fam['model']}", f"data.path={fam['sft']}",
+                  f"data.eval_path={fam['sft']}", "sft.batch_size=8", "policy.micro_batch_size=4", "policy.warmup_steps=0",
+                  "policy.max_new_tokens=8")
+    rm = run_job("rm", tmp_path / "rm", "run.mode=ray", "model.num_cpus=0.5", f"model.path={sft['policy']}",
+                 f"data.path={fam['prefs']}", f"data.eval_path={fam['prefs']}", "rm.batch_size=8", "model.micro_batch_size=4",
+                 "model.warmup_steps=0")
     roles = [f"{r}.num_cpus=0.5" for r in ("policy", "reference", "critic", "reward")]
-    ppo = _run("ppo", tmp_path / "ppo", "run.mode=ray", *roles, f"policy.path={sft['policy']}", "reward.kind=model",
-               f"reward.path={rm['model']}", f"data.path={fam['prompts']}", f"data.eval_path={fam['prompts']}",
-               "ppo.rollout_batch_size=8", "ppo.minibatch_size=4", "policy.micro_batch_size=4", "critic.micro_batch_size=4",
-               "policy.max_new_tokens=8")
-    dpo = _run("dpo", tmp_path / "dpo", "run.mode=ray", cpus, f"policy.path={sft['policy']}", f"data.path={fam['prefs']}",
-               f"data.eval_path={fam['prefs']}", "dpo.batch_size=8", "policy.micro_batch_size=4", "policy.max_new_tokens=8")
+    ppo = run_job("ppo", tmp_path / "ppo", "run.mode=ray", *roles, f"policy.path={sft['policy']}", "reward.kind=model",
+                  f"reward.path={rm['model']}", f"data.path={fam['prompts']}", f"data.eval_path={fam['prompts']}",
+                  "ppo.rollout_batch_size=8", "ppo.minibatch_size=4", "policy.micro_batch_size=4", "critic.micro_batch_size=4",
+                  "policy.max_new_tokens=8")
+    dpo = run_job("dpo", tmp_path / "dpo", "run.mode=ray", cpus, f"policy.path={sft['policy']}", f"data.path={fam['prefs']}",
+                  f"data.eval_path={fam['prefs']}", "dpo.batch_size=8", "policy.micro_batch_size=4", "policy.max_new_tokens=8")
     for folder in (ppo["policy"], dpo["policy"]):
         transformers.AutoModelForCausalLM.from_pretrained(folder)
     assert ppo["steps"] == dpo["steps"] == 2
@@ -74,9 +65,9 @@ def test_every_family_scores_alike_in_training_and_behind_serve(ray_cluster, fam
     try:
         for family in FAMILIES:
             fam = families[family]
-            rm = _run("rm", tmp_path / family, "run.mode=local", f"model.path={fam['model']}", f"data.path={fam['prefs']}",
-                      f"data.eval_path={fam['prefs']}", "rm.batch_size=8", "model.micro_batch_size=4", "model.warmup_steps=0",
-                      "model.head_init_scale=1.0", "model.objective=mean_variance")
+            rm = run_job("rm", tmp_path / family, "run.mode=local", f"model.path={fam['model']}", f"data.path={fam['prefs']}",
+                         f"data.eval_path={fam['prefs']}", "rm.batch_size=8", "model.micro_batch_size=4", "model.warmup_steps=0",
+                         "model.head_init_scale=1.0", "model.objective=mean_variance")
             folder = rm["model"]
             cfg = load_job_config("rm", None, [f"model.path={folder}", "model.head_init_scale=1.0", "model.objective=mean_variance",
                                                "model.micro_batch_size=2", "model.warmup_steps=0"]).model
