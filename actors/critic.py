@@ -11,7 +11,7 @@ import os
 import torch
 
 from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint
-from actors.lm import ValueModel, forward_micro_batches, peak_memory_mb
+from actors.lm import ValueModel, forward_micro_batches
 from actors.modeling import load_causal_lm
 from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, Rollout, Values
@@ -33,10 +33,6 @@ class CriticActor:
             trainable=("value_head",) if cfg.lora.enabled else (),  # with LoRA the head still trains
         )
 
-    @gather_as("list")
-    def peak_memory_mb(self) -> float:
-        """Peak memory of this replica's process (for `rlhf bench`)."""
-        return peak_memory_mb()
 
     def _values(self, sequences, attention_mask, prompt_len):
         """(b, T): the value of the state before each response token, read through the engine (ZeRO hooks)."""

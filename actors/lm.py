@@ -127,11 +127,3 @@ def sequence_token_logprobs(model: nn.Module, batch) -> tuple[torch.Tensor, torc
                                  packed_positions=batch.position_ids)  # (B, L-1)
     return token_lp, batch.response_mask[:, 1:].bool()
 
-
-def peak_memory_mb() -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU, else the peak resident set size."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

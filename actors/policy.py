@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from actors.engine import build_engine, export_pretrained, gathered_params, load_checkpoint, save_checkpoint, unwrap
-from actors.lm import forward_micro_batches, peak_memory_mb, response_logprobs
+from actors.lm import forward_micro_batches, response_logprobs
 from actors.modeling import load_causal_lm, load_tokenizer
 from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, LogProbs, PromptBatch, Rollout
@@ -26,10 +26,6 @@ class PolicyActor:
         self.pad_id = self.tokenizer.pad_token_id
         self.engine = build_engine(model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size)
 
-    @gather_as("list")
-    def peak_memory_mb(self) -> float:
-        """Peak memory of this replica's process (for `rlhf bench`)."""
-        return peak_memory_mb()
 
     # ---------------------------------------------------------------- rollout
     @gather_as("cat")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from actors.engine import build_engine
-from actors.lm import forward_micro_batches, peak_memory_mb, response_logprobs
+from actors.lm import forward_micro_batches, response_logprobs
 from actors.modeling import load_causal_lm
 from actors.types import LogProbs, Rollout
 from cluster.group import gather_as
@@ -24,10 +24,6 @@ class ReferenceActor:
         model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.engine = build_engine(model, cfg, train=False)
 
-    @gather_as("list")
-    def peak_memory_mb(self) -> float:
-        """Peak memory of this replica's process (for `rlhf bench`)."""
-        return peak_memory_mb()
 
     @gather_as("cat")
     @torch.no_grad()

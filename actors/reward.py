@@ -34,7 +34,6 @@ from typing import Callable, Sequence
 import torch
 
 from actors.config import first_line
-from actors.lm import peak_memory_mb
 from actors.rendering import Rendering, as_messages, plain_prompt
 from actors.scoring import right_pad, sequence_outputs
 from actors.types import Rollout, Scores
@@ -251,10 +250,6 @@ class RewardActor:
         torch.manual_seed(seed)
         self.scorer = build_scorer(cfg, max_new_tokens=max_new_tokens)
 
-    @gather_as("list")
-    def peak_memory_mb(self) -> float:
-        """Peak memory of this replica's process (for `rlhf bench`)."""
-        return peak_memory_mb()
 
     @gather_as("cat")
     def score(self, rollout: Rollout) -> Scores:

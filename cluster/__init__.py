@@ -4,9 +4,11 @@ Public API (details in each module):
 
 - `connect(address="")` / `shutdown()`: join the `ray job submit` cluster, an explicit one, or start
   a local one (`cluster.ray_init`); `has_gpus()`: whether the cluster has GPUs.
-- `create_groups(mode, {name: RoleSpec(Role, cfg_slice)})`: every role of a job as a `RoleGroup`,
+- `create_groups(hosting, {name: RoleSpec(Role, cfg_slice)})`: every role of a job as a `RoleGroup`,
   `LocalGroup` (in-process) or `RayGroup` (N actors, one ZeRO group), colocation resolved; in ray mode
-  it connects first if needed.
+  it connects first if needed. `Hosting` (mode, address, placement strategy, placement timeout,
+  autoscaler) and the placement arithmetic live in `cluster.placement`; `group.hosts()` says where
+  each replica ran.
 - `batch`: `Batch` and `spec`, the typed batches that cross process boundaries.
 - `serving`: a class as a Ray Serve HTTP deployment (`deploy`, `delete`).
 - `group.scatter(Role.method, batch)`, `group.scatter_padded(...)` (any number of rows),
@@ -19,21 +21,17 @@ Public API (details in each module):
 
 from cluster.batch import Batch, spec
 from cluster.dist import init_local
-from cluster.group import (
-    LocalGroup,
-    Pending,
+from cluster.group import LocalGroup, Pending, RayGroup, RoleError, RoleGroup, RoleSpec, create_groups, gather_as, get, wait_ready
+from cluster.placement import (
+    STRATEGIES,
+    Hosting,
     Placement,
-    RayGroup,
+    PlacementError,
     Resources,
-    RoleError,
-    RoleGroup,
-    RoleSpec,
-    create_groups,
-    gather_as,
-    get,
+    check_feasible,
     plan_placements,
     plan_resources,
-    wait_ready,
+    where,
 )
 from cluster.ray_init import connect, cpus_for, has_gpus, shutdown
 
@@ -44,6 +42,11 @@ __all__ = [
     "cpus_for",
     "init_local",
     "create_groups",
+    "Hosting",
+    "STRATEGIES",
+    "PlacementError",
+    "check_feasible",
+    "where",
     "RoleSpec",
     "RoleGroup",
     "LocalGroup",

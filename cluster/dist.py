@@ -31,6 +31,9 @@ __all__ = [
     "node_ip",
     "init_distributed",
     "init_local",
+    "PROFILE_ENV",
+    "profile_collectives",
+    "collective_stats",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,3 +168,32 @@ def init_local() -> None:
         init_distributed(rank=0, world_size=1, master_addr="", master_port=0)  # validates the world
         return
     init_distributed(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port("127.0.0.1"))
+
+
+PROFILE_ENV = "RLHF_PROFILE_COMM"
+"""Set to 1 in a replica's environment (``run.profile_comm``) to time its collectives."""
+
+
+def profile_collectives() -> None:
+    """Time every collective DeepSpeed issues in this process (ZeRO's all-gathers and reduce-scatters,
+    data-parallel all-reduces, broadcasts) with DeepSpeed's comms logger. Each timed op waits for the
+    device to finish, so this serialises communication with compute on GPU: a measurement mode, not a
+    production one."""
+    import deepspeed.comm as ds_comm
+
+    ds_comm.configure(enabled=True, prof_all=True, verbose=False)
+
+
+def collective_stats() -> dict:
+    """What `profile_collectives` measured in this process so far: ``comm_s`` (wall seconds inside
+    collectives), ``comm_ops`` (calls) and ``comm_mb`` (message megabytes, as DeepSpeed sizes them);
+    empty when profiling is off."""
+    import deepspeed.comm.comm as ds_comm
+
+    if not ds_comm.comms_logger.enabled:
+        return {}
+    # the logger's latency lists hold each op name's running total; the timers hold the totals themselves
+    seconds = sum(t.elapsed(reset=False) for t in ds_comm.timers.timers.values()) / 1000.0
+    ops = sum(rec[0] for sizes in ds_comm.comms_logger.comms_dict.values() for rec in sizes.values())
+    mb = sum(size * rec[0] for sizes in ds_comm.comms_logger.comms_dict.values() for size, rec in sizes.items()) / 2**20
+    return {"comm_s": round(seconds, 4), "comm_ops": int(ops), "comm_mb": round(mb, 2)}

@@ -29,14 +29,13 @@ Every Batch argument and result is `check()`-ed where it crosses the boundary, a
 moved to CPU (the driver may have no GPU). Errors inside a role method surface as `RoleError`
 naming the role, the replica rank and the method, with the replica's traceback.
 
-Placement (ray mode): one placement group per role with one bundle per replica,
-``{"CPU": num_cpus, "GPU": num_gpus}``, strategy PACK by default: bundles go on as few nodes as
-possible (NCCL within a node is fastest) but may spread when one node cannot hold them, so a
-16-GPU role still schedules on 8-GPU nodes. STRICT_PACK (all on one node, or fail) can be passed
-instead. A role whose config says ``colocate_with: other`` is placed in the other role's placement
-group: replica i of both runs in bundle i, on the same node and the same device(s), each actor
-asking for a fraction of the bundle's GPU (`plan_resources` has the arithmetic). On a cluster
-without GPUs ``num_gpus`` is treated as 0 (logged), so the same config runs on CPU.
+Placement (ray mode, `cluster.placement`): one placement group per role with one bundle per
+replica, ``{"CPU": num_cpus, "GPU": num_gpus}``, placed by the run's strategy (PACK by default;
+SPREAD, STRICT_SPREAD, STRICT_PACK). A role whose config says ``colocate_with: other`` is placed in
+the other role's placement group: replica i of both runs in bundle i, on the same node and the same
+device(s). A request no node could hold fails at once; one that must wait for free resources is
+reported within seconds, with what the cluster has free. ``group.hosts()`` says where each replica
+ran (node, process, device, peak memory, start-up time).
 """
 
 from __future__ import annotations
@@ -45,6 +44,8 @@ import abc
 import dataclasses
 import functools
 import logging
+import os
+import time
 import traceback
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -53,6 +54,7 @@ import torch
 from cluster.batch import Batch
 import cluster.dist as dist
 import cluster.ray_init as ray_init
+from cluster.placement import Hosting, Placement, Resources, plan_placements, plan_resources, wait_placed, where
 
 __all__ = [
     "GatherMode",
@@ -63,6 +65,7 @@ __all__ = [
     "RoleGroup",
     "LocalGroup",
     "RayGroup",
+    "Hosting",
     "Placement",
     "Resources",
     "plan_resources",
@@ -320,6 +323,12 @@ class RoleGroup(abc.ABC):
     def _submit(self, method: str, mode: str, per_rank_args: list[tuple], kwargs: dict) -> Pending:
         """Start ``method(*per_rank_args[r], **kwargs)`` on replicas 0..len(per_rank_args)-1."""
 
+    @abc.abstractmethod
+    def hosts(self) -> list[dict]:
+        """Where each replica runs, in rank order: node id and IP, hostname, pid, GPU ids, peak memory so far
+        (`cluster.placement.where`), and the role's start-up time (``startup_s``: from asking for its
+        replicas to their role objects built, placement wait included)."""
+
     def shutdown(self) -> None:
         """Release the replicas (ray: kill the actors; local: drop the object)."""
 
@@ -345,7 +354,9 @@ class LocalGroup(RoleGroup):
         if replicas != 1:
             log.info("local mode: role %r runs as 1 replica (config asks for %d)", name, replicas)
         dist.init_local()
+        t0 = time.perf_counter()
         self.role = _construct(role_cls, cfg, tuple(args), dict(kwargs or {}), name, 0, 1)
+        self.startup_s = round(time.perf_counter() - t0, 2)
 
     @property
     def world_size(self) -> int:
@@ -355,120 +366,11 @@ class LocalGroup(RoleGroup):
         values = [_invoke(self.role, self.name, 0, 1, method, a, kwargs) for a in per_rank_args]
         return Pending(role=self.name, method=method, mode=mode, values=values, labels=[_label(self.name, 0, 1)])
 
+    def hosts(self) -> list[dict]:
+        return [{"rank": 0, **where(), "startup_s": self.startup_s}]
+
     def shutdown(self) -> None:
         self.role = None
-
-
-# ----------------------------------------------------------------------------------- placement
-
-
-@dataclasses.dataclass(frozen=True)
-class Resources:
-    """Per-replica actor request, and per-bundle reservation, of one role in a placement group."""
-
-    num_cpus: float
-    num_gpus: float
-
-
-def plan_resources(cfgs: Mapping[str, Any], *, has_gpus: bool) -> dict[str, tuple[str, int, Resources, Resources]]:
-    """Pure placement arithmetic: role -> (placement name, bundles, bundle size, actor request).
-
-    cfgs: role name -> config slice with replicas, num_cpus, num_gpus, colocate_with.
-
-    - A role alone: ``replicas`` bundles of exactly its (num_cpus, num_gpus).
-    - Colocated roles (a ``colocate_with`` chain) share one placement group, replica i of each in
-      bundle i. CPUs add up (threads are not shared). GPUs are SHARED, which is the point of
-      colocation: the bundle holds the largest ``num_gpus`` among them and each role's actors ask
-      for an equal fraction of it, so Ray puts them on the same device(s) (e.g. two roles of 1 GPU
-      -> 1 GPU per bundle, 0.5 per actor).
-    - ``has_gpus=False``: every num_gpus is 0 (the same config runs on a CPU-only cluster).
-    - A replica uses one device (``cuda:0`` of what Ray gives it), so num_gpus > 1 is an error.
-    """
-    for name, c in cfgs.items():
-        if c.num_gpus > 1:
-            raise ValueError(f"{name}.num_gpus={c.num_gpus}: a replica drives one device; use more replicas")
-    root = _resolve_colocation(cfgs)
-    members: dict[str, list[str]] = {}
-    for name, r in root.items():
-        members.setdefault(r, []).append(name)
-    plan = {}
-    for names in members.values():
-        bundles = max(cfgs[m].replicas for m in names)
-        gpus = max(cfgs[m].num_gpus for m in names) if has_gpus else 0.0
-        bundle = Resources(num_cpus=sum(cfgs[m].num_cpus for m in names), num_gpus=gpus)
-        share = gpus / len(names)
-        for m in names:
-            plan[m] = ("+".join(names), bundles, bundle, Resources(num_cpus=cfgs[m].num_cpus, num_gpus=share))
-    return plan
-
-
-class Placement:
-    """One Ray placement group: bundle i hosts replica i of every role placed in it.
-
-    `requests` holds each member role's per-actor resource request (`plan_resources`).
-    Reference-counted by the groups using it; removed when the last of them shuts down.
-    """
-
-    def __init__(self, num_bundles: int, bundle: Resources, requests: Mapping[str, Resources], *,
-                 strategy: str = "PACK", name: str = ""):
-        from ray.util.placement_group import placement_group
-
-        if strategy not in ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"):
-            raise ValueError(f"unknown placement strategy {strategy!r}")
-        spec = {k: v for k, v in (("CPU", bundle.num_cpus), ("GPU", bundle.num_gpus)) if v > 0}
-        self.bundles = [dict(spec or {"CPU": 0.001}) for _ in range(num_bundles)]  # a bundle cannot be empty
-        self.requests = dict(requests)
-        self.strategy, self.name = strategy, name
-        self.pg = placement_group(self.bundles, strategy=strategy)
-        self._users = 0
-
-    def __repr__(self) -> str:
-        return f"Placement({self.name!r}, {len(self.bundles)} x {self.bundles[0]}, {self.strategy})"
-
-    def _acquire(self) -> None:
-        self._users += 1
-
-    def _release(self) -> None:
-        self._users -= 1
-        if self._users <= 0:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self.pg)
-
-
-def _resolve_colocation(cfgs: Mapping[str, Any]) -> dict[str, str]:
-    """role -> the root role whose placement it uses (following colocate_with chains)."""
-    root: dict[str, str] = {}
-    for name in cfgs:
-        seen, cur = [name], name
-        while getattr(cfgs[cur], "colocate_with", None):
-            nxt = cfgs[cur].colocate_with
-            if nxt not in cfgs:
-                raise ValueError(f"{cur}.colocate_with={nxt!r} names no role of this job ({', '.join(cfgs)})")
-            if nxt in seen:
-                raise ValueError(f"colocation cycle: {' -> '.join(seen + [nxt])}")
-            seen.append(nxt)
-            cur = nxt
-        root[name] = cur
-    return root
-
-
-def plan_placements(cfgs: Mapping[str, Any], *, strategy: str = "PACK") -> dict[str, Placement]:
-    """One `Placement` per role, shared by colocated roles (see `plan_resources`); needs Ray.
-
-    On a cluster without GPUs every num_gpus becomes 0, with a warning naming the roles.
-    """
-    has_gpus = ray_init.has_gpus()
-    wanted = [n for n, c in cfgs.items() if c.num_gpus > 0]
-    if wanted and not has_gpus:
-        log.warning("the Ray cluster has no GPUs: %s run on CPU (num_gpus -> 0)", ", ".join(wanted))
-    plan = plan_resources(cfgs, has_gpus=has_gpus)
-    placements: dict[str, Placement] = {}
-    for name, (group_name, bundles, bundle, _) in plan.items():
-        if group_name not in placements:
-            requests = {m: req for m, (g, _, _, req) in plan.items() if g == group_name}
-            placements[group_name] = Placement(bundles, bundle, requests, strategy=strategy, name=group_name)
-    return {name: placements[plan[name][0]] for name in cfgs}
 
 
 # ------------------------------------------------------------------------------------------- ray
@@ -487,6 +389,10 @@ class _Replica:
     def __repr__(self) -> str:  # Ray prefixes this replica's log lines with it
         return f"{self.role_name}[{self.rank}]"
 
+    def where(self) -> dict:
+        """This replica's node, process, devices and peak memory (`cluster.placement.where`)."""
+        return {"rank": self.rank, **where()}
+
     def master_address(self) -> tuple[str, int]:
         """Rank 0 only: this node's IP and a free port for the torch.distributed rendezvous."""
         return dist.node_ip(), dist.free_port()
@@ -501,6 +407,8 @@ class _Replica:
             raise RoleError(f"{_label(self.role_name, self.rank, self.world_size)}: torch.distributed setup "
                             f"with {master[0]}:{master[1]} failed: {exc}\n{traceback.format_exc()}",
                             self.role_name, self.rank, "setup") from exc
+        if os.environ.get(dist.PROFILE_ENV) == "1":
+            dist.profile_collectives()
         self.role = _construct(role_cls, cfg, args, kwargs, self.role_name, self.rank, self.world_size)
 
     def call(self, method: str, args: tuple, kwargs: dict) -> Any:
@@ -539,7 +447,7 @@ class RayGroup(RoleGroup):
         args: tuple = (),
         kwargs: dict | None = None,
         wait: bool = True,
-        ready_timeout_s: float = 600.0,
+        hosting: Hosting | None = None,
     ):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -547,10 +455,12 @@ class RayGroup(RoleGroup):
         if not ray.is_initialized():
             raise RuntimeError("Ray is not connected: call cluster.connect() before creating a RayGroup")
         self.name, self.role_cls = name, role_cls
-        self.ready_timeout_s = ready_timeout_s
+        self.hosting = hosting or Hosting(mode="ray")
+        self._t0 = time.perf_counter()
+        self.startup_s: float | None = None
         replicas = int(cfg.replicas)
         if placement is None:
-            placement = plan_placements({name: cfg})[name]
+            placement = plan_placements({name: cfg}, self.hosting)[name]
         if name not in placement.requests:
             raise ValueError(f"{placement} was not planned for role {name!r} (plan it with plan_placements)")
         if replicas > len(placement.bundles):
@@ -562,6 +472,8 @@ class RayGroup(RoleGroup):
         env = {"OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
         if num_gpus == 0:
             env["DS_ACCELERATOR"] = "cpu"
+        if self.hosting.profile_comm:
+            env[dist.PROFILE_ENV] = "1"
         remote_cls = _remote_replica()
         self._actors = [
             remote_cls.options(
@@ -589,6 +501,11 @@ class RayGroup(RoleGroup):
     @property
     def world_size(self) -> int:
         return len(self._actors)
+
+    def hosts(self) -> list[dict]:
+        import ray
+
+        return [{**info, "startup_s": self.startup_s} for info in ray.get([a.where.remote() for a in self._actors])]
 
     def _submit(self, method: str, mode: str, per_rank_args: list[tuple], kwargs: dict) -> Pending:
         import ray
@@ -619,26 +536,29 @@ class RayGroup(RoleGroup):
 def wait_ready(groups: Iterable[RoleGroup]) -> None:
     """Wait until every RayGroup in `groups` has placed its replicas and built its role objects.
 
-    Placement first, with each group's ``ready_timeout_s``, so that a request the cluster cannot
-    satisfy (e.g. more GPUs than exist) fails with the group's name instead of hanging; then one
-    ``ray.get`` over every replica's setup, which raises the `RoleError` of a failed constructor.
+    Placement first (`cluster.placement.wait_placed`: a role that has to wait for resources is
+    reported within seconds, with what it asked for and what the cluster has free, up to the hosting's
+    ``placement_timeout_s``); then the replicas' setup, group by group as they finish, so that each
+    group's ``startup_s`` is its own and a failed constructor raises its `RoleError` at once.
     """
     import ray
 
     ray_groups = [g for g in groups if isinstance(g, RayGroup) and g._ready is not None]
     if not ray_groups:
         return
-    pgs = {id(g.placement): g for g in ray_groups}
-    timeout = max(g.ready_timeout_s for g in ray_groups)
-    refs = {g.placement.pg.ready(): g for g in pgs.values()}
-    done, not_done = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-    if not_done:
-        stuck = ", ".join(repr(refs[r].placement) for r in not_done)
-        raise RuntimeError(f"placement not satisfiable after {timeout:.0f} s: {stuck}; cluster has {ray.cluster_resources()}")
-    pending = [Pending(role=g.name, method="__init__", mode="list", refs=g._ready, labels=g._labels) for g in ray_groups]
-    get(*pending)
-    for g in ray_groups:
-        g._ready = None
+    placements = list({id(g.placement): g.placement for g in ray_groups}.values())
+    hosting = ray_groups[0].hosting
+    wait_placed(placements, dataclasses.replace(hosting, placement_timeout_s=max(g.hosting.placement_timeout_s for g in ray_groups)))
+    owner = {ref: g for g in ray_groups for ref in g._ready}
+    remaining = list(owner)
+    while remaining:
+        done, remaining = ray.wait(remaining, num_returns=1)
+        g = owner[done[0]]
+        label = g._labels[g._ready.index(done[0])]
+        get(Pending(role=g.name, method="__init__", mode="list", refs=done, labels=[label]))  # a failed constructor raises now
+        if not any(r in remaining for r in g._ready):  # this group's replicas are all built
+            g.startup_s = round(time.perf_counter() - g._t0, 2)
+            g._ready = None
 
 
 # -------------------------------------------------------------------------------------- factory
@@ -655,29 +575,33 @@ class RoleSpec:
     kwargs: dict = dataclasses.field(default_factory=dict)
 
 
-def create_groups(
-    mode: Literal["local", "ray"], specs: Mapping[str, RoleSpec], *, strategy: str = "PACK", address: str = ""
-) -> dict[str, RoleGroup]:
-    """All role groups of a job, in local or ray mode, with colocation resolved from the configs.
+def create_groups(hosting: Hosting | Literal["local", "ray"], specs: Mapping[str, RoleSpec]) -> dict[str, RoleGroup]:
+    """All role groups of a job, hosted as `hosting` says (a `Hosting`, or just its mode), with
+    colocation resolved from the configs.
 
-    Ray mode: connects to Ray first when this process is not connected yet (`cluster.connect(address)`:
-    the `ray job submit` cluster, `address`, or a new local cluster with enough logical CPUs for every
-    replica), then makes placement groups via `plan_placements`; every replica of every role starts
-    concurrently and this returns when all roles are constructed (one wait). Local mode: each role
-    constructed in turn in this process, in the world of size 1 (`cluster.init_local`).
+    Ray mode: connects to Ray first when this process is not connected yet (`cluster.connect`: the
+    `ray job submit` cluster, ``hosting.address``, or a new local cluster with enough logical CPUs for
+    every replica), then makes placement groups via `plan_placements` (a request no node could hold
+    fails here); every replica of every role starts concurrently and this returns when all roles are
+    constructed (one wait, reported while it waits for resources). Local mode: each role constructed
+    in turn in this process, in the world of size 1 (`cluster.init_local`).
     """
-    if mode == "local":
+    if isinstance(hosting, str):
+        hosting = Hosting(mode=hosting)
+    if hosting.mode == "local":
+        if hosting.profile_comm:
+            dist.profile_collectives()
         return {name: LocalGroup(s.role_cls, s.cfg, name=name, args=s.args, kwargs=s.kwargs) for name, s in specs.items()}
-    if mode != "ray":
-        raise ValueError(f"mode must be 'local' or 'ray', got {mode!r}")
+    if hosting.mode != "ray":
+        raise ValueError(f"mode must be 'local' or 'ray', got {hosting.mode!r}")
     wanted = sum(float(getattr(s.cfg, "num_cpus", 1.0)) * int(getattr(s.cfg, "replicas", 1)) for s in specs.values())
-    ray_init.connect(address, num_cpus=ray_init.cpus_for(wanted))
-    placements = plan_placements({name: s.cfg for name, s in specs.items()}, strategy=strategy)
+    ray_init.connect(hosting.address, num_cpus=ray_init.cpus_for(wanted))
+    placements = plan_placements({name: s.cfg for name, s in specs.items()}, hosting)
     groups: dict[str, RoleGroup] = {}
     try:
         for name, s in specs.items():
             groups[name] = RayGroup(s.role_cls, s.cfg, name=name, placement=placements[name], args=s.args,
-                                    kwargs=s.kwargs, wait=False)
+                                    kwargs=s.kwargs, wait=False, hosting=hosting)
         wait_ready(groups.values())
     except BaseException:
         for g in groups.values():

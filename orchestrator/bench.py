@@ -32,12 +32,7 @@ def run(args: argparse.Namespace) -> int:
         return run_dpo(args)
     import torch
 
-    from actors.critic import CriticActor
     from actors.modeling import load_tokenizer
-    from actors.policy import PolicyActor
-    from actors.reference import ReferenceActor
-    from actors.reward import RewardActor
-    from cluster import get
     from losses.common import RunningMoments
     from losses.kl import KLController
     from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir
@@ -67,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
     moments = RunningMoments()
     records = [ppo_step(roles, cfg, next_prompts, kl_ctl, moments, step, profile=True) for step in range(args.steps + 1)][1:]
 
-    memory = {}
-    calls = {"policy": PolicyActor, "critic": CriticActor, "reward": RewardActor, "reference": ReferenceActor}
-    for name, cls in calls.items():
-        group = getattr(roles, name)
-        if group is not None:
-            memory[name] = max(get(group.broadcast(cls.peak_memory_mb)))
+    memory = {g.name: max(h["peak_memory_mb"] for h in g.hosts()) for g in roles.all()}
     params = _count_params(model_dir)
     for g in roles.all():
         g.shutdown()
@@ -139,7 +129,7 @@ def run_dpo(args: argparse.Namespace) -> int:
     import torch
 
     from actors.dpo import DPOActor, dpo_loss_args
-    from actors.lm import peak_memory_mb
+    from cluster.placement import peak_memory_mb
     from actors.pairs import collate_pairs
     from cluster import RoleSpec, create_groups, get
     from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir

@@ -113,6 +113,14 @@ class RunConfig:
     """local: every role in this process (debug with breakpoints); ray: every role a group of Ray actors."""
     ray_address: str = ""
     """Ray cluster to join; empty means the cluster of `ray job submit` if any, else a new local one."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = "PACK"
+    """How each role's replicas are spread over nodes (ray mode): PACK (as few nodes as possible, spilling over), SPREAD (a node each where possible), STRICT_SPREAD (a node each, or wait), STRICT_PACK (one node, or wait). Colocated roles always share replica i's node."""
+    placement_timeout_s: float = 600.0
+    """Longest wait for the cluster to have the resources every role asks for; the wait is reported at once and every 30 s."""
+    autoscaler: bool = False
+    """The cluster adds nodes on demand (KubeRay, `ray up`): a request no current node can hold is waited for instead of refused at once, and num_gpus is kept while no GPU node is up yet."""
+    profile_comm: bool = False
+    """Time every DeepSpeed collective of every replica (ZeRO gathers and reduce-scatters, data-parallel all-reduces) and report it per replica in summary.json `roles` (comm_s, comm_ops, comm_mb). Each timed collective waits for the device, so this is for measuring (`rlhf experiment scaling` turns it on), not for production runs."""
     steps: int = 100
     """Training steps (PPO: rollout batches)."""
     seed: int = 0
@@ -142,9 +150,18 @@ class RunConfig:
     wandb_project: str = "rlhf"
     """loggers=wandb: the W&B project."""
 
+    def hosting(self):
+        """The `cluster.Hosting` of these settings (what `cluster.create_groups` takes)."""
+        from cluster import Hosting
+
+        return Hosting(mode=self.mode, address=self.ray_address, strategy=self.placement_strategy,
+                       placement_timeout_s=self.placement_timeout_s, autoscaler=self.autoscaler,
+                       profile_comm=self.profile_comm)
+
     def validate(self, check: Check) -> None:
         import importlib.util
 
+        check(self.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
         for name in self.loggers:
             check(name in ("tensorboard", "wandb"), "loggers", f"must list tensorboard and/or wandb, got {name!r}")
         check("wandb" not in self.loggers or importlib.util.find_spec("wandb") is not None, "loggers",

@@ -176,6 +176,6 @@ class DPOJob(job.PolicyJob):
         print(f"  exported policy: {out / 'policy'}   curves: {out / 'curves.png'}   metrics: {out / 'metrics.jsonl'}")
 
 
-def train(cfg: DPOConfig) -> dict:
-    """Run DPO as configured (local or ray mode); returns the summary (also in summary.json)."""
-    return job.run(DPOJob(cfg), cfg)
+def train(cfg: DPOConfig, dry_run: bool = False) -> dict:
+    """Run DPO as configured (local or ray mode); returns the summary (also in summary.json). `dry_run`: check and print the plan only (`orchestrator.job.run`)."""
+    return job.run(DPOJob(cfg), cfg, dry_run=dry_run)

@@ -80,6 +80,8 @@ class Job(abc.ABC):
     """Metrics plotted in curves.png."""
     groups: list = []
     """The job's role groups (set by `start`); `shutdown` releases them."""
+    startup_s: float = 0.0
+    """Seconds `start` took (set by the skeleton; in summary.json)."""
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -106,6 +108,11 @@ class Job(abc.ABC):
         size): stored in every checkpoint; a resume with a different one is refused before any role starts
         (`orchestrator.preflight.check_fingerprint`)."""
         return {"job": self.name}
+
+    def role_configs(self) -> dict:
+        """The config slice of every role `start` hosts (name -> slice with replicas, num_cpus, num_gpus,
+        colocate_with): what a dry run plans."""
+        return {}
 
     def state_dict(self) -> dict:
         """The job's driver-side state (data position, controllers, ...): tensors and plain values."""
@@ -135,11 +142,20 @@ class Job(abc.ABC):
             group.shutdown()
 
 
-def run(job: Job, cfg) -> dict:
-    """Run `job` under `cfg.run` (the whole config tree `cfg` goes to config.yaml); returns the summary."""
+def run(job: Job, cfg, dry_run: bool = False) -> dict:
+    """Run `job` under `cfg.run` (the whole config tree `cfg` goes to config.yaml); returns the summary.
+
+    `dry_run`: the checks only (config, data, models, the checkpoint to resume), then the placement plan
+    is printed (`print_plan`) and nothing is written or started; returns {"dry_run": plan}."""
     timer = time.perf_counter()
     run_cfg = cfg.run
     out = Path(run_cfg.output_dir)
+    if dry_run:
+        resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)
+        state = ckpt.load_driver_state(resume_from) if resume_from is not None else None
+        if state is not None:
+            preflight.check_fingerprint(state.get("fingerprint"), job.fingerprint(), resume_from, run_cfg.output_dir)
+        return {"dry_run": print_plan(job, cfg, resume_from, state)}
     try:  # an unwritable output_dir fails here, before any role starts
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -161,7 +177,9 @@ def run(job: Job, cfg) -> dict:
     torch.manual_seed(run_cfg.seed)
 
     with _StopSignals(run_cfg.stop_timeout_s) as stop:
+        t0 = time.perf_counter()
         job.start()
+        job.startup_s = round(time.perf_counter() - t0, 2)
         stop.install()  # again: connecting to Ray installs Ray's own SIGTERM handler in this process
         try:
             summary = _loop(job, run_cfg, out, resume_from, state, timer, to_dict(cfg), stop)
@@ -169,6 +187,48 @@ def run(job: Job, cfg) -> dict:
             job.shutdown()
     job.print_summary(summary, out)
     return summary
+
+
+def print_plan(job: Job, cfg, resume_from: Path | None, state: dict | None) -> dict:
+    """Print what a run of `job` would do: where it writes, whether it resumes, the cluster it joins, and
+    the placement groups of its roles (one bundle per replica, colocated roles sharing one); returns the
+    plan as a dict."""
+    from cluster.placement import plan_resources
+
+    run_cfg = cfg.run
+    roles = job.role_configs()
+    gpus_asked = any(c.num_gpus > 0 for c in roles.values())
+    plan = plan_resources(roles, has_gpus=gpus_asked) if run_cfg.mode == "ray" else {}
+    if run_cfg.mode == "local":
+        where = "local: every role in this process"
+    elif run_cfg.ray_address:
+        where = f"ray: the cluster at run.ray_address={run_cfg.ray_address}"
+    elif os.environ.get("RAY_ADDRESS"):
+        where = f"ray: the cluster of this job (RAY_ADDRESS={os.environ['RAY_ADDRESS']})"
+    else:
+        where = "ray: a new local cluster on 127.0.0.1"
+    groups: dict[str, dict] = {}
+    for role, (group, bundles, bundle, _) in plan.items():
+        groups[group] = {"roles": group.split("+"), "bundles": bundles, "bundle": bundle.as_dict()}
+    total: dict[str, float] = {}
+    for g in groups.values():
+        for k, v in g["bundle"].items():
+            total[k] = total.get(k, 0.0) + v * g["bundles"]
+    out = {"job": job.name, "output_dir": run_cfg.output_dir, "resume_from": str(resume_from) if resume_from else None,
+           "resume_step": int(state["step"]) if state else 0, "steps": run_cfg.steps, "hosting": where,
+           "strategy": run_cfg.placement_strategy, "placement_timeout_s": run_cfg.placement_timeout_s,
+           "placement_groups": groups, "total": total}
+    print(f"rlhf {job.name} --dry-run: config, data and models checked; nothing was written or started")
+    print(f"  output: {run_cfg.output_dir} ("
+          + (f"resumes from {resume_from} at step {out['resume_step']}" if resume_from else "a fresh run") + f"), {run_cfg.steps} steps")
+    print(f"  hosting: {where}")
+    if groups:
+        print(f"  placement ({run_cfg.placement_strategy}, waits up to run.placement_timeout_s={run_cfg.placement_timeout_s:g} s), "
+              "one bundle per replica:")
+        for name, g in groups.items():
+            print(f"    {name}: {g['bundles']} x {g['bundle']}")
+        print(f"  in all: {total}" + ("  (GPUs become 0 on a cluster without GPUs)" if gpus_asked else ""))
+    return out
 
 
 class Preempted(Exception):
@@ -306,9 +366,16 @@ def _steps(job: Job, run_cfg, out: Path, start_step: int, history: dict, metrics
     if history.get("end", {}).get("step") != last:  # resumed at the final step of a run that had no end evaluation
         history["end"] = _evaluate(job, "end", last, out)
     extra = job.finish(out)
+    extra["startup_s"], extra["roles"] = job.startup_s, roles_summary(job.groups)
     records = metrics_log.read()
     plot_curves(records, out / "curves.png", keys=job.curve_keys)
     return records, extra
+
+
+def roles_summary(groups: list) -> dict:
+    """{role: [one entry per replica: rank, node id and IP, hostname, pid, GPUs, peak memory, start-up s]} for
+    summary.json (`RoleGroup.hosts`); in local mode every role reports the driver process."""
+    return {g.name: g.hosts() for g in groups}
 
 
 class CheckpointError(RuntimeError):
@@ -420,11 +487,14 @@ class PolicyJob(Job):
         """Constructor arguments of the role besides model_path, seed and total_steps."""
         return {}
 
+    def role_configs(self) -> dict:
+        return {"policy": self.cfg.policy}
+
     def start(self) -> None:
         cfg = self.cfg
         spec = RoleSpec(self.role_cls, cfg.policy, kwargs=dict(model_path=self.policy_path, seed=cfg.run.seed,
                                                                total_steps=cfg.run.steps, **self.role_kwargs()))
-        self.policy = create_groups(cfg.run.mode, {"policy": spec}, address=cfg.run.ray_address)["policy"]
+        self.policy = create_groups(cfg.run.hosting(), {"policy": spec})["policy"]
         self.groups = [self.policy]
         if self.gold_rows:
             self.reward = annotator_reward_group()

@@ -55,9 +55,17 @@ class Roles:
         return [g for g in (self.policy, self.reference, self.critic, self.reward) if g is not None]
 
 
+def hosted_roles(cfg: PPOConfig) -> dict:
+    """The roles PPO starts and their config slices: policy, critic, reward, and the reference unless the
+    policy's LoRA adapters double as it (LoRA without reference.path: adapters off = the reference)."""
+    roles = {"policy": cfg.policy, "critic": cfg.critic, "reward": cfg.reward}
+    if not (cfg.policy.lora.enabled and not cfg.reference.path):
+        roles["reference"] = cfg.reference
+    return roles
+
+
 def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) -> Roles:
     seed = cfg.run.seed
-    lora_reference = cfg.policy.lora.enabled and not cfg.reference.path
     critic_path = policy_path if cfg.critic.init_from == "policy" else cfg.reward.path
     if cfg.critic.init_from == "reward" and cfg.reward.kind != "model":
         raise ConfigError("critic.init_from=reward needs reward.kind=model (a reward model to take the backbone from)")
@@ -67,7 +75,7 @@ def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) ->
         "critic": RoleSpec(CriticActor, cfg.critic, kwargs=dict(model_path=critic_path, **common)),
         "reward": RoleSpec(RewardActor, cfg.reward, kwargs=dict(seed=seed, max_new_tokens=cfg.policy.max_new_tokens)),
     }
-    if not lora_reference:
+    if "reference" in hosted_roles(cfg):
         specs["reference"] = RoleSpec(
             ReferenceActor,
             cfg.reference,
@@ -78,7 +86,7 @@ def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) ->
             ),
         )
     t0 = time.perf_counter()
-    groups = create_groups(cfg.run.mode, specs, address=cfg.run.ray_address)
+    groups = create_groups(cfg.run.hosting(), specs)
     log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - t0, cfg.run.mode)
     return Roles(policy=groups["policy"], critic=groups["critic"], reward=groups["reward"], reference=groups.get("reference"))
 
@@ -151,6 +159,9 @@ class PPOJob(job.Job):
         return {"job": self.name, **models, "critic_init": cfg.critic.init_from,
                 "policy_layout": preflight.layout_fingerprint(cfg.policy), "critic_layout": preflight.layout_fingerprint(cfg.critic),
                 "train_rows": len(self.train_rows)}
+
+    def role_configs(self) -> dict:
+        return hosted_roles(self.cfg)
 
     def start(self) -> None:
         self.roles = start_roles(self.cfg, self.policy_path, optimizer_steps(self.cfg))
@@ -237,9 +248,9 @@ class PPOJob(job.Job):
         print(f"  exported policy: {out / 'policy'}   curves: {out / 'curves.png'}   samples: {out / 'samples_end.jsonl'}")
 
 
-def train(cfg: PPOConfig) -> dict:
-    """Run PPO as configured; returns the final summary (also written to summary.json)."""
-    return job.run(PPOJob(cfg), cfg)
+def train(cfg: PPOConfig, dry_run: bool = False) -> dict:
+    """Run PPO as configured; returns the final summary (also written to summary.json). `dry_run`: check and print the plan only (`orchestrator.job.run`)."""
+    return job.run(PPOJob(cfg), cfg, dry_run=dry_run)
 
 
 def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, moments: RunningMoments, step: int,

@@ -85,12 +85,15 @@ class RMJob(job.Job):
                 "model_layout": preflight.layout_fingerprint(self.cfg.model), "head": [head.objective, head.num_labels],
                 "train_rows": len(self.train_rows)}
 
+    def role_configs(self) -> dict:
+        return {ROLE: self.cfg.model}
+
     def start(self) -> None:
         t0 = time.perf_counter()
         spec = RoleSpec(RewardModelActor, self.cfg.model, kwargs=dict(
             model_path=self.backbone, seed=self.cfg.run.seed, total_steps=self.cfg.run.steps,
             minibatch_size=self.cfg.rm.batch_size))
-        self.group = create_groups(self.cfg.run.mode, {ROLE: spec}, address=self.cfg.run.ray_address)[ROLE]
+        self.group = create_groups(self.cfg.run.hosting(), {ROLE: spec})[ROLE]
         self.groups = [self.group]
         log.info("reward model ready in %.1f s (%s mode, %d replica(s))", time.perf_counter() - t0, self.cfg.run.mode,
                  self.group.world_size)
@@ -176,6 +179,6 @@ class RMJob(job.Job):
         print_report(summary["eval"], out / "eval")
 
 
-def train(cfg: RMConfig) -> dict:
-    """Train, evaluate and save the reward model of `cfg`; returns the summary (also in summary.json)."""
-    return job.run(RMJob(cfg), cfg)
+def train(cfg: RMConfig, dry_run: bool = False) -> dict:
+    """Train, evaluate and save the reward model of `cfg`; returns the summary (also in summary.json). `dry_run`: check and print the plan only (`orchestrator.job.run`)."""
+    return job.run(RMJob(cfg), cfg, dry_run=dry_run)

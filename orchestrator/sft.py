@@ -118,9 +118,9 @@ class SFTJob(job.PolicyJob):
         print(f"  exported policy: {out / 'policy'} (rlhf ppo policy.path={out / 'policy'})")
 
 
-def train(cfg: SFTConfig) -> dict:
-    """Run SFT as configured; returns the summary (also in summary.json)."""
-    return job.run(SFTJob(cfg), cfg)
+def train(cfg: SFTConfig, dry_run: bool = False) -> dict:
+    """Run SFT as configured; returns the summary (also in summary.json). `dry_run`: check and print the plan only (`orchestrator.job.run`)."""
+    return job.run(SFTJob(cfg), cfg, dry_run=dry_run)
 
 
 def builtin_policy_dir(size: str) -> str:

@@ -16,7 +16,7 @@ import cluster
 from cluster.batch import Batch, spec
 from actors.engine import backward, build_engine, gathered_params, step
 from cluster import LocalGroup, RoleError, RoleSpec, create_groups, gather_as, get
-from cluster.group import Resources, plan_resources
+from cluster.placement import Resources, plan_resources
 from orchestrator.config import PlacementConfig, TrainableConfig
 
 ROWS, SEQ = 8, 10  # global batch: 8 sequences of 10 tokens
