@@ -11,6 +11,7 @@
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
     rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
     rlhf experiment hidden-context                   DPL std, ODIN and risk-averse PPO on the built-in data
+    rlhf experiment scaling [--quick] [key=v1,v2 ...] a sweep of real runs: step/phase times, memory, comm; plots
     rlhf serve reward --path DIR [--port 8000]      a reward as a Ray Serve HTTP endpoint (PPO: reward.kind=remote)
 
 Errors in user input (config keys and values, data rows) end the run with one line on stderr that
@@ -87,7 +88,7 @@ def _cmd_train(job: str):
         from orchestrator.job import Preempted
 
         try:
-            importlib.import_module(f"orchestrator.{job}").train(cfg)
+            importlib.import_module(f"orchestrator.{job}").train(cfg, dry_run=args.dry_run)
         except Preempted as e:
             print(f"rlhf: {e}", file=sys.stderr)
             return e.exit_code
@@ -113,7 +114,7 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         return 0
     if args.path:
         raise ConfigError("--path is an option of `rlhf rm eval`; the backbone to train is model.path=...")
-    return _cmd_train("rm")(argparse.Namespace(config=args.config, overrides=overrides))
+    return _cmd_train("rm")(argparse.Namespace(config=args.config, overrides=overrides, dry_run=args.dry_run))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -129,6 +130,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    scaling_only = [f"--{k.replace('_', '-')}" for k in ("grid", "job", "warmup", "steps") if getattr(args, k) is not None]
+    scaling_only += ["--predict"] * args.predict + list(args.overrides)
+    if args.name != "scaling" and scaling_only:
+        raise ConfigError(f"rlhf experiment {args.name} does not take {' '.join(scaling_only)} (options of `rlhf experiment scaling`)")
     if args.name == "dpl-synthetic":
         from orchestrator.experiments import dpl_synthetic
 
@@ -139,6 +144,15 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
         argv = ["--out", args.out or "runs/hidden-context", "--seed", str(args.seed)]
         return hidden_context.main(argv + (["--quick"] if args.quick else []))
+    if args.name == "scaling":
+        from orchestrator.experiments import scaling
+
+        argv = ["--out", args.out or "runs/scaling", "--point-timeout", str(args.point_timeout)]
+        for flag in ("grid", "job", "warmup", "steps"):
+            if getattr(args, flag) is not None:
+                argv += [f"--{flag}", str(getattr(args, flag))]
+        argv += ["--quick"] * args.quick + ["--predict"] * args.predict
+        return scaling.main(argv + list(args.overrides))
     raise AssertionError(args.name)
 
 
@@ -173,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(job, help=text)
         p.add_argument("--config", help=f"YAML file with config values (see `rlhf config {job}`)")
+        p.add_argument("--dry-run", action="store_true", help="check config, data and models, print the placement plan, start nothing")
         p.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")
         p.set_defaults(func=_cmd_train(job))
 
@@ -181,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rlhf rm eval --path DIR [key=value ...] evaluates a saved model (see `rlhf config rm_eval`).")
     p.add_argument("--config", help="YAML file with config values (see `rlhf config rm` / `rlhf config rm_eval`)")
     p.add_argument("--path", help="rm eval: the saved reward model folder (same as path=DIR)")
+    p.add_argument("--dry-run", action="store_true", help="training: check config, data and models, print the placement plan, start nothing")
     p.add_argument("overrides", nargs="*", metavar="[eval] key=value",
                    help="'eval' first to evaluate; dotted overrides, e.g. model.objective=mean_variance run.mode=local")
     p.set_defaults(func=_cmd_rm)
@@ -200,12 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_check)
 
     p = sub.add_parser("experiment", help="reproducible experiments that print their findings")
-    p.add_argument("name", choices=["dpl-synthetic", "hidden-context"],
+    p.add_argument("name", choices=["dpl-synthetic", "hidden-context", "scaling"],
                    help="dpl-synthetic: the DPL paper's 1-D hidden-context experiment; hidden-context: DPL std, ODIN "
-                        "and risk-averse PPO on the built-in preference data")
+                        "and risk-averse PPO on the built-in preference data; scaling: a sweep of real runs over a grid "
+                        "of config values (orchestrator/experiments/scaling.py)")
     p.add_argument("--out", help="output folder (default runs/<name>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="fewer training steps")
+    p.add_argument("--quick", action="store_true", help="fewer training steps (scaling: a 6-point grid, ~3 min here)")
+    g = p.add_argument_group("scaling")
+    g.add_argument("--grid", help="YAML grid: job, warmup, steps, fixed: {key: value}, grid: {key: [values]}")
+    g.add_argument("--job", choices=["ppo", "dpo", "rm", "sft"], help="the job to sweep (default ppo)")
+    g.add_argument("--warmup", type=int, help="unmeasured steps per point (default 1)")
+    g.add_argument("--steps", type=int, help="measured steps per point (default 3)")
+    g.add_argument("--predict", action="store_true", help="the cost model's prediction per point, calibrated on the others")
+    g.add_argument("--point-timeout", type=float, default=1800.0, help="seconds before a point is stopped and recorded as failed")
+    p.add_argument("overrides", nargs="*", metavar="key=v1,v2", help="scaling: grid axes (several values) and fixed keys (one)")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("serve", help="serve a model over HTTP")
