@@ -8,6 +8,7 @@
     rlhf config <job> [--config F] [key=value ...]   print the resolved config as YAML
     rlhf bench ppo [--size tiny|small|50m]          per-phase time, tokens/s, peak memory per role
     rlhf bench dpo [--size tiny|small|50m]          DPO pairs/s, tokens/s, peak memory
+    rlhf cost [--model llama2-7b] [--published]     cost model: memory per GPU per role, FLOPs, comm, step time
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
     rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
     rlhf experiment hidden-context                   DPL std, ODIN and risk-averse PPO on the built-in data
@@ -123,6 +124,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from orchestrator.costmodel import run
+
+    return run(args)
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from orchestrator.data import run_data_check
 
@@ -206,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(p)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("cost", help="the cost model: memory per GPU per role, FLOPs, communication and step time (predictions)")
+    from orchestrator.costmodel import add_args as add_cost_args
+
+    add_cost_args(p)
+    p.set_defaults(func=_cmd_cost)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -310,6 +310,9 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
     metrics.update({f"time/{k}": v for k, v in t.items()})
     metrics["time/step"] = sum(t.values())
     metrics["time/tokens_per_s"] = float(rollout.action_mask.sum()) / max(metrics["time/step"], 1e-9)
+    # the widths the models compute on (padding included), for the cost model (`orchestrator.costmodel`)
+    metrics["length/prompt_padded"] = float(batch.input_ids.shape[1])
+    metrics["length/response_padded"] = float(rollout.sequences.shape[1] - batch.input_ids.shape[1])
     return metrics
 
 

@@ -139,12 +139,19 @@ def points(spec: dict) -> list[dict[str, str]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(spec["grid"][k] for k in keys))]
 
 
-def point_id(index: int, point: dict[str, str]) -> str:
-    """A folder name for a point: its index and its values, filesystem-safe, with a short hash of the point."""
+def point_key(spec: dict, point: dict[str, str]) -> str:
+    """What identifies a measurement: the job, its warm-up and measured steps, and every override of the
+    point (fixed keys and axes alike, in any order): a short hash. Reruns find a point by it, so growing
+    the grid, or moving a key between fixed and axis, keeps what was measured."""
+    blob = {"job": spec["job"], "warmup": spec["warmup"], "steps": spec["steps"],
+            "overrides": sorted({**spec["fixed"], **point}.items())}
+    return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:8]
+
+
+def point_id(spec: dict, point: dict[str, str]) -> str:
+    """A point's folder name: its axis values (filesystem-safe) and its `point_key`."""
     text = "_".join(f"{k.split('.')[0][:3]}.{k.split('.')[-1]}={v}" for k, v in point.items()) or "base"
-    safe = re.sub(r"[^A-Za-z0-9._=+-]", "-", text)[:80]
-    digest = hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:6]
-    return f"p{index:02d}_{safe}_{digest}"
+    return f"{re.sub(r'[^A-Za-z0-9._=+-]', '-', text)[:80]}_{point_key(spec, point)}"
 
 
 def check_overrides(spec: dict) -> None:
@@ -225,30 +232,38 @@ def measure(run_dir: Path, job: str, warmup: int) -> dict:
     step_s = statistics.mean(step_times)
     phases = sorted({k for r in steps for k in r if k.startswith("time/") and k not in NOT_PHASES})
     row = {
-        "step_s": round(step_s, 4),
-        "step_s_spread": round(max(step_times) - min(step_times), 4),
+        "step_s": _sig(step_s),
+        "step_s_spread": _sig(max(step_times) - min(step_times)),
         "samples_per_step": samples,
-        "samples_per_s": round(samples / step_s, 3),
+        "samples_per_s": _sig(samples / step_s),
         "startup_s": summary.get("startup_s"),
         "steps_measured": len(steps),
     }
     if "time/tokens_per_s" in steps[0]:
         tokens = statistics.mean(r["time/tokens_per_s"] * r["time/step"] for r in steps)
-        row["tokens_per_step"] = round(tokens, 1)
-        row["tokens_per_s"] = round(tokens / step_s, 1)
+        row["tokens_per_step"] = _sig(tokens)
+        row["tokens_per_s"] = _sig(tokens / step_s)
+        for key, name in (("length/prompt_padded", "prompt_len"), ("length/response_padded", "response_len")):
+            if key in steps[0]:
+                row[name] = _sig(statistics.mean(r[key] for r in steps))
         if "time/generate" in steps[0]:
-            row["gen_tokens_per_s"] = round(tokens / statistics.mean(r["time/generate"] for r in steps), 1)
+            row["gen_tokens_per_s"] = _sig(tokens / statistics.mean(r["time/generate"] for r in steps))
     for p in phases:
-        row[f"phase/{p[len('time/'):]}"] = round(statistics.mean(r.get(p, 0.0) for r in steps), 4)
+        row[f"phase/{p[len('time/'):]}"] = _sig(statistics.mean(r.get(p, 0.0) for r in steps))
     total_steps = max(r["step"] for r in records)
     for role, hosts in (summary.get("roles") or {}).items():
         row[f"replicas/{role}"] = len(hosts)
         row[f"memory_mb/{role}"] = max(h.get("peak_memory_mb", math.nan) for h in hosts)
         row[f"nodes/{role}"] = len({h.get("node_id") or h.get("hostname") for h in hosts})
         if any("comm_s" in h for h in hosts):
-            row[f"comm_s/{role}"] = round(max(h.get("comm_s", 0.0) for h in hosts) / max(total_steps, 1), 4)
-            row[f"comm_mb/{role}"] = round(max(h.get("comm_mb", 0.0) for h in hosts) / max(total_steps, 1), 2)
+            row[f"comm_s/{role}"] = _sig(max(h.get("comm_s", 0.0) for h in hosts) / max(total_steps, 1))
+            row[f"comm_mb/{role}"] = _sig(max(h.get("comm_mb", 0.0) for h in hosts) / max(total_steps, 1))
     return row
+
+
+def _sig(x: float) -> float:
+    """A measured number to 5 significant digits (what the machine's noise leaves of it)."""
+    return float(f"{x:.5g}")
 
 
 # ------------------------------------------------------------------------------------------ the sweep
@@ -261,13 +276,15 @@ def sweep(spec: dict, out: Path, timeout_s: float) -> list[dict]:
     rows = []
     grid = points(spec) or [{}]
     for i, point in enumerate(grid):
-        folder = out / "points" / point_id(i, point)
+        key = point_key(spec, point)
+        earlier = sorted((out / "points").glob(f"*_{key}"))
+        folder = earlier[0] if earlier else out / "points" / point_id(spec, point)
         done = folder / "result.json"
         if done.exists():
             row = json.loads(done.read_text())
             if row.get("status") == "ok":
                 print(f"[{i + 1}/{len(grid)}] {folder.name}: measured before, skipped", flush=True)
-                rows.append(row)
+                rows.append({**row, **point})
                 continue
         print(f"[{i + 1}/{len(grid)}] {folder.name}: running {' '.join(f'{k}={v}' for k, v in point.items()) or '(base)'}", flush=True)
         row = run_point(spec, point, folder, timeout_s)
