@@ -202,10 +202,23 @@ def check_feasible(plan: Mapping[str, tuple[str, int, Resources, Resources]], cf
     """Raise `PlacementError` for a placement no node of `nodes` (their total resources) could ever hold.
 
     One bundle (a replica, plus the replicas colocated with it) must fit on one node; STRICT_PACK
-    needs all of a role's bundles on one node; STRICT_SPREAD needs a node per bundle. Requests that
-    fit the nodes but not what is free now are not refused: they are waited for (`wait_placed`).
-    Pure arithmetic on `nodes`, so tests can give any cluster shape.
+    needs all of a role's bundles on one node; STRICT_SPREAD needs a node per bundle; all bundles of
+    the job together must not exceed the cluster's total. Requests that fit the nodes but not what is
+    free now (other jobs hold it) are not refused: they are waited for (`wait_placed`). Pure arithmetic
+    on `nodes`, so tests can give any cluster shape.
     """
+    asked: dict[str, float] = {}
+    for group_name, n_bundles, bundle, _ in {p[0]: p for p in plan.values()}.values():
+        for k, v in bundle.as_dict().items():
+            asked[k] = asked.get(k, 0.0) + v * n_bundles
+    has = {k: sum(n.get(k, 0.0) for n in nodes) for k in asked}
+    short = {k: v for k, v in asked.items() if v > has[k] + 1e-9}
+    if short:
+        per_role = "; ".join(f"{g}: {n} x {_fmt(b.as_dict())}" for g, n, b, _ in {p[0]: p for p in plan.values()}.values())
+        raise PlacementError(f"the job asks for {_fmt(asked)} in all ({per_role}) and the cluster's {len(nodes)} node(s) have "
+                             f"{_fmt(has)} in all; lower replicas / num_cpus / num_gpus, colocate roles (role.colocate_with), "
+                             "or add nodes (run.autoscaler=true waits for them; Ray CPUs are logical: `ray start --num-cpus N` "
+                             "may exceed the cores)")
     seen = set()
     for name, (group_name, n_bundles, bundle, _) in plan.items():
         if group_name in seen:

@@ -59,6 +59,8 @@ def connect(
         common["runtime_env"] = runtime_env
     if address:
         log.info("connecting to the Ray cluster at %s", address)
+        if _is_loopback(address):
+            _loopback_driver()
         ray.init(address=address, **common)
         return
     if os.environ.get("RAY_ADDRESS"):
@@ -71,6 +73,25 @@ def connect(
     ip = ray.util.get_node_ip_address()
     if os.environ.get(_AUTH_ENV) == "disabled" and not ipaddress.ip_address(ip).is_loopback:
         log.warning("local Ray cluster is bound to %s with token auth disabled; it is reachable from the network", ip)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a ``host:port`` (or ``ray://host:port``) names this machine's loopback interface."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_driver() -> None:
+    """A driver joining a cluster bound to 127.0.0.1 must use 127.0.0.1 as its own node address too:
+    otherwise Ray reaches for the machine's external IP and the connection to the GCS never completes."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault(_LOOPBACK_ENV, "0")
+    if os.environ[_LOOPBACK_ENV].lower() in ("0", "false"):
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _prefer_loopback_without_auth() -> None:

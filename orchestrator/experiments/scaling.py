@@ -406,8 +406,8 @@ def plot(rows: list[dict], spec: dict, out: Path) -> list[str]:
                 ax.legend(fontsize=6)
             else:
                 ax.bar(range(len(ok)), [r.get(f"memory_mb/{role}", math.nan) for r in ok])
-                ax.set_xticks(range(len(ok)), [r["point"][:3] for r in ok])
-                ax.set_xlabel("point")
+                ax.set_xticks(range(len(ok)), [str(i + 1) for i in range(len(ok))])
+                ax.set_xlabel("point (row of results.md)")
             ax.set_title(role, fontsize=9)
             ax.set_ylabel("peak MB per replica")
         fig.suptitle("peak memory of the largest replica per role")
