@@ -325,7 +325,7 @@ def write_tables(rows: list[dict], spec: dict, out: Path) -> None:
         lines += ["", "Failed points:"] + [f"- {r['point']}: {r['error']}" for r in failed]
     lines += ["", "Times in seconds (mean over the measured steps), memory in MB (peak of the largest replica), "
               "comm_s/<role>: seconds per step inside DeepSpeed collectives on the busiest replica.",
-              "Plots: throughput.png, efficiency.png, memory.png, phases.png."]
+              "Plots (those the grid has axes for): throughput.png, efficiency.png, memory.png, phases.png."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -416,6 +416,8 @@ def plot(rows: list[dict], spec: dict, out: Path) -> list[str]:
         plt.close(fig)
         written.append("memory.png")
     phases = sorted({c for r in ok for c in r if c.startswith("phase/")})
+    if not phases:  # a job that logs no phases (DPO, RM, SFT: one training call per step)
+        return written
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(ok) + 2), 4))
     bottom = [0.0] * len(ok)
     for p in phases:
