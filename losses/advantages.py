@@ -1,6 +1,9 @@
-"""Advantage estimation and whitening.
+"""Advantage estimation and whitening: GAE (with a critic) and the critic-free estimators (GRPO,
+Dr. GRPO, RLOO, REINFORCE++).
 
 Shapes: ``(B, T)`` tensors cover response tokens and are right-padded; ``mask`` is 1 on valid tokens.
+Group estimators take sequence scores ``(B,)`` with ``B = prompts x group_size`` and groups contiguous
+(rows ``g*k .. g*k+k-1`` answer one prompt), and return ``(B,)`` sequence-level advantages.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from torch import Tensor
 
 from losses.common import masked_mean, masked_var
 
-__all__ = ["gae", "whiten"]
+__all__ = ["gae", "whiten", "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages"]
 
 
 def gae(
@@ -104,3 +107,87 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
     if not shift_mean:
         out = out + mean
     return torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def _groups(scores: Tensor, group_size: int, method: str) -> Tensor:
+    """``(B,)`` scores as ``(B / group_size, group_size)``, after checking the grouping."""
+    if scores.dim() != 1:
+        raise ValueError(f"{method} needs (B,) sequence scores, got shape {tuple(scores.shape)}")
+    if group_size < 2:
+        raise ValueError(f"{method} needs group_size >= 2 (responses per prompt, for the group baseline), got {group_size}")
+    if scores.shape[0] % group_size:
+        raise ValueError(f"{method}: {scores.shape[0]} scores do not split into groups of {group_size}")
+    return scores.view(-1, group_size)
+
+
+def grpo_advantages(scores: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """Group-relative advantages: each response's score against the mean of its prompt's group.
+
+    Source: Shao et al. 2024, "DeepSeekMath" (arXiv 2402.03300), Sec. 4.1.2 (outcome supervision):
+
+        A_i = (r_i - mean(r_1..r_k)) / (std(r_1..r_k) + eps)       (GRPO; std unbiased, k - 1)
+        A_i =  r_i - mean(r_1..r_k)                                (scale_by_std=False: Dr. GRPO)
+
+    Dr. GRPO: Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective" (arXiv
+    2503.20783), Sec. 3.1, which drops the std division (it up-weights prompts that are nearly always
+    or never solved). A group whose scores are all equal gets advantages 0 either way.
+
+    Args:
+        scores: ``(B,)`` one score per response, groups of ``group_size`` contiguous.
+        group_size: responses per prompt, >= 2.
+        scale_by_std: divide by the group's standard deviation (GRPO) or not (Dr. GRPO).
+        eps: added to the standard deviation.
+
+    Returns:
+        ``(B,)`` advantages.
+    """
+    g = _groups(scores, group_size, "grpo_advantages")  # (G, k)
+    adv = g - g.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        adv = adv / (g.std(dim=1, keepdim=True, correction=1) + eps)
+    return adv.reshape(-1)
+
+
+def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out: each response's score against the mean of the OTHER responses to its prompt.
+
+    Source: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning
+    from Human Feedback in LLMs" (arXiv 2402.14740), eq. 6, after Kool et al. 2019 ("Buy 4 REINFORCE
+    samples, get a baseline for free!"):
+
+        A_i = r_i - 1/(k-1) * sum_{j != i} r_j  =  k/(k-1) * (r_i - mean(r_1..r_k))
+
+    Args:
+        scores: ``(B,)`` one score per response, groups of ``group_size`` contiguous.
+        group_size: responses per prompt, >= 2.
+
+    Returns:
+        ``(B,)`` advantages.
+    """
+    g = _groups(scores, group_size, "rloo_advantages")  # (G, k)
+    others = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)  # (G, k) mean of the other responses
+    return (g - others).reshape(-1)
+
+
+def reinforce_pp_advantages(token_rewards: Tensor, action_mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """REINFORCE++: per-token returns-to-go of the (KL-shaped) token rewards, whitened over the batch.
+
+    Source: Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models"
+    (arXiv 2501.03262), Sec. 3:
+
+        G_t = sum_{s >= t} gamma^(s - t) * r_s         over the valid tokens of the row
+        A_t = (G_t - mean(G)) / std(G)                 mean and std over every valid token of the batch
+
+    The returns-to-go are `gae` with no critic (V = 0) and lambda = 1; the normalisation is `whiten`.
+    Call it on the whole batch, not a shard, so that the statistics are the batch's.
+
+    Args:
+        token_rewards: ``(B, T)`` per-token rewards (KL penalty on every token, the score on the last).
+        action_mask: ``(B, T)`` 1 on valid response tokens.
+        gamma: discount.
+
+    Returns:
+        ``(B, T)`` advantages, 0 at masked positions.
+    """
+    returns, _ = gae(token_rewards, torch.zeros_like(token_rewards), action_mask, gamma=gamma, lam=1.0)
+    return whiten(returns, action_mask)

@@ -132,3 +132,56 @@ def test_whiten_constant_input_is_finite():
     x = torch.full((2, 3), 4.0)
     out = whiten(x, torch.ones(2, 3))
     assert torch.equal(out, torch.zeros(2, 3))
+
+
+# ------------------------------------------------------------------ critic-free estimators (issue 16)
+
+from losses.advantages import grpo_advantages, reinforce_pp_advantages, rloo_advantages  # noqa: E402
+
+
+def test_grpo_hand_computed():
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0], dtype=F64)
+    # group 1: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = sqrt(1/3); group 2: all equal -> 0
+    s = math.sqrt(1 / 3)
+    want = torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0, 0, 0, 0], dtype=F64)
+    assert torch.allclose(grpo_advantages(scores, 4, eps=1e-12), want, atol=1e-9)
+    assert torch.allclose(grpo_advantages(scores, 4), 0.5 / (s + 1e-6) * want.sign(), atol=1e-12)
+    # Dr. GRPO: no std division
+    assert torch.allclose(grpo_advantages(scores, 4, scale_by_std=False),
+                          torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0], dtype=F64), atol=1e-12)
+    # groups are contiguous rows: reordering groups reorders the output the same way
+    swapped = torch.cat([scores[4:], scores[:4]])
+    assert torch.allclose(grpo_advantages(swapped, 4), torch.cat([grpo_advantages(scores, 4)[4:], grpo_advantages(scores, 4)[:4]]))
+
+
+def test_rloo_hand_computed():
+    scores = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 8.0], dtype=F64)
+    # group 1: 1 - (2+3)/2, 2 - (1+3)/2, 3 - (1+2)/2; group 2: 5 - 6.5, 5 - 6.5, 8 - 5
+    want = torch.tensor([-1.5, 0.0, 1.5, -1.5, -1.5, 3.0], dtype=F64)
+    assert torch.allclose(rloo_advantages(scores, 3), want, atol=1e-12)
+    # = k/(k-1) x the Dr. GRPO advantage
+    assert torch.allclose(rloo_advantages(scores, 3), 1.5 * grpo_advantages(scores, 3, scale_by_std=False), atol=1e-12)
+
+
+def test_reinforce_pp_hand_computed():
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 7.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # gamma 1: returns-to-go [3, 2, 2] and [1, 1, -]; over the 5 valid: mean 1.8, unbiased var 2.8 / 4 = 0.7
+    sd = math.sqrt(0.7 + 1e-8)
+    want = torch.tensor([[1.2 / sd, 0.2 / sd, 0.2 / sd], [-0.8 / sd, -0.8 / sd, 0.0]], dtype=F64)
+    assert torch.allclose(reinforce_pp_advantages(rewards, mask), want, atol=1e-9)
+    # gamma 1/2: row 0 returns [1 + 0.5 * 1, 0 + 0.5 * 2, 2] = [1.5, 1, 2]; row 1 [0.5, 1]
+    g = torch.tensor([1.5, 1.0, 2.0, 0.5, 1.0], dtype=F64)
+    z = (g - g.mean()) / torch.sqrt(g.var(correction=1) + 1e-8)
+    got = reinforce_pp_advantages(rewards, mask, gamma=0.5)
+    assert torch.allclose(got[mask.bool()], z, atol=1e-9) and got[1, 2] == 0
+
+
+@pytest.mark.parametrize("fn", [grpo_advantages, rloo_advantages])
+def test_group_estimators_refuse_bad_groups(fn):
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        fn(torch.ones(4), 1)
+    with pytest.raises(ValueError, match="do not split into groups of 3"):
+        fn(torch.ones(4), 3)
+    with pytest.raises(ValueError, match=r"\(B,\) sequence scores"):
+        fn(torch.ones(2, 2), 2)
