@@ -33,7 +33,6 @@ class CriticActor:
             trainable=("value_head",) if cfg.lora.enabled else (),  # with LoRA the head still trains
         )
 
-
     def _values(self, sequences, attention_mask, prompt_len):
         """(b, T): the value of the state before each response token, read through the engine (ZeRO hooks)."""
         return self.engine(sequences, attention_mask)[:, prompt_len - 1 : -1]

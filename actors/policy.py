@@ -26,7 +26,6 @@ class PolicyActor:
         self.pad_id = self.tokenizer.pad_token_id
         self.engine = build_engine(model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size)
 
-
     # ---------------------------------------------------------------- rollout
     @gather_as("cat")
     @torch.no_grad()

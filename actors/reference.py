@@ -24,7 +24,6 @@ class ReferenceActor:
         model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.engine = build_engine(model, cfg, train=False)
 
-
     @gather_as("cat")
     @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> LogProbs:

@@ -250,7 +250,6 @@ class RewardActor:
         torch.manual_seed(seed)
         self.scorer = build_scorer(cfg, max_new_tokens=max_new_tokens)
 
-
     @gather_as("cat")
     def score(self, rollout: Rollout) -> Scores:
         """The reward of each response; a reward model reads the whole chat of the prompt."""

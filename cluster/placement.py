@@ -31,7 +31,7 @@ from typing import Any, Literal, Mapping, Sequence
 import cluster.dist as dist
 import cluster.ray_init as ray_init
 
-__all__ = ["Hosting", "STRATEGIES", "Resources", "plan_resources", "Placement", "plan_placements", "PlacementError",
+__all__ = ["Hosting", "STRATEGIES", "Resources", "plan_resources", "plan_totals", "Placement", "plan_placements", "PlacementError",
            "check_feasible", "wait_placed", "where", "peak_memory_mb"]
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,15 @@ def _node_totals() -> list[dict[str, float]]:
     return [{k: float(n["Resources"].get(k, 0.0)) for k in ("CPU", "GPU")} for n in ray.nodes() if n.get("Alive")]
 
 
+def plan_totals(plan: Mapping[str, tuple[str, int, Resources, Resources]]) -> dict[str, float]:
+    """What a `plan_resources` plan reserves in all: every placement group's bundles, each counted once."""
+    total: dict[str, float] = {}
+    for _, n_bundles, bundle, _ in {p[0]: p for p in plan.values()}.values():
+        for k, v in bundle.as_dict().items():
+            total[k] = total.get(k, 0.0) + v * n_bundles
+    return total
+
+
 def check_feasible(plan: Mapping[str, tuple[str, int, Resources, Resources]], cfgs: Mapping[str, Any], strategy: str,
                    nodes: Sequence[Mapping[str, float]]) -> None:
     """Raise `PlacementError` for a placement no node of `nodes` (their total resources) could ever hold.
@@ -207,10 +216,7 @@ def check_feasible(plan: Mapping[str, tuple[str, int, Resources, Resources]], cf
     free now (other jobs hold it) are not refused: they are waited for (`wait_placed`). Pure arithmetic
     on `nodes`, so tests can give any cluster shape.
     """
-    asked: dict[str, float] = {}
-    for group_name, n_bundles, bundle, _ in {p[0]: p for p in plan.values()}.values():
-        for k, v in bundle.as_dict().items():
-            asked[k] = asked.get(k, 0.0) + v * n_bundles
+    asked = plan_totals(plan)
     has = {k: sum(n.get(k, 0.0) for n in nodes) for k in asked}
     short = {k: v for k, v in asked.items() if v > has[k] + 1e-9}
     if short:

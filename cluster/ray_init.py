@@ -85,8 +85,11 @@ def _is_loopback(address: str) -> bool:
 
 
 def _loopback_driver() -> None:
-    """A driver joining a cluster bound to 127.0.0.1 must use 127.0.0.1 as its own node address too:
-    otherwise Ray reaches for the machine's external IP and the connection to the GCS never completes."""
+    """This driver uses 127.0.0.1 as its own node address, as a cluster bound to 127.0.0.1 needs:
+    otherwise Ray reaches for the machine's external IP and the connection to the GCS never completes.
+    Ray reads the loopback switch into a module constant when `ray` is first imported, which in a
+    driver has usually happened already (the role modules import cluster.group); raylets and workers
+    started later read the environment. Keep the driver consistent with them."""
     from ray._private import ray_constants
 
     os.environ.setdefault(_LOOPBACK_ENV, "0")
@@ -96,15 +99,8 @@ def _loopback_driver() -> None:
 
 def _prefer_loopback_without_auth() -> None:
     """Environment for a local cluster: loopback-only, no token auth (module docstring)."""
-    os.environ.setdefault(_LOOPBACK_ENV, "0")
     os.environ.setdefault(_AUTH_ENV, "disabled")
-    # Ray reads the loopback switch into a module constant when `ray` is first imported, which in a
-    # driver has usually happened already (the role modules import cluster.group); the raylet and
-    # workers started below read the environment. Keep the driver consistent with them.
-    from ray._private import ray_constants
-
-    if os.environ[_LOOPBACK_ENV].lower() in ("0", "false"):
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    _loopback_driver()
 
 
 def shutdown() -> None:

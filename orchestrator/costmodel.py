@@ -211,6 +211,9 @@ HARDWARE = {
 
 # -------------------------------------------------------------------------------------- the model
 
+FORWARD_PHASE = {"policy": "old_logprobs", "critic": "values", "reference": "reference", "reward": "score"}
+"""Each role's no-grad forward over the rollout, named as `orchestrator.ppo.ppo_step` times it."""
+
 
 @dataclass
 class RoleCost:
@@ -276,7 +279,7 @@ def estimate(w: Workload, hw: Hardware, eff: Efficiency) -> dict:
             compute = prefill / (peak * eff.forward) + max(decode / (peak * eff.forward), decode_bytes / (hw.memory_bw * eff.memory_bw))
             c.seconds["generate"] = compute + T * (eff.per_token_s + z3) + c.comm_bytes["generate"] / eff.comm_bw + eff.per_call_s
         fwd = m.forward_flops(b * S, S / 2)
-        phase = {"policy": "old_logprobs", "critic": "values", "reference": "reference", "reward": "score"}[name]
+        phase = FORWARD_PHASE[name]
         c.flops[phase] = fwd
         c.comm_bytes[phase] = gather * micro
         c.seconds[phase] = fwd / (peak * eff.forward) + micro * (eff.per_call_s + z3) + c.comm_bytes[phase] / eff.comm_bw
@@ -315,37 +318,31 @@ def estimate(w: Workload, hw: Hardware, eff: Efficiency) -> dict:
                               + waves * T * eff.per_token_s)
         phases["weight_sync"] = wbytes / eff.comm_bw
     else:
-        phases["generate"] = _group(["policy"], "generate", w, costs, hw)
+        phases["generate"] = _group({"policy": "generate"}, w, costs, hw)
     phases["score+reference+old_logprobs+values"] = _group(
-        [n for n in ("reward", "reference", "policy", "critic") if n in w.roles],
-        None, w, costs, hw)
-    phases["critic_update+policy_update"] = _group([n for n in ("critic", "policy") if n in w.roles and w.roles[n].trainable], "update", w, costs, hw)
+        {n: FORWARD_PHASE[n] for n in ("reward", "reference", "policy", "critic") if n in w.roles}, w, costs, hw)
+    phases["critic_update+policy_update"] = _group(
+        {n: f"{n}_update" for n in ("critic", "policy") if n in w.roles and w.roles[n].trainable}, w, costs, hw)
     phases["driver"] = eff.per_step_s
     step = sum(phases.values())
     return {"roles": costs, "phases": phases, "step_s": step, "samples_per_s": w.samples / step,
             "flops_per_step": sum(sum(c.flops.values()) * w.roles[n].replicas for n, c in costs.items())}
 
 
-def _group(names: list[str], phase: str | None, w: Workload, costs: dict, hw: Hardware) -> float:
-    """Seconds of roles issued together: the slowest, unless they share devices: then the busy
-    device-seconds over the devices they have (`Hardware.devices` for all roles without their own)."""
-    if not names:
+def _group(keys: dict[str, str], w: Workload, costs: dict, hw: Hardware) -> float:
+    """Seconds of roles issued together (role -> its phase key in `RoleCost.seconds`): the slowest,
+    unless they share devices: then the busy device-seconds over the devices they have
+    (`Hardware.devices` bounds them all)."""
+    if not keys:
         return 0.0
-    times = {}
-    for n in names:
-        key = {"generate": "generate", "update": f"{n}_update",
-               None: {"policy": "old_logprobs", "critic": "values", "reference": "reference", "reward": "score"}[n]}[phase]
-        times[n] = costs[n].seconds.get(key, 0.0)
-    busy = sum(times[n] * w.roles[n].replicas for n in names)
-    own = {w.roles[n].devices or n for n in names}
-    devices = min(hw.devices, sum(max(w.roles[m].replicas for m in names if (w.roles[m].devices or m) == d) for d in own))
+    times = {n: costs[n].seconds.get(key, 0.0) for n, key in keys.items()}
+    busy = sum(times[n] * w.roles[n].replicas for n in keys)
+    own = {w.roles[n].devices or n for n in keys}
+    devices = min(hw.devices, sum(max(w.roles[m].replicas for m in keys if (w.roles[m].devices or m) == d) for d in own))
     return max(max(times.values()), busy / max(devices, 1))
 
 
 # --------------------------------------------------------------------------------- calibration (CPU)
-
-
-PARAMS = ("forward", "train", "per_call_s", "per_token_s", "comm_bw", "per_step_s", "zero3_layer_s")
 
 
 def measure_peak(dtype: str = "fp32", threads: int = 1, seconds: float = 1.0) -> float:
@@ -371,36 +368,36 @@ def measure_peak(dtype: str = "fp32", threads: int = 1, seconds: float = 1.0) ->
 
 
 def workload_of_point(row: dict, run_dir: Path) -> Workload:
-    """The `Workload` of a measured sweep point (its config.yaml, its model's config.json)."""
-    import yaml
-
+    """The `Workload` of a measured PPO sweep point: the roles its run hosted (`orchestrator.ppo.hosted_roles`
+    of its config.yaml; a function reward has no model), their models' config.json, colocation as
+    `cluster.placement.plan_resources` resolves it, and the padded lengths the run logged."""
+    from cluster.placement import plan_resources
     from orchestrator.builtin import resolve_model_path
+    from orchestrator.config import load_job_config
+    from orchestrator.ppo import hosted_roles
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    shapes = {}
-
-    def shape(path: str) -> ModelShape:
-        if path not in shapes:
-            shapes[path] = ModelShape.from_hf_config(json.loads((Path(resolve_model_path(path)) / "config.json").read_text()))
-        return shapes[path]
-
-    pol_path = cfg["policy"]["path"]
+    cfg = load_job_config("ppo", str(run_dir / "config.yaml"))
+    hosted = hosted_roles(cfg)
+    group = {name: p[0] for name, p in plan_resources(hosted, has_gpus=False).items()}  # colocated roles share one
+    paths = {"policy": cfg.policy.path, "reference": cfg.reference.path or cfg.policy.path, "reward": cfg.reward.path,
+             "critic": cfg.policy.path if cfg.critic.init_from == "policy" else cfg.reward.path}
+    shapes: dict[str, ModelShape] = {}
     roles = {}
-    for name in ("policy", "critic", "reference", "reward"):
-        rc = cfg[name]
-        if name == "reward" and rc.get("kind") != "model":
-            continue  # a function reward: no model
-        path = {"policy": pol_path, "critic": pol_path if rc.get("init_from") == "policy" else cfg["reward"].get("path"),
-                "reference": rc.get("path") or pol_path, "reward": rc.get("path")}[name]
-        root = rc.get("colocate_with") or ""
-        roles[name] = Role(model=shape(path), replicas=int(rc["replicas"]), zero_stage=int(rc["zero_stage"]), dtype=rc["dtype"],
-                           trainable=name in ("policy", "critic"), micro_batch=int(cfg["policy" if name != "critic" else "critic"]["micro_batch_size"]),
-                           gradient_checkpointing=bool(rc.get("gradient_checkpointing")), offload_optimizer=bool(rc.get("offload_optimizer")),
-                           devices=root)
-    ppo = cfg["ppo"]
-    return Workload(roles=roles, samples=int(ppo["rollout_batch_size"]), prompt_len=round(row.get("prompt_len") or 0),
-                    response_len=round(row.get("response_len") or cfg["policy"]["max_new_tokens"]), epochs=int(ppo["epochs"]),
-                    minibatch=int(ppo["minibatch_size"]))
+    for name, rc in hosted.items():
+        if name == "reward" and cfg.reward.kind != "model":
+            continue  # no model to run
+        path = resolve_model_path(paths[name])
+        if path not in shapes:
+            shapes[path] = ModelShape.from_hf_config(json.loads((Path(path) / "config.json").read_text()))
+        micro = (cfg.critic if name == "critic" else cfg.policy).micro_batch_size  # frozen roles use the policy's
+        roles[name] = Role(model=shapes[path], replicas=rc.replicas, zero_stage=rc.zero_stage, dtype=rc.dtype,
+                           trainable=name in ("policy", "critic"), micro_batch=micro,
+                           gradient_checkpointing=rc.gradient_checkpointing,
+                           offload_optimizer=bool(getattr(rc, "offload_optimizer", False)),
+                           devices=group[name] if "+" in group[name] else "")
+    return Workload(roles=roles, samples=cfg.ppo.rollout_batch_size, prompt_len=round(row.get("prompt_len") or 0),
+                    response_len=round(row.get("response_len") or cfg.policy.max_new_tokens), epochs=cfg.ppo.epochs,
+                    minibatch=cfg.ppo.minibatch_size)
 
 
 def _efficiency(x) -> Efficiency:
@@ -412,7 +409,7 @@ def _efficiency(x) -> Efficiency:
 
 
 def fit(points: list[tuple[Workload, dict]], hw: Hardware) -> Efficiency:
-    """Efficiency constants (`PARAMS`) by bounded least squares on measured phase times, each residual
+    """Efficiency constants (the vector of `_efficiency`) by bounded least squares on measured phase times, each residual
     relative to its measurement (short phases count as much as long ones). Memory-bound terms are off
     (a CPU's caches hide the weights' bandwidth cost at these sizes)."""
     import numpy as np

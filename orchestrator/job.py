@@ -150,19 +150,6 @@ def run(job: Job, cfg, dry_run: bool = False) -> dict:
     timer = time.perf_counter()
     run_cfg = cfg.run
     out = Path(run_cfg.output_dir)
-    if dry_run:
-        resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)
-        state = ckpt.load_driver_state(resume_from) if resume_from is not None else None
-        if state is not None:
-            preflight.check_fingerprint(state.get("fingerprint"), job.fingerprint(), resume_from, run_cfg.output_dir)
-        return {"dry_run": print_plan(job, cfg, resume_from, state)}
-    try:  # an unwritable output_dir fails here, before any role starts
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"config key 'run.output_dir': {str(out)!r} is not writable ({e.strerror or e})") from None
     # the checkpoint to resume (a bad path, or one beyond run.steps, fails before any role starts)
     resume_from = ckpt.resolve_resume(run_cfg.resume, run_cfg.output_dir)
     state = ckpt.load_driver_state(resume_from) if resume_from is not None else None
@@ -171,6 +158,15 @@ def run(job: Job, cfg, dry_run: bool = False) -> dict:
     if state is not None and int(state["step"]) > run_cfg.steps:
         raise ConfigError(f"config key 'run.steps': ({run_cfg.steps}) is below the step of the checkpoint to resume, "
                           f"{resume_from} (step {int(state['step'])}); ask for more steps, or run.resume=never to start fresh")
+    if dry_run:
+        return {"dry_run": print_plan(job, cfg, resume_from, state)}
+    try:  # an unwritable output_dir fails here, before any role starts
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"config key 'run.output_dir': {str(out)!r} is not writable ({e.strerror or e})") from None
     if resume_from is None:
         _set_aside_previous_run(out)
     (out / "config.yaml").write_text(to_yaml(cfg))
@@ -193,7 +189,7 @@ def print_plan(job: Job, cfg, resume_from: Path | None, state: dict | None) -> d
     """Print what a run of `job` would do: where it writes, whether it resumes, the cluster it joins, and
     the placement groups of its roles (one bundle per replica, colocated roles sharing one); returns the
     plan as a dict."""
-    from cluster.placement import plan_resources
+    from cluster.placement import plan_resources, plan_totals
 
     run_cfg = cfg.run
     roles = job.role_configs()
@@ -207,13 +203,9 @@ def print_plan(job: Job, cfg, resume_from: Path | None, state: dict | None) -> d
         where = f"ray: the cluster of this job (RAY_ADDRESS={os.environ['RAY_ADDRESS']})"
     else:
         where = "ray: a new local cluster on 127.0.0.1"
-    groups: dict[str, dict] = {}
-    for role, (group, bundles, bundle, _) in plan.items():
-        groups[group] = {"roles": group.split("+"), "bundles": bundles, "bundle": bundle.as_dict()}
-    total: dict[str, float] = {}
-    for g in groups.values():
-        for k, v in g["bundle"].items():
-            total[k] = total.get(k, 0.0) + v * g["bundles"]
+    groups = {group: {"roles": group.split("+"), "bundles": bundles, "bundle": bundle.as_dict()}
+              for group, bundles, bundle, _ in plan.values()}
+    total = plan_totals(plan)
     out = {"job": job.name, "output_dir": run_cfg.output_dir, "resume_from": str(resume_from) if resume_from else None,
            "resume_step": int(state["step"]) if state else 0, "steps": run_cfg.steps, "hosting": where,
            "strategy": run_cfg.placement_strategy, "placement_timeout_s": run_cfg.placement_timeout_s,

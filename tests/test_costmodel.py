@@ -169,7 +169,9 @@ def test_a_sweep_point_becomes_a_workload(tmp_path):
     (run / "config.yaml").write_text(to_yaml(cfg))
     w = cm.workload_of_point({"prompt_len": 21.0, "response_len": 8.0}, run)
     assert set(w.roles) == {"policy", "critic", "reference"}  # reward.kind=function has no model
-    assert (w.roles["policy"].replicas, w.roles["policy"].zero_stage, w.roles["reference"].devices) == (2, 3, "policy")
+    assert (w.roles["policy"].replicas, w.roles["policy"].zero_stage) == (2, 3)
+    assert w.roles["reference"].devices == w.roles["policy"].devices == "policy+reference"  # colocated: one device group
+    assert w.roles["critic"].devices == ""
     assert (w.samples, w.prompt_len, w.response_len) == (16, 21, 8)
     config = json.loads((tmp_path / "cache").joinpath(model, "config.json").read_text())
     assert (w.roles["policy"].model.hidden, w.roles["policy"].model.layers) == (config["hidden_size"], config["num_hidden_layers"])
