@@ -30,7 +30,8 @@ class PolicyActor:
     @gather_as("cat")
     @torch.no_grad()
     def generate(self, prompts: PromptBatch, seed: int) -> Rollout:
-        """Sample one response per prompt; responses are right-padded to max_new_tokens."""
+        """Sample one response per prompt row (a prompt answered k times comes as k rows, in one call);
+        responses are right-padded to max_new_tokens."""
         cfg = self.cfg
         device = self.engine.device
         torch.manual_seed(seed)
@@ -100,9 +101,13 @@ class PolicyActor:
         return forward_micro_batches(self.engine, rollout, self.cfg.micro_batch_size, forward) * rollout.action_mask
 
     # ---------------------------------------------------------------- update
-    def train(self, exp: Experience, minibatch_rows: int) -> dict:
+    def train(self, exp: Experience, minibatch_rows: int, aggregation: str = "token_mean", kl_coef: float = 0.0,
+              kl_estimator: str = "k3") -> dict:
         """PPO-clip epochs: one optimizer step per minibatch of `minibatch_rows` rows of this replica
-        (`actors.trainer.train_step`; N_global = the minibatch's valid tokens over all replicas)."""
+        (`actors.trainer.train_step`; N_global = the minibatch's normaliser over all replicas, `exp.mb_tokens`).
+
+        aggregation: `losses.ppo.aggregate`'s mode. With `exp.ref_logprobs` set (the KL in the loss),
+        the loss gains kl_coef x the `kl_estimator` KL to the reference per token (`losses.ppo.policy_loss`)."""
         cfg = self.cfg
         device = self.engine.device
         bonus = cfg.entropy_coef > 0
@@ -114,8 +119,9 @@ class PolicyActor:
                                     cfg.temperature, with_entropy=bonus)
             logprobs, entropy = out if bonus else (out, None)
             per_token, metrics = policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.action_mask,
-                                             clip_eps=cfg.clip_eps, entropy=entropy, entropy_coef=cfg.entropy_coef)
-            return MicroLoss(per_token, micro.action_mask, metrics)
+                                             clip_eps=cfg.clip_eps, entropy=entropy, entropy_coef=cfg.entropy_coef,
+                                             ref_logprobs=micro.ref_logprobs, kl_coef=kl_coef, kl_estimator=kl_estimator)
+            return MicroLoss(per_token, micro.action_mask, metrics, aggregation=aggregation)
 
         stats = TrainStats()
         for mb in exp.chunks(minibatch_rows):

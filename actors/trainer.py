@@ -10,7 +10,8 @@ One call of `train_step` is one optimizer step over this replica's share of a mi
     step(engine)                                                 # exactly one optimizer step
 
 Items are tokens (PPO policy and critic, SFT: ``(b, T)`` losses) or sequences (DPO pairs, reward-model
-pairs: ``(b,)`` losses). ``N_global`` counts the items of the whole minibatch over every replica, so
+pairs: ``(b,)`` losses). ``N_global`` counts the items of the whole minibatch over every replica (or, for
+the policy's sequence-level aggregations, its sequences: `losses.ppo.normalizer`), so
 the update equals the one-process, one-micro-batch update however the minibatch is cut (the loss
 rule of `actors.engine`, tested in tests/test_engine.py and tests/test_cluster_ray.py). Roles differ
 only in their `loss_fn`; none writes its own loop.
@@ -60,6 +61,9 @@ class MicroLoss:
     batch_term: torch.Tensor | None = None
     """A 0-dim term computed over the micro-batch as a whole (ODIN's length decorrelation, a categorical
     entropy bonus), added with the weight n_micro / N_global, as the ODIN and DPL code do per device."""
+    aggregation: str = "token_mean"
+    """How per-token losses add up (`losses.ppo.aggregate`'s mode; N_global is that mode's normaliser).
+    The logged ``<prefix>/loss`` is the per-item mean whatever the mode."""
 
 
 class TrainStats:
@@ -112,8 +116,8 @@ def train_step(engine, micro_batches: Iterable[M], loss_fn: Callable[[M], MicroL
         out = loss_fn(micro)
         mask = out.mask.bool()
         count = float(mask.sum())
-        loss = aggregate(out.per_item, mask, num_tokens=global_count)
-        if out.batch_term is not None:
+        loss = aggregate(out.per_item, mask, num_tokens=global_count, mode=out.aggregation)
+        if out.batch_term is not None:  # (token_mean items only: DPO, reward-model pairs)
             loss = loss + out.batch_term * (count / global_count)
         if any_replica(not bool(torch.isfinite(loss.detach()).all())):
             raise NonFiniteError(f"{prefix} loss is not finite (micro-batch {k} on some replica); no update was made")

@@ -55,10 +55,11 @@ class Experience(Batch):
     attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, P+T)
     action_mask: torch.Tensor = spec("B T", torch.long)  # (B, T)
     old_logprobs: torch.Tensor = spec("B T", torch.float32)  # (B, T) log pi_old(a_t | s_t)
-    old_values: torch.Tensor = spec("B T", torch.float32)  # (B, T) V_old(s_t)
-    advantages: torch.Tensor = spec("B T", torch.float32)  # (B, T) GAE advantages (whitened)
-    returns: torch.Tensor = spec("B T", torch.float32)  # (B, T) A + V_old: the critic's target
-    mb_tokens: torch.Tensor = spec("B", torch.float32)  # (B,) valid tokens of the GLOBAL minibatch this row is in
+    advantages: torch.Tensor = spec("B T", torch.float32)  # (B, T) advantages of the estimator (GAE whitened, or critic-free)
+    mb_tokens: torch.Tensor = spec("B", torch.float32)  # (B,) the loss normaliser of the GLOBAL minibatch this row is in (its valid tokens for token_mean)
+    old_values: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) V_old(s_t); None without a critic
+    returns: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) A + V_old: the critic's target; None without a critic
+    ref_logprobs: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) log pi_ref(a_t | s_t) for a KL in the loss, else None
 
     @property
     def prompt_len(self) -> int:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from losses.common import masked_mean, masked_var
 
-__all__ = ["gae", "whiten", "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages"]
+__all__ = ["gae", "whiten", "returns_to_go", "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages"]
 
 
 def gae(
@@ -178,7 +178,7 @@ def reinforce_pp_advantages(token_rewards: Tensor, action_mask: Tensor, gamma: f
         G_t = sum_{s >= t} gamma^(s - t) * r_s         over the valid tokens of the row
         A_t = (G_t - mean(G)) / std(G)                 mean and std over every valid token of the batch
 
-    The returns-to-go are `gae` with no critic (V = 0) and lambda = 1; the normalisation is `whiten`.
+    The returns-to-go are `returns_to_go` (`gae` with V = 0 and lambda = 1); the normalisation is `whiten`.
     Call it on the whole batch, not a shard, so that the statistics are the batch's.
 
     Args:
@@ -189,5 +189,24 @@ def reinforce_pp_advantages(token_rewards: Tensor, action_mask: Tensor, gamma: f
     Returns:
         ``(B, T)`` advantages, 0 at masked positions.
     """
+    return whiten(returns_to_go(token_rewards, action_mask, gamma), action_mask)
+
+
+def returns_to_go(token_rewards: Tensor, action_mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Discounted returns-to-go ``G_t = sum_{s >= t} gamma^(s - t) * r_s`` over the valid tokens of each row.
+
+    The REINFORCE return (Williams 1992): `gae` with ``V = 0`` and ``lambda = 1``. The critic-free
+    estimators use it to spread a sequence-level advantage placed on the last token, plus the per-token
+    KL penalty when the KL is in the reward, over the response: token t then carries the advantage of
+    the sequence and the KL penalty of the tokens from t on.
+
+    Args:
+        token_rewards: ``(B, T)`` per-token rewards.
+        action_mask: ``(B, T)`` 1 on valid response tokens.
+        gamma: discount.
+
+    Returns:
+        ``(B, T)`` returns, 0 at masked positions.
+    """
     returns, _ = gae(token_rewards, torch.zeros_like(token_rewards), action_mask, gamma=gamma, lam=1.0)
-    return whiten(returns, action_mask)
+    return returns

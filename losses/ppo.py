@@ -16,7 +16,10 @@ from torch import Tensor
 from losses.common import masked_mean
 from losses.kl import kl_penalty
 
-__all__ = ["policy_loss", "value_loss", "aggregate"]
+__all__ = ["policy_loss", "value_loss", "aggregate", "AGGREGATIONS", "normalizer"]
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+"""The loss aggregation modes of `aggregate`."""
 
 
 def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
@@ -31,8 +34,11 @@ def policy_loss(
     clip_eps: float = 0.2,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped surrogate policy loss, per token, with an optional entropy bonus.
+    """PPO clipped surrogate policy loss, per token, with an optional entropy bonus and KL term.
 
     Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv 1707.06347),
     eq. 7 (L^CLIP), negated to be minimised:
@@ -45,6 +51,12 @@ def policy_loss(
 
     Entropy bonus (the same paper, eq. 9, ``- c2 S[pi](s_t)``): with ``entropy`` given, the per-token
     loss becomes ``loss - entropy_coef * H_t``, which rewards keeping the policy spread out.
+
+    KL in the loss (GRPO, Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, eq. 3-4): with
+    ``ref_logprobs`` given, the per-token loss gains ``kl_coef * D_t``, where D_t estimates
+    ``KL(pi || pi_ref)`` at token t from the current log-probs (with gradient), by default GRPO's
+    unbiased, non-negative estimator ``D_t = pi_ref/pi - log(pi_ref/pi) - 1`` (Schulman's k3,
+    `losses.kl.kl_penalty`). The penalty then leaves the reward, so it does not enter the advantages.
 
     Metrics (0-dim, detached, masked means over this call's valid tokens):
         - ``clipfrac``: fraction of tokens where the clipped term is strictly larger, i.e. where the
@@ -64,10 +76,13 @@ def policy_loss(
         clip_eps: the clip range eps.
         entropy: ``(B, T)`` H(pi(. | s_t)) of the current policy (requires grad), or None.
         entropy_coef: the bonus weight c2 (used when ``entropy`` is given).
+        ref_logprobs: ``(B, T)`` log pi_ref(a_t | s_t) for the KL term, or None (no KL term).
+        kl_coef: the KL term's weight beta (used when ``ref_logprobs`` is given).
+        kl_estimator: "k1", "k2" or "k3" for D_t.
 
     Returns:
         ``(per_token_loss, metrics)``: ``(B, T)`` loss, 0 at masked positions; dict of 0-dim tensors
-        (``entropy`` too when given).
+        (``entropy`` too when given, ``kl_loss``, the mean D_t, with ``ref_logprobs``).
     """
     mask = mask.bool()
     # Masked positions are zeroed up front, so garbage there (even nan or inf) reaches neither the
@@ -81,6 +96,10 @@ def policy_loss(
     pg_loss = torch.maximum(pg_loss_unclipped, pg_loss_clipped)  # (B, T)
     if entropy is not None:
         pg_loss = pg_loss - entropy_coef * _zero_masked(entropy, mask)
+    kl = None
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, _zero_masked(ref_logprobs, mask), kl_estimator)  # (B, T), 0 where masked
+        pg_loss = pg_loss + kl_coef * kl
     pg_loss = _zero_masked(pg_loss, mask)  # (B, T)
 
     with torch.no_grad():
@@ -94,6 +113,8 @@ def policy_loss(
         }
         if entropy is not None:
             metrics["entropy"] = masked_mean(entropy, mask)
+        if kl is not None:
+            metrics["kl_loss"] = masked_mean(kl.detach(), mask)
     return pg_loss, metrics
 
 
@@ -149,17 +170,26 @@ def value_loss(
     return vf_loss, metrics
 
 
-def aggregate(per_token: Tensor, mask: Tensor, num_tokens: int | float | Tensor | None = None) -> Tensor:
-    """Reduce a per-token loss to one number: the sum over valid tokens divided by a token count.
+def aggregate(per_token: Tensor, mask: Tensor, num_tokens: int | float | Tensor | None = None,
+              mode: str = "token_mean") -> Tensor:
+    """Reduce a per-token loss to one number, dividing by a normaliser of the whole optimiser step.
 
-        loss = sum_{b,t} m_{b,t} * l_{b,t} / N
+        token_mean               loss = sum_{b,t} m_bt l_bt / N                 N = valid tokens
+        seq_mean_token_mean      loss = sum_b (sum_t m_bt l_bt / n_b) / N        N = sequences, n_b = row b's tokens
+        seq_mean_token_sum_norm  loss = sum_{b,t} m_bt l_bt / N                 N = sequences x T
 
-    with ``N = num_tokens`` when given (the global number of valid tokens across all shards and
-    micro-batches of the optimiser step), else the local ``sum(m)``. With the global count, the sum of
-    ``aggregate`` over shards and micro-batches equals the loss of the unsplit batch (the token-level
-    mean of DAPO, arXiv 2503.14476, Sec. 3.3), so the accumulated gradient does not depend on how the
-    batch was cut. Data-parallel engines (DDP, DeepSpeed) *average* gradients over ranks: there, pass
-    ``num_tokens / world_size`` (or scale the loss by the world size) to keep the sum.
+    ``token_mean`` weighs every token alike (the token-level mean of DAPO, Yu et al. 2025, arXiv
+    2503.14476, Sec. 3.3). ``seq_mean_token_mean`` weighs every sequence alike, each the mean of its
+    tokens (GRPO's 1/G sum_i 1/|o_i| sum_t of DeepSeekMath, arXiv 2402.03300, eq. 3), which gives a
+    short sequence's tokens more weight. ``seq_mean_token_sum_norm`` divides each sequence's token sum
+    by one constant T, the generation budget (``mask.shape[-1]``, responses are right-padded to it):
+    Dr. GRPO's unbiased form (Liu et al. 2025, arXiv 2503.20783, Sec. 3.1), with no length bias.
+
+    ``num_tokens`` is the global normaliser N of the mode (`normalizer` over the whole minibatch, all
+    shards and micro-batches): with it the sum of ``aggregate`` over shards and micro-batches equals the
+    loss of the unsplit batch, so the accumulated gradient does not depend on how the batch was cut.
+    Without it N is this call's own (local) count. Data-parallel engines (DDP, DeepSpeed) *average*
+    gradients over ranks: there, pass ``N / world_size`` (or scale the loss by the world size).
 
     Masked positions are selected out with ``torch.where``: their values never matter. A local
     count of 0 is treated as 1, so an empty micro-batch gives 0, not nan.
@@ -167,13 +197,36 @@ def aggregate(per_token: Tensor, mask: Tensor, num_tokens: int | float | Tensor 
     Args:
         per_token: ``(B, T)`` unreduced loss.
         mask: ``(B, T)`` 1 on valid tokens.
-        num_tokens: global count of valid tokens, or None for the local count.
+        num_tokens: the global normaliser N of ``mode``, or None for the local one.
+        mode: one of `AGGREGATIONS`.
 
     Returns:
         0-dim tensor.
     """
     mask = mask.bool()
-    total = _zero_masked(per_token, mask).sum()
+    per_token = _zero_masked(per_token, mask)
+    if mode == "seq_mean_token_mean":
+        total = (per_token.sum(-1) / mask.sum(-1).clamp_min(1)).sum()
+    elif mode in ("token_mean", "seq_mean_token_sum_norm"):
+        total = per_token.sum()
+    else:
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGGREGATIONS}")
     if num_tokens is None:
-        return total / mask.sum().clamp_min(1)
+        num_tokens = normalizer(mask, mode)
     return total / num_tokens
+
+
+def normalizer(mask: Tensor, mode: str = "token_mean") -> Tensor:
+    """N of `aggregate` for the rows of ``mask`` (``(B, T)``, 1 on valid tokens): the valid tokens
+    (token_mean), the sequences (seq_mean_token_mean) or sequences x T (seq_mean_token_sum_norm); at
+    least 1. Called on a whole minibatch, it gives the global normaliser."""
+    mask = mask.bool()
+    if mode == "token_mean":
+        n = mask.sum()
+    elif mode == "seq_mean_token_mean":
+        n = torch.tensor(mask.shape[0])
+    elif mode == "seq_mean_token_sum_norm":
+        n = torch.tensor(mask.shape[0] * mask.shape[1])
+    else:
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGGREGATIONS}")
+    return n.clamp_min(1).to(torch.float32)

@@ -13,7 +13,7 @@ from torch import Tensor
 from losses.common import RunningMoments
 from losses.kl import kl_penalty
 
-__all__ = ["ShapedRewards", "shape_rewards", "last_index"]
+__all__ = ["ShapedRewards", "shape_rewards", "last_index", "on_last_token"]
 
 
 @dataclass
@@ -27,6 +27,16 @@ def last_index(mask: Tensor) -> Tensor:
     """(B,) index of the last 1 in each row of a right-padded (B, T) mask (0 for an empty row)."""
     t = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return (t * mask.long()).max(dim=1).values
+
+
+def on_last_token(values: Tensor, mask: Tensor) -> Tensor:
+    """``(B, T)``: ``values[b]`` on the last valid token of row b, 0 elsewhere (and on a row without tokens)."""
+    valid = mask.bool()
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    has_tokens = valid.any(-1)
+    out[rows[has_tokens], last_index(mask)[has_tokens]] = values[has_tokens]
+    return out
 
 
 def shape_rewards(
@@ -68,9 +78,5 @@ def shape_rewards(
         scores = scores.clamp(-reward_clip, reward_clip)
     valid = mask.bool()
     kl = torch.where(valid, kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator), 0.0)
-    rewards = -kl_coef * kl
-    last = last_index(mask)  # (B,)
-    rows = torch.arange(rewards.shape[0], device=rewards.device)
-    has_tokens = valid.any(-1)
-    rewards[rows[has_tokens], last[has_tokens]] += scores[has_tokens].to(rewards.dtype)
+    rewards = -kl_coef * kl + on_last_token(scores.to(kl.dtype), mask)
     return ShapedRewards(rewards=torch.where(valid, rewards, 0.0), kl=kl, scores=scores)

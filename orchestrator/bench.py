@@ -63,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
     records = [ppo_step(roles, cfg, next_prompts, kl_ctl, moments, step, profile=True) for step in range(args.steps + 1)][1:]
 
     memory = {g.name: max(h["peak_memory_mb"] for h in g.hosts()) for g in roles.all()}
+    replicas = {g.name: g.world_size for g in roles.all()}
     params = _count_params(model_dir)
     for g in roles.all():
         g.shutdown()
 
-    phases = {p: statistics.mean(r[f"time/{p}"] for r in records) for p in PHASES}
+    phases = {p: statistics.mean(r[f"time/{p}"] for r in records) for p in PHASES if f"time/{p}" in records[0]}  # critic-free: no values, no critic update
     step_time = statistics.mean(r["time/step"] for r in records)
     tokens = statistics.mean(r["length/mean"] for r in records) * cfg.ppo.rollout_batch_size
     result = {
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         "size": args.size,
         "parameters": params,
         "mode": cfg.run.mode,
-        "replicas": {r: getattr(cfg, r).replicas for r in ("policy", "reference", "critic", "reward")},
+        "advantage_estimator": cfg.ppo.advantage_estimator,
+        "replicas": replicas,
         "zero_stage": cfg.policy.zero_stage,
         "dtype": cfg.policy.dtype,
         "rollout_batch_size": cfg.ppo.rollout_batch_size,

@@ -120,17 +120,20 @@ def resolve_model_path(path: str) -> str:
     return builtin_policy_dir(size)
 
 
-BUILTIN_DATASETS = ("prompts", "preferences", "hidden-context", "sft")
+BUILTIN_DATASETS = ("prompts", "closed-prompts", "preferences", "hidden-context", "sft")
 
 
 def builtin_rows(name: str, split: str, seed: int = 0) -> list[dict]:
     """Rows of a built-in dataset (`BUILTIN_DATASETS`) for split "train" or "test"; backs the data specs
-    `builtin:prompts`, `builtin:preferences`, `builtin:hidden-context` (preference pairs from the annotator
-    pool of `task.HIDDEN_CONTEXT`) and `builtin:sft`."""
+    `builtin:prompts`, `builtin:closed-prompts` (its closed questions only: 76 train, 38 test, for
+    `task.verifiable_reward`), `builtin:preferences`, `builtin:hidden-context` (preference pairs from the
+    annotator pool of `task.HIDDEN_CONTEXT`) and `builtin:sft`."""
     if split not in task.SPLITS:
         raise ValueError(f"split of builtin:{name} must be one of {task.SPLITS}, got {split!r}")
     if name == "prompts":
         return task.prompt_rows(split, seed=seed)
+    if name == "closed-prompts":
+        return task.prompt_rows(split, seed=seed, query_type="closed")
     if name == "preferences":
         return task.preference_rows(split, seed=seed)
     if name == "hidden-context":

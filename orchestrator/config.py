@@ -26,6 +26,8 @@ from orchestrator.configtree import Check, ConfigError, load, to_yaml  # noqa: F
 
 BUILTIN_REWARD = "orchestrator.task:annotator_reward"
 """The default PPO reward: what a perfectly learned reward model of the built-in preference labels says."""
+VERIFIABLE_REWARD = "orchestrator.task:verifiable_reward"
+"""1 if a built-in closed question is answered with the right fact (and no other), else 0."""
 
 
 @dataclass
@@ -66,16 +68,30 @@ class DataConfig:
 
 @dataclass
 class PPOAlgoConfig:
+    advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = "gae"
+    """gae: PPO with a critic (GAE, Schulman et al. 2016). Critic-free, with no critic role started: grpo (group-normalised scores, DeepSeekMath; Dr. GRPO with grpo_scale_by_std=false and loss_agg=seq_mean_token_sum_norm), rloo (leave-one-out baseline, Ahmadian et al. 2024), reinforce_pp (REINFORCE++: batch-whitened returns, Hu 2025). grpo and rloo need samples_per_prompt >= 2."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt, in one generate call; the k responses to a prompt form its group (the baseline of grpo and rloo)."""
     rollout_batch_size: int = 64
-    """Prompts sampled per PPO step (one response each)."""
+    """Responses generated per step (not prompts): rollout_batch_size / samples_per_prompt prompts, each answered samples_per_prompt times. Counting responses keeps a step's cost and its minibatches the same whatever samples_per_prompt is."""
     minibatch_size: int = 32
-    """Sequences per optimizer step; the rollout batch is cut into rollout_batch_size / minibatch_size minibatches."""
+    """Responses per optimizer step; the rollout batch is cut into rollout_batch_size / minibatch_size minibatches."""
     epochs: int = 2
     """Passes over each rollout batch."""
     gamma: float = 1.0
-    """GAE discount."""
+    """Discount of the returns (GAE, and the returns-to-go of the critic-free estimators)."""
     lam: float = 0.95
-    """GAE lambda."""
+    """GAE lambda (gae only)."""
+    grpo_scale_by_std: bool = True
+    """grpo: divide by the group's std (GRPO); false gives Dr. GRPO's r - mean (Liu et al. 2025)."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    """How the policy loss adds up over a minibatch (`losses.ppo.aggregate`): token_mean (every token alike), seq_mean_token_mean (every response alike: GRPO's paper), seq_mean_token_sum_norm (token sums over policy.max_new_tokens: Dr. GRPO). Exact under any replicas and micro-batch sizes."""
+    kl_in_loss: bool = False
+    """Put the KL to the reference in the policy loss (GRPO: kl_loss_coef x the kl_loss_estimator per token) instead of in the reward; kl_coef then is not used."""
+    kl_loss_coef: float = 0.04
+    """kl_in_loss: the KL term's weight (0.04 in DeepSeekMath's GRPO)."""
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """kl_in_loss: the per-token KL estimator in the loss (k3, GRPO's, by default)."""
     kl_coef: float = 0.02
     """Initial coefficient of the per-token KL penalty against the reference."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
@@ -85,7 +101,7 @@ class PPOAlgoConfig:
     kl_horizon: int = 10000
     """Adaptive KL controller horizon, in samples."""
     whiten_advantages: bool = True
-    """Whiten advantages over the rollout batch."""
+    """Whiten advantages over the rollout batch (gae only: grpo and rloo have their group baselines, and reinforce_pp whitens by definition)."""
     reward_norm: bool = False
     """Normalise sequence rewards with running mean and std."""
     reward_clip: float = 0.0
@@ -93,7 +109,23 @@ class PPOAlgoConfig:
     no_eos_penalty: float = 0.0
     """Subtracted from the reward of responses that end without EOS (0 = off)."""
 
+    @property
+    def critic_free(self) -> bool:
+        """Whether the estimator needs no critic (anything but gae)."""
+        return self.advantage_estimator != "gae"
+
     def validate(self, check: Check) -> None:
+        k = self.samples_per_prompt
+        check(k >= 1, "samples_per_prompt", "must be >= 1")
+        check(self.advantage_estimator not in ("grpo", "rloo") or k >= 2, "samples_per_prompt",
+              f"must be >= 2 with advantage_estimator={self.advantage_estimator} (its baseline is the other responses to the "
+              "same prompt)")
+        check(k < 1 or self.rollout_batch_size % k == 0, "rollout_batch_size",
+              f"counts responses per step and must be divisible by ppo.samples_per_prompt={k}")
+        check(not (self.kl_in_loss and self.kl_target > 0), "kl_target",
+              "adapts the KL coefficient of the reward, but ppo.kl_in_loss=true puts the KL in the loss (fixed "
+              "ppo.kl_loss_coef); set ppo.kl_target=0")
+        check(self.kl_loss_coef >= 0, "kl_loss_coef", "must be >= 0")
         check(self.rollout_batch_size >= 1, "rollout_batch_size", "must be >= 1")
         check(self.minibatch_size >= 1, "minibatch_size", "must be >= 1")
         check(self.rollout_batch_size % self.minibatch_size == 0, "rollout_batch_size", f"must be divisible by ppo.minibatch_size={self.minibatch_size}")
@@ -203,11 +235,18 @@ class PPOConfig:
                   f"is the built-in task's annotator reward ({BUILTIN_REWARD}), which scores only the built-in prompts, "
                   f"but {key}={path!r}; set a reward for your prompts (reward.kind=model reward.path=<your reward model>, "
                   "or reward.function=<module:function>)")
+        verifiable = any(part.kind == "function" and part.function == VERIFIABLE_REWARD
+                         for part in [self.reward] + list(self.reward.components))
+        for path, key in ((self.data.path, "data.path"), (self.data.eval_path, "data.eval_path")):
+            check(not verifiable or path != "builtin:prompts", "reward.function",
+                  f"is {VERIFIABLE_REWARD}, which scores closed questions only, but {key}=builtin:prompts has open ones "
+                  "too; use data.path=builtin:closed-prompts")
         n = self.ppo.rollout_batch_size
-        for role in ("policy", "reference", "critic", "reward"):
+        trained = ("policy",) if self.ppo.critic_free else ("policy", "critic")  # no critic role without GAE
+        for role in ("policy", "reference", "reward") + trained[1:]:
             replicas = getattr(self, role).replicas
-            check(n % replicas == 0, "ppo.rollout_batch_size", f"({n}) must be divisible by {role}.replicas={replicas}")
-        for role in ("policy", "critic"):
+            check(n % replicas == 0, "ppo.rollout_batch_size", f"({n} responses) must be divisible by {role}.replicas={replicas}")
+        for role in trained:
             cfg = getattr(self, role)
             per_replica, rem = divmod(self.ppo.minibatch_size, cfg.replicas)
             check(rem == 0, "ppo.minibatch_size", f"({self.ppo.minibatch_size}) must be divisible by {role}.replicas={cfg.replicas}")
@@ -219,6 +258,10 @@ class PPOConfig:
             )
         for role in ("policy", "reference", "critic", "reward"):
             other = getattr(self, role).colocate_with
+            if self.ppo.critic_free and role != "critic" and other == "critic":
+                check(False, f"{role}.colocate_with", f"names the critic, which ppo.advantage_estimator="
+                      f"{self.ppo.advantage_estimator} does not start (no critic without GAE)")
+                continue
             check(other in (None, "policy", "reference", "critic", "reward"), f"{role}.colocate_with",
                   f"must be one of policy, reference, critic, reward (got {other!r})")
             check(other != role, f"{role}.colocate_with", "cannot name the role itself")

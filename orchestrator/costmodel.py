@@ -319,9 +319,11 @@ def estimate(w: Workload, hw: Hardware, eff: Efficiency) -> dict:
         phases["weight_sync"] = wbytes / eff.comm_bw
     else:
         phases["generate"] = _group({"policy": "generate"}, w, costs, hw)
-    phases["score+reference+old_logprobs+values"] = _group(
+    # named as `orchestrator.ppo.ppo_step` names its phases (critic-free: no values, no critic update)
+    critic = "critic" in w.roles
+    phases["score+reference+old_logprobs" + "+values" * critic] = _group(
         {n: FORWARD_PHASE[n] for n in ("reward", "reference", "policy", "critic") if n in w.roles}, w, costs, hw)
-    phases["critic_update+policy_update"] = _group(
+    phases["critic_update+" * critic + "policy_update"] = _group(
         {n: f"{n}_update" for n in ("critic", "policy") if n in w.roles and w.roles[n].trainable}, w, costs, hw)
     phases["driver"] = eff.per_step_s
     step = sum(phases.values())

@@ -7,7 +7,7 @@ Sources (`DataConfig.path`)
     FOLDER/         every .parquet/.jsonl/.json shard under it (under `data.data_dir` if set), sorted by
                     path; when shard paths name splits as the Hub lays them out (data/train-00000-of-00002.parquet,
                     test/part-0.jsonl), only the shards of `split` are read
-    builtin:NAME    the built-in task data (`prompts`, `preferences`, `hidden-context`, `sft`), split `DataConfig.split`
+    builtin:NAME    the built-in task data (`prompts`, `closed-prompts`, `preferences`, `hidden-context`, `sft`), split `DataConfig.split`
     anything else   a Hugging Face hub dataset or builder: `datasets.load_dataset(name, data.subset,
                     data_files=data.data_files, data_dir=data.data_dir, split=data.split)`; the split
                     may slice, e.g. train[:1000] or train[:10%] (and `json` with data.data_files reads

@@ -25,7 +25,7 @@ __all__ = ["EVAL_SEED", "GOLD_DATA", "GenerationEval", "sample_and_score", "anno
 
 EVAL_SEED = 1_000_003
 """The sampling seed of every held-out generation: the start and end evaluations sample alike."""
-GOLD_DATA = ("builtin:prompts", "builtin:preferences", "builtin:hidden-context", "builtin:sft")
+GOLD_DATA = ("builtin:prompts", "builtin:closed-prompts", "builtin:preferences", "builtin:hidden-context", "builtin:sft")
 """Data of the built-in task: its held-out prompts have a gold score."""
 
 

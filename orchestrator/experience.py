@@ -1,5 +1,6 @@
-"""Experience making: a scored rollout -> per-token rewards with a KL penalty, GAE, whitening -> `Experience`;
-and the minibatch plan of the updates (`schedule`).
+"""Experience making: a scored rollout -> per-token rewards with a KL penalty, advantages (GAE and
+whitening, or a critic-free estimator: GRPO, Dr. GRPO, RLOO, REINFORCE++) -> `Experience`; and the
+minibatch plan of the updates (`schedule`).
 
 Every number comes from `losses/` (`losses.rewards.shape_rewards`, `losses.advantages`, the KL
 controller and running moments whose state PPO carries between steps); this module only wires them
@@ -12,15 +13,16 @@ import torch
 
 from actors.types import Experience, LogProbs, Rollout, Scores, Values
 from losses import masked_mean, pearson
-from losses.advantages import gae, whiten
+from losses.advantages import gae, grpo_advantages, reinforce_pp_advantages, returns_to_go, rloo_advantages, whiten
 from losses.common import RunningMoments, explained_variance
 from losses.kl import KLController, sequence_kl
-from losses.rewards import shape_rewards
+from losses.ppo import normalizer
+from losses.rewards import on_last_token, shape_rewards
 
 __all__ = ["make_experience", "reward_metrics", "schedule", "nonfinite_inputs"]
 
 
-def nonfinite_inputs(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values,
+def nonfinite_inputs(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values | None,
                      reward: str) -> str | None:
     """None when the scores and the per-token views of a rollout are finite (on response tokens); else one
     line naming the first non-finite source (`reward` describes the reward), how many responses it hit,
@@ -29,8 +31,10 @@ def nonfinite_inputs(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, o
     checks = [(f"the reward ({reward})", ~torch.isfinite(scores.reward))]
     if scores.std is not None:
         checks.append((f"the reward's std ({reward})", ~torch.isfinite(scores.std)))
-    for name, view in (("the reference log-probs", ref_logprobs.logprobs), ("the policy's log-probs", old_logprobs.logprobs),
-                       ("the critic's values", values.values)):
+    views = [("the reference log-probs", ref_logprobs.logprobs), ("the policy's log-probs", old_logprobs.logprobs)]
+    if values is not None:
+        views.append(("the critic's values", values.values))
+    for name, view in views:
         checks.append((name, (~torch.isfinite(view) & mask).any(-1)))
     for name, bad in checks:
         if bad.any():
@@ -40,50 +44,88 @@ def nonfinite_inputs(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, o
     return None
 
 
-def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values,
+def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values | None,
                     algo, kl_ctl: KLController, moments: RunningMoments,
                     std_threshold: float = 1.0) -> tuple[Experience, dict]:
-    """Rollout + scores + the three per-token views -> an `Experience` and its metrics.
+    """Rollout + scores + the per-token views -> an `Experience` and its metrics.
 
-    algo: the `PPOAlgoConfig` slice. kl_ctl is updated with this batch's KL (after the rewards used
-    the coefficient before it), moments with its scores (when algo.reward_norm).
+    algo: the `PPOAlgoConfig` slice; `algo.advantage_estimator` picks the advantages:
+      gae           GAE on the KL-shaped token rewards with the critic's `values`, whitened (whiten_advantages);
+      grpo, rloo    the group baseline (`losses.advantages`) on the shaped sequence scores, placed on the
+                    last token, plus the per-token KL penalty, as returns-to-go: A_t = A_seq - beta * sum_{s>=t} KL_s;
+      reinforce_pp  returns-to-go of the KL-shaped token rewards, whitened over the batch.
+    `values` is None for the critic-free estimators. With `algo.kl_in_loss` the reward carries no KL
+    (its coefficient is 0) and the experience carries the reference log-probs for the loss.
+    kl_ctl is updated with this batch's KL (after the rewards used the coefficient before it), moments
+    with its scores (when algo.reward_norm).
     std_threshold: `reward.std_threshold`, for the reward diagnostics (`reward_metrics`).
     """
     mask = rollout.action_mask
+    estimator = algo.advantage_estimator
+    kl_coef = 0.0 if algo.kl_in_loss else kl_ctl.coef
     shaped = shape_rewards(
         scores.reward, old_logprobs.logprobs, ref_logprobs.logprobs, mask, rollout.ended_with_eos,
-        kl_coef=kl_ctl.coef, kl_estimator=algo.kl_estimator, no_eos_penalty=algo.no_eos_penalty,
+        kl_coef=kl_coef, kl_estimator=algo.kl_estimator, no_eos_penalty=algo.no_eos_penalty,
         moments=moments if algo.reward_norm else None, reward_clip=algo.reward_clip,
     )
-    advantages, returns = gae(shaped.rewards, values.values, mask, gamma=algo.gamma, lam=algo.lam)
-    if algo.whiten_advantages:
-        advantages = whiten(advantages, mask, shift_mean=True)
+    returns = None
+    if estimator == "gae":
+        advantages, returns = gae(shaped.rewards, values.values, mask, gamma=algo.gamma, lam=algo.lam)
+        if algo.whiten_advantages:
+            advantages = whiten(advantages, mask, shift_mean=True)
+    elif estimator in ("grpo", "rloo"):
+        k = algo.samples_per_prompt
+        seq = (grpo_advantages(shaped.scores, k, scale_by_std=algo.grpo_scale_by_std) if estimator == "grpo"
+               else rloo_advantages(shaped.scores, k))
+        advantages = returns_to_go(-kl_coef * shaped.kl + on_last_token(seq, mask), mask, gamma=algo.gamma)
+    elif estimator == "reinforce_pp":
+        advantages = reinforce_pp_advantages(shaped.rewards, mask, gamma=algo.gamma)
+    else:
+        raise ValueError(f"unknown advantage estimator {estimator!r}")
     kl = sequence_kl(shaped.kl, mask).item()
     lengths = mask.sum(-1).float()
     metrics = {
         **reward_metrics(scores, lengths, std_threshold),
+        **group_metrics(shaped.scores, algo.samples_per_prompt),
         "reward/shaped": shaped.scores.mean().item(),
         "kl/mean": kl,
-        "kl/coef": kl_ctl.coef,
+        "kl/coef": algo.kl_loss_coef if algo.kl_in_loss else kl_ctl.coef,
         "length/mean": lengths.mean().item(),
         "length/eos_rate": rollout.ended_with_eos.float().mean().item(),
-        "critic/values_mean": masked_mean(values.values, mask).item(),
-        "critic/returns_mean": masked_mean(returns, mask).item(),
-        "critic/explained_variance": explained_variance(values.values, returns, mask).item(),
         "policy/advantages_mean": masked_mean(advantages, mask).item(),
     }
+    if values is not None:
+        metrics.update({
+            "critic/values_mean": masked_mean(values.values, mask).item(),
+            "critic/returns_mean": masked_mean(returns, mask).item(),
+            "critic/explained_variance": explained_variance(values.values, returns, mask).item(),
+        })
     kl_ctl.update(kl, rollout.num_rows)
     exp = Experience(
         sequences=rollout.sequences,
         attention_mask=rollout.attention_mask,
         action_mask=mask,
         old_logprobs=old_logprobs.logprobs,
-        old_values=values.values,
         advantages=advantages,
-        returns=returns,
         mb_tokens=torch.zeros(rollout.num_rows),
+        old_values=None if values is None else values.values,
+        returns=returns,
+        ref_logprobs=ref_logprobs.logprobs if algo.kl_in_loss else None,
     )
     return exp, metrics
+
+
+def group_metrics(scores: torch.Tensor, group_size: int) -> dict:
+    """With several responses per prompt (`group_size` > 1, groups contiguous): reward/group_std, the mean
+    over groups of the (unbiased) std of their shaped scores, and grpo/zero_std_groups, the number of
+    groups whose scores are all equal (std < 1e-6: their GRPO/RLOO advantages are 0, so they teach
+    nothing but the KL), with grpo/zero_std_share, that number over the groups. {} for one response per prompt."""
+    if group_size < 2:
+        return {}
+    std = scores.double().view(-1, group_size).std(dim=1, correction=1)  # (G,)
+    zero = (std < 1e-6).sum().item()
+    return {"reward/group_std": std.mean().item(), "grpo/zero_std_groups": float(zero),
+            "grpo/zero_std_share": zero / std.numel()}
 
 
 def reward_metrics(scores, lengths: torch.Tensor, std_threshold: float) -> dict:
@@ -110,26 +152,27 @@ def reward_metrics(scores, lengths: torch.Tensor, std_threshold: float) -> dict:
     return metrics
 
 
-def schedule(exp, *, epochs: int, minibatch_size: int, replicas: int, generator: torch.Generator):
-    """Order the rows for `replicas` data-parallel trainers and stamp each with its minibatch's token count.
+def schedule(exp, *, epochs: int, minibatch_size: int, replicas: int, generator: torch.Generator,
+             aggregation: str = "token_mean"):
+    """Order the rows for `replicas` data-parallel trainers and stamp each with its minibatch's loss normaliser.
 
     For each epoch the rows are shuffled and cut into minibatches of `minibatch_size`; each minibatch
     is cut into `replicas` equal shards. Replica r receives (as one contiguous block, so that
     `Batch.split(replicas)` hands it over) its shard of minibatch 0, then of minibatch 1, ... Every row
-    carries `mb_tokens`, the valid-token count of its whole minibatch across replicas: the N_global of
-    the loss, which makes the update independent of how the minibatch is cut.
+    carries `mb_tokens`, the N_global of its whole minibatch across replicas for the loss `aggregation`
+    (`losses.ppo.normalizer`: the valid-token count for token_mean), which makes the update
+    independent of how the minibatch is cut.
     """
     n = exp.num_rows
     per_replica = minibatch_size // replicas
     blocks: list[list] = [[] for _ in range(replicas)]
-    tokens = exp.action_mask.sum(-1).float()
     mb_tokens = torch.zeros(0)
     order = []
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator)
         for start in range(0, n, minibatch_size):
             rows = perm[start : start + minibatch_size]
-            total = tokens[rows].sum()
+            total = normalizer(exp.action_mask[rows], aggregation)
             for r in range(replicas):
                 blocks[r].append((rows[r * per_replica : (r + 1) * per_replica], total))
     for r in range(replicas):

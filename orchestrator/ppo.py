@@ -1,10 +1,13 @@
-"""`rlhf ppo`: the PPO job. One step reads like the algorithm:
+"""`rlhf ppo`: the PPO job, with a critic (GAE) or critic-free (GRPO, Dr. GRPO, RLOO, REINFORCE++:
+`ppo.advantage_estimator`). One step reads like the algorithm:
 
-    rollout = policy.generate(prompts)
+    rollout = policy.generate(prompts, each ppo.samples_per_prompt times)
     scores, ref, old, values = reward.score(rollout), reference.logprobs(rollout),
                                policy.logprobs(rollout), critic.values(rollout)     # concurrently
-    exp = make_experience(rollout, scores, ref, old, values)                       # KL, GAE, whitening
+    exp = make_experience(rollout, scores, ref, old, values)                       # KL, advantages
     critic.train(exp); policy.train(exp)                                           # concurrently
+
+Critic-free, there is no critic role at all (no actor, no device, no checkpoint): no values, no critic update.
 
 The same code drives `local` mode (roles are objects in this process) and `ray` mode (roles are
 groups of Ray actors); only `cluster.create_groups` differs. Everything around the step (output
@@ -47,7 +50,7 @@ def optimizer_steps(cfg: PPOConfig) -> int:
 @dataclass
 class Roles:
     policy: object
-    critic: object
+    critic: object | None  # None with a critic-free estimator (ppo.advantage_estimator != gae)
     reward: object
     reference: object | None  # None with a LoRA policy: reference = policy with adapters disabled
 
@@ -56,9 +59,12 @@ class Roles:
 
 
 def hosted_roles(cfg: PPOConfig) -> dict:
-    """The roles PPO starts and their config slices: policy, critic, reward, and the reference unless the
-    policy's LoRA adapters double as it (LoRA without reference.path: adapters off = the reference)."""
-    roles = {"policy": cfg.policy, "critic": cfg.critic, "reward": cfg.reward}
+    """The roles PPO starts and their config slices: policy, reward, the critic unless the advantage
+    estimator is critic-free, and the reference unless the policy's LoRA adapters double as it (LoRA
+    without reference.path: adapters off = the reference)."""
+    roles = {"policy": cfg.policy, "reward": cfg.reward}
+    if not cfg.ppo.critic_free:
+        roles["critic"] = cfg.critic
     if not (cfg.policy.lora.enabled and not cfg.reference.path):
         roles["reference"] = cfg.reference
     return roles
@@ -66,16 +72,18 @@ def hosted_roles(cfg: PPOConfig) -> dict:
 
 def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) -> Roles:
     seed = cfg.run.seed
-    critic_path = policy_path if cfg.critic.init_from == "policy" else cfg.reward.path
-    if cfg.critic.init_from == "reward" and cfg.reward.kind != "model":
-        raise ConfigError("critic.init_from=reward needs reward.kind=model (a reward model to take the backbone from)")
+    hosted = hosted_roles(cfg)
     common = dict(seed=seed, total_steps=total_optimizer_steps, minibatch_size=cfg.ppo.minibatch_size)
     specs = {
         "policy": RoleSpec(PolicyActor, cfg.policy, kwargs=dict(model_path=policy_path, **common)),
-        "critic": RoleSpec(CriticActor, cfg.critic, kwargs=dict(model_path=critic_path, **common)),
         "reward": RoleSpec(RewardActor, cfg.reward, kwargs=dict(seed=seed, max_new_tokens=cfg.policy.max_new_tokens)),
     }
-    if "reference" in hosted_roles(cfg):
+    if "critic" in hosted:
+        if cfg.critic.init_from == "reward" and cfg.reward.kind != "model":
+            raise ConfigError("critic.init_from=reward needs reward.kind=model (a reward model to take the backbone from)")
+        critic_path = policy_path if cfg.critic.init_from == "policy" else cfg.reward.path
+        specs["critic"] = RoleSpec(CriticActor, cfg.critic, kwargs=dict(model_path=critic_path, **common))
+    if "reference" in hosted:
         specs["reference"] = RoleSpec(
             ReferenceActor,
             cfg.reference,
@@ -88,13 +96,13 @@ def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) ->
     t0 = time.perf_counter()
     groups = create_groups(cfg.run.hosting(), specs)
     log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - t0, cfg.run.mode)
-    return Roles(policy=groups["policy"], critic=groups["critic"], reward=groups["reward"], reference=groups.get("reference"))
+    return Roles(policy=groups["policy"], critic=groups.get("critic"), reward=groups["reward"], reference=groups.get("reference"))
 
 
 def preflight_models(cfg: PPOConfig, policy_path: str) -> dict:
     """The models' configs, read and checked before any role starts (`orchestrator.preflight`): every path
     readable, LoRA targets that exist. Returns {role: ModelInfo} for policy, reference (when it has its
-    own path), critic and reward (kind=model)."""
+    own path), critic (when one is started) and reward (kind=model)."""
     trust = cfg.policy.trust_remote_code
     infos = {"policy": preflight.model_info("policy.path", policy_path, trust)}
     if cfg.reference.path:
@@ -104,7 +112,7 @@ def preflight_models(cfg: PPOConfig, policy_path: str) -> dict:
     critic_path = policy_path if cfg.critic.init_from == "policy" else cfg.reward.path
     infos["critic"] = infos["policy"] if cfg.critic.init_from == "policy" else infos.get("reward")
     preflight.check_lora("policy", policy_path, cfg.policy.lora, trust_remote_code=trust)
-    if infos["critic"] is not None:
+    if infos["critic"] is not None and "critic" in hosted_roles(cfg):
         preflight.check_lora("critic", critic_path, cfg.critic.lora, trust_remote_code=cfg.critic.trust_remote_code)
     else:
         del infos["critic"]
@@ -140,7 +148,7 @@ class PPOJob(job.Job):
         trust = cfg.policy.trust_remote_code
         if cfg.reference.path:
             preflight.check_same_vocab("policy.path", tokenizer, "reference.path", cfg.reference.path, trust)
-        if cfg.critic.init_from == "reward" and cfg.reward.kind == "model":
+        if cfg.critic.init_from == "reward" and cfg.reward.kind == "model" and not cfg.ppo.critic_free:
             preflight.check_same_vocab("policy.path", tokenizer, "reward.path", cfg.reward.path, trust)
         self.gold = cfg.data.path in GOLD_DATA
         log.info("data: %d train prompts, %d eval prompts (gold evaluation: %s)", len(self.train_rows),
@@ -156,9 +164,11 @@ class PPOJob(job.Job):
         given = {"policy": cfg.policy.path, "reference": cfg.reference.path,
                  "critic": cfg.policy.path if cfg.critic.init_from == "policy" else cfg.reward.path}
         models = {role: preflight.model_fingerprint(given[role], info) for role, info in self.infos.items() if role != "reward"}
-        return {"job": self.name, **models, "critic_init": cfg.critic.init_from,
-                "policy_layout": preflight.layout_fingerprint(cfg.policy), "critic_layout": preflight.layout_fingerprint(cfg.critic),
-                "train_rows": len(self.train_rows)}
+        out = {"job": self.name, **models, "policy_layout": preflight.layout_fingerprint(cfg.policy),
+               "train_rows": len(self.train_rows)}
+        if not cfg.ppo.critic_free:  # a critic-free checkpoint holds no critic: resuming it with GAE is refused
+            out.update(critic_init=cfg.critic.init_from, critic_layout=preflight.layout_fingerprint(cfg.critic))
+        return out
 
     def role_configs(self) -> dict:
         return hosted_roles(self.cfg)
@@ -194,19 +204,21 @@ class PPOJob(job.Job):
 
     def save(self, folder: Path) -> None:
         roles = self.roles
+        critic = roles.critic is not None
         get(  # DeepSpeed state (sharded weights, optimizer, scheduler) and the weights in HF format
             roles.policy.broadcast(PolicyActor.save_checkpoint, str(folder)),
-            roles.critic.broadcast(CriticActor.save_checkpoint, str(folder)),
+            *([roles.critic.broadcast(CriticActor.save_checkpoint, str(folder))] if critic else []),
         )
         get(
             roles.policy.broadcast(PolicyActor.export, str(folder / "policy_hf")),
-            roles.critic.broadcast(CriticActor.export, str(folder / "critic_hf")),
+            *([roles.critic.broadcast(CriticActor.export, str(folder / "critic_hf"))] if critic else []),
         )
 
     def load(self, folder: Path) -> None:
+        roles = self.roles
         get(
-            self.roles.policy.broadcast(PolicyActor.load_checkpoint, str(folder)),
-            self.roles.critic.broadcast(CriticActor.load_checkpoint, str(folder)),
+            roles.policy.broadcast(PolicyActor.load_checkpoint, str(folder)),
+            *([roles.critic.broadcast(CriticActor.load_checkpoint, str(folder))] if roles.critic is not None else []),
         )
 
     def state_dict(self) -> dict:
@@ -230,12 +242,15 @@ class PPOJob(job.Job):
     def progress(self, m: dict) -> str:
         if "reward/score" not in m:
             return "skipped (non-finite inputs)"
-        return (f"reward {m['reward/score']:.3f} kl {m['kl/mean']:.3f} gen {m['time/generate']:.1f}s "
-                f"train {m['time/critic_update+policy_update']:.1f}s")
+        train = m.get("time/critic_update+policy_update", m.get("time/policy_update", math.nan))
+        return f"reward {m['reward/score']:.3f} kl {m['kl/mean']:.3f} gen {m['time/generate']:.1f}s train {train:.1f}s"
 
     def print_summary(self, summary: dict, out: Path) -> None:
         s, e = summary["eval_start"] or {}, summary["eval_end"] or {}
-        print(f"\nPPO finished: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; outputs in {out}")
+        algo = self.cfg.ppo
+        what = "PPO" if not algo.critic_free else (f"PPO ({algo.advantage_estimator}, no critic, "
+                                                  f"{algo.samples_per_prompt} response(s) per prompt)")
+        print(f"\n{what} finished: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; outputs in {out}")
         print(f"  training reward (mean of first vs last steps): {summary['train_reward_first']:.4f} -> {summary['train_reward_last']:.4f}")
         print(f"  held-out reward:                                {s.get('reward', math.nan):.4f} -> {e.get('reward', math.nan):.4f}")
         if s.get("gold") is not None:
@@ -263,24 +278,26 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
     """
     t: dict[str, float] = {}
     t0 = time.perf_counter()
-    batch = next_prompts(cfg.ppo.rollout_batch_size)
+    k = cfg.ppo.samples_per_prompt
+    batch = next_prompts(cfg.ppo.rollout_batch_size // k)
+    if k > 1:  # each prompt k times in a row: the groups of the critic-free baselines are contiguous
+        batch = batch.select(torch.arange(batch.num_rows).repeat_interleave(k))
     t["driver"] = time.perf_counter() - t0
     (rollout,) = _run({"generate": lambda: roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step)}, t, profile)
 
-    scores, ref_lp, old_lp, values = _run(
-        {
-            "score": lambda: roles.reward.scatter(RewardActor.score, rollout),
-            "reference": lambda: (
-                roles.reference.scatter(ReferenceActor.logprobs, rollout)
-                if roles.reference is not None
-                else roles.policy.scatter(PolicyActor.reference_logprobs, rollout)
-            ),
-            "old_logprobs": lambda: roles.policy.scatter(PolicyActor.logprobs, rollout),
-            "values": lambda: roles.critic.scatter(CriticActor.values, rollout),
-        },
-        t,
-        profile,
-    )
+    views = {
+        "score": lambda: roles.reward.scatter(RewardActor.score, rollout),
+        "reference": lambda: (
+            roles.reference.scatter(ReferenceActor.logprobs, rollout)
+            if roles.reference is not None
+            else roles.policy.scatter(PolicyActor.reference_logprobs, rollout)
+        ),
+        "old_logprobs": lambda: roles.policy.scatter(PolicyActor.logprobs, rollout),
+    }
+    if roles.critic is not None:
+        views["values"] = lambda: roles.critic.scatter(CriticActor.values, rollout)
+    scores, ref_lp, old_lp, *values = _run(views, t, profile)
+    values = values[0] if values else None
 
     bad = nonfinite_inputs(rollout, scores, ref_lp, old_lp, values, describe(cfg.reward))
     if bad is not None:  # before anything learns from it (run.on_nonfinite: PPOJob raises or skips the step)
@@ -288,25 +305,25 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
     t0 = time.perf_counter()
     exp, metrics = make_experience(rollout, scores, ref_lp, old_lp, values, cfg.ppo, kl_ctl, moments,
                                    std_threshold=cfg.reward.std_threshold)
-    plans = {}
-    for name, group in (("policy", roles.policy), ("critic", roles.critic)):
+    plans, updates = {}, {}
+    trained = [("policy", roles.policy, cfg.ppo.loss_agg)]
+    if roles.critic is not None:
+        trained.insert(0, ("critic", roles.critic, "token_mean"))
+    for name, group, aggregation in trained:
         g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)  # the same minibatches for both
-        plans[name] = schedule(exp, epochs=cfg.ppo.epochs, minibatch_size=cfg.ppo.minibatch_size, replicas=group.world_size, generator=g)
+        plans[name] = schedule(exp, epochs=cfg.ppo.epochs, minibatch_size=cfg.ppo.minibatch_size, replicas=group.world_size,
+                               generator=g, aggregation=aggregation)
     t["advantages"] = time.perf_counter() - t0
 
+    if roles.critic is not None:
+        mb_critic = cfg.ppo.minibatch_size // roles.critic.world_size
+        updates["critic_update"] = lambda: roles.critic.scatter(CriticActor.train, plans["critic"], minibatch_rows=mb_critic)
     mb_policy = cfg.ppo.minibatch_size // roles.policy.world_size
-    mb_critic = cfg.ppo.minibatch_size // roles.critic.world_size
-    critic_stats, policy_stats = _run(
-        {
-            "critic_update": lambda: roles.critic.scatter(CriticActor.train, plans["critic"], minibatch_rows=mb_critic),
-            "policy_update": lambda: roles.policy.scatter(PolicyActor.train, plans["policy"], minibatch_rows=mb_policy),
-        },
-        t,
-        profile,
-    )
-
-    metrics.update(merge_stats(policy_stats))
-    metrics.update(merge_stats(critic_stats))
+    updates["policy_update"] = lambda: roles.policy.scatter(
+        PolicyActor.train, plans["policy"], minibatch_rows=mb_policy, aggregation=cfg.ppo.loss_agg,
+        kl_coef=cfg.ppo.kl_loss_coef, kl_estimator=cfg.ppo.kl_loss_estimator)
+    for stats in _run(updates, t, profile):
+        metrics.update(merge_stats(stats))
     metrics.update({f"time/{k}": v for k, v in t.items()})
     metrics["time/step"] = sum(t.values())
     metrics["time/tokens_per_s"] = float(rollout.action_mask.sum()) / max(metrics["time/step"], 1e-9)

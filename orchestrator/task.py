@@ -301,14 +301,16 @@ def _all_prompt_rows() -> list[dict]:
     return rows
 
 
-def prompt_rows(split: str, seed: int = 0) -> list[dict]:
-    """Prompt rows `{"prompt", "query_type", "reference", "topic"}` of one split, shuffled by `seed`.
+def prompt_rows(split: str, seed: int = 0, query_type: Optional[str] = None) -> list[dict]:
+    """Prompt rows `{"prompt", "query_type", "reference", "topic"}` of one split, shuffled by `seed`;
+    only those of `query_type` ('open' or 'closed') when given.
 
     The split itself is fixed (see the module docstring); `seed` only changes the order.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rows = [{k: v for k, v in r.items() if k != "split"} for r in _all_prompt_rows() if r["split"] == split]
+    rows = [{k: v for k, v in r.items() if k != "split"} for r in _all_prompt_rows()
+            if r["split"] == split and query_type in (None, r["query_type"])]
     random.Random(f"prompts:{split}:{seed}").shuffle(rows)
     return rows
 
@@ -403,6 +405,33 @@ def gold_reward(prompts: Sequence[str], responses: Sequence[str], references: Op
         if row is None:
             raise KeyError(f"prompt {prompt!r} is not a prompt of the built-in task")
         out.append(gold_score(row, response))
+    return out
+
+
+def verifiable_reward(prompts: Sequence[str], responses: Sequence[str], references: Optional[Sequence] = None) -> list[float]:
+    """A verifiable (rule-checked) reward for the closed questions of the built-in task, 1 or 0:
+
+        r = 1  if the response names the reference's attribute value (e.g. "yellow" for "What color is a
+               banana?") and no other value of that attribute (so "yellow or maybe green" scores 0)
+        r = 0  otherwise
+
+    The correctness factor of the closed-question gold score, without its repetition factor: what
+    RL-from-verifiable-rewards runs optimise (an exact check, no learned model to game). It reads the
+    reference answer each prompt row carries (`references`), or the built-in prompt's when none is
+    given; an open prompt (no reference) is an error. Use it with `data.path=builtin:closed-prompts`.
+    """
+    out = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        reference = references[i] if references is not None else None
+        if reference is None:
+            row = _PROMPT_INDEX.get(prompt.strip())
+            reference = row["reference"] if row is not None else None
+        if reference is None:
+            raise ValueError(f"verifiable_reward scores closed questions with a reference answer; prompt {prompt[:80]!r} has none "
+                             "(use data.path=builtin:closed-prompts)")
+        attribute, key = reference_key(reference)
+        present = set(_words(response))
+        out.append(float(key in present and not (present & (set(ATTRIBUTES[attribute]["values"]) - {key}))))
     return out
 
 

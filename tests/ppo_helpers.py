@@ -51,6 +51,14 @@ def tiny_ppo_config(model_dir: str, out_dir: str, *extra: str):
     return load_job_config("ppo", None, overrides)
 
 
+def read_metrics(out_dir) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order."""
+    import json
+
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 def length_reward(prompts, responses, references=None):
     """Words / 10: varies even for a random-init policy, so advantages are never all zero."""
     return [len(r.split()) / 10.0 for r in responses]

@@ -81,7 +81,7 @@ def test_list_and_optional_values():
         (["policy.offload_params=true"], "config key 'policy.offload_params': needs zero_stage=3"),
         (["reward.kind=model"], "config key 'reward.path': must be set when reward.kind=model"),
         # batch sizes that do not divide across replicas
-        (["policy.replicas=3"], "config key 'ppo.rollout_batch_size': (64) must be divisible by policy.replicas=3"),
+        (["policy.replicas=3"], "config key 'ppo.rollout_batch_size': (64 responses) must be divisible by policy.replicas=3"),
         (["ppo.minibatch_size=24"], "config key 'ppo.rollout_batch_size': must be divisible by ppo.minibatch_size=24"),
         (
             ["critic.replicas=2", "critic.micro_batch_size=32"],

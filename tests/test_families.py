@@ -1,5 +1,5 @@
 """Your model, your data: the model-family matrix (`tests/families.py`: Llama, GPT-2, Qwen2, Mistral, Gemma,
-and a hub-style sequence classifier) through `rlhf sft`, `rlhf rm`, `rlhf ppo` (full and LoRA, the
+and a hub-style sequence classifier) through `rlhf sft`, `rlhf rm`, `rlhf ppo` (full with GAE, and LoRA critic-free with GRPO; the
 reward from the trained reward model), `rlhf dpo`, local mode, 2 steps each; the outputs load in plain
 transformers (and peft). The checks before any role starts, each one line naming the key. No Ray, no
 network; caches go to tmp_path through RLHF_CACHE."""
@@ -97,7 +97,7 @@ def test_family_sft_rm_ppo_lora_dpo(family, families, tmp_path):
     torch.testing.assert_close(evaluated, training, atol=1e-5, rtol=0)
     torch.testing.assert_close(ppo_time, training, atol=1e-5, rtol=0)
 
-    # PPO, full fine-tuning, reward from the trained reward model; chat prompts reach the samples whole
+    # PPO (GAE, with its critic), full fine-tuning, reward from the trained reward model; chat prompts reach the samples whole
     ppo_common = [f"data.path={fam['prompts']}", f"data.eval_path={fam['prompts']}", "ppo.rollout_batch_size=8",
                   "ppo.minibatch_size=4", "critic.micro_batch_size=4", *small]
     _run("ppo", tmp_path / "ppo", f"policy.path={policy}", "reward.kind=model", f"reward.path={rm_dir}", *ppo_common)
@@ -106,11 +106,13 @@ def test_family_sft_rm_ppo_lora_dpo(family, families, tmp_path):
     assert any(s["messages"] and s["messages"][0]["role"] == "system" for s in samples)
     assert all(isinstance(s["reward"], float) for s in samples)
 
-    # PPO with LoRA on the family's own layer names, adapters saved alone too; Mistral's reward is a
-    # sequence classifier as a hub reward model is saved (no rlhf_reward: its own pooling, Bradley-Terry)
+    # critic-free (GRPO, 4 responses per prompt, KL in the loss against the adapter-free pass) with LoRA on
+    # the family's own layer names, adapters saved alone too; Mistral's reward is a sequence classifier as
+    # a hub reward model is saved (no rlhf_reward: its own pooling, Bradley-Terry)
     reward = sequence_classifier(family, tmp_path / "hub") if family == "mistral" else rm_dir
     _run("ppo", tmp_path / "lora", f"policy.path={policy}", "policy.lora.enabled=true", "policy.lora.save_adapter=true",
-         "reward.kind=model", f"reward.path={reward}", *ppo_common)
+         "reward.kind=model", f"reward.path={reward}", "ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4",
+         "ppo.kl_in_loss=true", *ppo_common)
     merged = tmp_path / "lora" / "policy"
     base = transformers.AutoModelForCausalLM.from_pretrained(policy)
     with_adapter = peft.PeftModel.from_pretrained(base, str(merged) + "_adapter")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from losses.ppo import aggregate, policy_loss, value_loss
+from losses.ppo import aggregate, normalizer, policy_loss, value_loss
 
 F64 = torch.float64
 EPS = 0.2
@@ -209,3 +209,64 @@ def test_entropy_bonus_by_hand():
     assert metrics["entropy"].item() == pytest.approx(0.7)
     plain, plain_metrics = policy_loss(logprobs, old, adv, mask, clip_eps=EPS)
     assert plain[0, 0].item() == pytest.approx(-2.2, abs=1e-12) and "entropy" not in plain_metrics
+
+
+def test_aggregate_modes_hand_values():
+    # Row 0: tokens 1, 2 (n=2); row 1: token 6 (n=1); T = 3, two rows.
+    per_token = torch.tensor([[1.0, 2.0, float("nan")], [6.0, float("inf"), 5.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert aggregate(per_token, mask, mode="token_mean").item() == 3.0  # (1 + 2 + 6) / 3
+    assert aggregate(per_token, mask, mode="seq_mean_token_mean").item() == 3.75  # (1.5 + 6) / 2
+    assert aggregate(per_token, mask, mode="seq_mean_token_sum_norm").item() == 1.5  # (3 + 6) / (2 * 3)
+    assert normalizer(mask, "token_mean").item() == 3
+    assert normalizer(mask, "seq_mean_token_mean").item() == 2
+    assert normalizer(mask, "seq_mean_token_sum_norm").item() == 6
+    with pytest.raises(ValueError, match="unknown loss aggregation 'mean'"):
+        aggregate(per_token, mask, mode="mean")
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_every_aggregation_is_exact_over_shards_with_the_global_normaliser(mode):
+    mask, logprobs, old, adv, *_ = _random_batch(3)
+
+    def loss_and_grad(rows, num):
+        lp = logprobs[rows].clone().requires_grad_()
+        loss = aggregate(policy_loss(lp, old[rows], adv[rows], mask[rows])[0], mask[rows], num, mode=mode)
+        loss.backward()
+        return loss.detach(), lp.grad
+
+    full, full_grad = loss_and_grad(slice(0, 6), None)
+    n = normalizer(mask, mode)
+    total, grad = 0.0, torch.zeros_like(logprobs)
+    for rows in (slice(0, 1), slice(1, 4), slice(4, 6)):  # unequal shards
+        part, g = loss_and_grad(rows, n)
+        total, grad[rows] = total + part, g
+    torch.testing.assert_close(total, full, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, full_grad, rtol=1e-12, atol=0)
+
+
+def test_seq_mean_weighs_a_short_response_more_and_sum_norm_does_not():
+    # Two rows, loss 1 on every valid token: row 0 has 1 token, row 1 has 4. Gradient per token of row 0 vs row 1.
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])
+    per_token = torch.ones(2, 4, requires_grad=True)
+    for mode, ratio in (("token_mean", 1.0), ("seq_mean_token_mean", 4.0), ("seq_mean_token_sum_norm", 1.0)):
+        (g,) = torch.autograd.grad(aggregate(per_token, mask, mode=mode), per_token)
+        assert g[0, 0].item() / g[1, 0].item() == pytest.approx(ratio, rel=1e-6), mode
+
+
+def test_kl_in_the_loss_is_grpo_k3_with_its_gradient():
+    # log pi = -1, log pi_ref = -1.5 on one token: D = exp(-0.5) + 0.5 - 1; dD/dlog pi = 1 - exp(-0.5).
+    logprobs = torch.tensor([[-1.0, -2.0]], dtype=F64, requires_grad=True)
+    ref = torch.tensor([[-1.5, 7.0]], dtype=F64)
+    old = logprobs.detach().clone()
+    adv = torch.zeros(1, 2, dtype=F64)
+    mask = torch.tensor([[1, 0]])
+    per_token, metrics = policy_loss(logprobs, old, adv, mask, ref_logprobs=ref, kl_coef=0.5)
+    d = math.exp(-0.5) + 0.5 - 1
+    assert per_token[0, 0].item() == pytest.approx(0.5 * d, rel=1e-12)
+    assert per_token[0, 1].item() == 0.0
+    assert metrics["kl_loss"].item() == pytest.approx(d, rel=1e-12)
+    per_token.sum().backward()
+    # the surrogate's gradient is -A * ratio = 0 here (A = 0); only the KL term's remains
+    assert logprobs.grad[0, 0].item() == pytest.approx(0.5 * (1 - math.exp(-0.5)), rel=1e-12)
+    assert logprobs.grad[0, 1].item() == 0.0

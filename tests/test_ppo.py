@@ -3,24 +3,16 @@ parameters, and never publishes a half-written checkpoint."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
 
 from orchestrator import checkpoint as ckpt
-from ppo_helpers import tiny_model_dir, tiny_ppo_config
+from ppo_helpers import read_metrics as _metrics, tiny_model_dir, tiny_ppo_config
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tiny_model_dir(str(tmp_path_factory.mktemp("cache")))
-
-
-def _metrics(out_dir):
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_two_steps_write_everything(model_dir, tmp_path):

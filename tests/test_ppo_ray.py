@@ -57,3 +57,23 @@ def test_zero_stages_at_two_replicas_equal_one_replica(model_dir, tmp_path, ray_
         )
     )
     _assert_same(_first_step(one), _first_step(two))
+
+
+def test_critic_free_local_and_ray_give_the_same_run_with_three_roles(model_dir, tmp_path, ray_cluster):
+    """GRPO with 4 sampled responses per prompt and the KL in the loss: two steps (sampling on, one policy
+    replica, so both modes draw the same responses) give the same metrics, and ray mode starts no critic."""
+    from orchestrator.ppo import train
+
+    extra = ("ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.kl_in_loss=true",
+             "ppo.loss_agg=seq_mean_token_mean", "run.steps=2", "reward.replicas=2")
+    train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *extra))
+    summary = train(tiny_ppo_config(model_dir, str(tmp_path / "ray"), *extra, "run.mode=ray"))
+    assert set(summary["roles"]) == {"policy", "reference", "reward"}  # where each replica ran: no critic actor
+    records = {}
+    for mode in ("local", "ray"):
+        with open(tmp_path / mode / "metrics.jsonl") as f:
+            records[mode] = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in map(json.loads, f)]
+    assert [r["step"] for r in records["ray"]] == [0, 1, 2]
+    for a, b in zip(records["local"], records["ray"]):
+        _assert_same(a, b)
+    assert "grpo/zero_std_groups" in records["ray"][1] and "critic/loss" not in records["ray"][1]
