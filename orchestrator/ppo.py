@@ -168,6 +168,8 @@ class PPOJob(job.Job):
                "train_rows": len(self.train_rows)}
         if not cfg.ppo.critic_free:  # a critic-free checkpoint holds no critic: resuming it with GAE is refused
             out.update(critic_init=cfg.critic.init_from, critic_layout=preflight.layout_fingerprint(cfg.critic))
+        else:  # named in the refusal: "critic: {...} then, "none (...)" now"
+            out["critic"] = "none (a critic-free ppo.advantage_estimator)"
         return out
 
     def role_configs(self) -> dict:

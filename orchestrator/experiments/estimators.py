@@ -179,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        from orchestrator.config import ConfigError
+
+        raise ConfigError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     seeds = [args.seed + i for i in range(args.seeds or mode["seeds"])]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
