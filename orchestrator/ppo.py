@@ -280,10 +280,10 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
     """
     t: dict[str, float] = {}
     t0 = time.perf_counter()
-    k = cfg.ppo.samples_per_prompt
-    batch = next_prompts(cfg.ppo.rollout_batch_size // k)
-    if k > 1:  # each prompt k times in a row: the groups of the critic-free baselines are contiguous
-        batch = batch.select(torch.arange(batch.num_rows).repeat_interleave(k))
+    per_prompt = cfg.ppo.samples_per_prompt
+    batch = next_prompts(cfg.ppo.rollout_batch_size // per_prompt)
+    if per_prompt > 1:  # each prompt k times in a row: the groups of the critic-free baselines are contiguous
+        batch = batch.select(torch.arange(batch.num_rows).repeat_interleave(per_prompt))
     t["driver"] = time.perf_counter() - t0
     (rollout,) = _run({"generate": lambda: roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step)}, t, profile)
 
@@ -307,14 +307,12 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
     t0 = time.perf_counter()
     exp, metrics = make_experience(rollout, scores, ref_lp, old_lp, values, cfg.ppo, kl_ctl, moments,
                                    std_threshold=cfg.reward.std_threshold)
+    aggregations = {"policy": cfg.ppo.loss_agg, **({"critic": "token_mean"} if roles.critic is not None else {})}
     plans, updates = {}, {}
-    trained = [("policy", roles.policy, cfg.ppo.loss_agg)]
-    if roles.critic is not None:
-        trained.insert(0, ("critic", roles.critic, "token_mean"))
-    for name, group, aggregation in trained:
+    for name, aggregation in aggregations.items():
         g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)  # the same minibatches for both
-        plans[name] = schedule(exp, epochs=cfg.ppo.epochs, minibatch_size=cfg.ppo.minibatch_size, replicas=group.world_size,
-                               generator=g, aggregation=aggregation)
+        plans[name] = schedule(exp, epochs=cfg.ppo.epochs, minibatch_size=cfg.ppo.minibatch_size,
+                               replicas=getattr(roles, name).world_size, generator=g, aggregation=aggregation)
     t["advantages"] = time.perf_counter() - t0
 
     if roles.critic is not None:
