@@ -97,6 +97,8 @@ class PlacementConfig:
     """GPUs per replica. Ignored (0 is used) when the cluster has no GPUs; fractions share a GPU."""
     num_cpus: float = 1.0
     """CPUs reserved per replica."""
+    threads: int = 0
+    """Intra-op threads per replica (ray mode). 0 = auto: a role alone in its job (sft, dpo, rm) uses the cores of its node divided by its replicas; a role of PPO uses int(num_cpus) (at least 1), as the roles share the node's cores."""
     colocate_with: Optional[str] = None
     """Name of another role of the job whose placement group (and devices) this role shares, e.g. 'reference'."""
 
@@ -104,6 +106,7 @@ class PlacementConfig:
         check(self.replicas >= 1, "replicas", "must be >= 1")
         check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
         check(self.num_cpus >= 0, "num_cpus", "must be >= 0")
+        check(self.threads >= 0, "threads", "must be >= 0 (0 = auto)")
 
 
 @dataclass

@@ -9,6 +9,8 @@ the hidden state at the same position P + t - 1.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 
 import torch
@@ -44,17 +46,39 @@ def response_logprobs(
     detection; flash-attention reads the same positions as variable-length sequences), so no example
     sees another.
     """
+    keep = sequences.shape[1] - prompt_len + 1  # the logits at P-1 .. L-1 (the last one predicts nothing)
+    extra = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
     if packed_positions is not None:
-        out = model(input_ids=sequences, attention_mask=None, position_ids=packed_positions, use_cache=False)
+        out = model(input_ids=sequences, attention_mask=None, position_ids=packed_positions, use_cache=False, **extra)
     else:
-        out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
-    logits = out.logits[:, prompt_len - 1 : -1]  # (B, T, V)
+        out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                    use_cache=False, **extra)
+    logits = out.logits[:, -keep:-1]  # (B, T, V): the LM head ran on these positions only when the model takes logits_to_keep
     if temperature != 1.0:
         logits = logits / temperature
     logprobs = log_probs_from_logits(logits, sequences[:, prompt_len:]).float()
     if with_entropy:
         return logprobs, entropy_from_logits(logits).float()
     return logprobs
+
+
+def takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the causal LM inside `model` (a DeepSpeed engine, a peft model, or the model) computes its LM
+    head on the last `logits_to_keep` positions only (transformers' Llama, GPT-2, Qwen2, Mistral, Gemma, ...):
+    the prompt's positions then cost no LM-head matmul, the largest single matmul of a small model."""
+    while True:
+        inner = getattr(model, "module", None)  # DeepSpeed engine
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
+        else:
+            return _forward_takes(type(model), "logits_to_keep")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
 
 
 class ValueModel(nn.Module):
@@ -120,10 +144,13 @@ def sequence_token_logprobs(model: nn.Module, batch) -> tuple[torch.Tensor, torc
     batch: a `actors.types.Sequences` (input_ids, attention_mask, response_mask, all (B, L); position_ids
     when its rows are packed).
     Returns ``(token_logprobs (B, L-1) fp32, response (B, L-1) bool)``: position t holds log p(token
-    t+1 | tokens 0..t) and whether token t+1 is a response token. `response_logprobs` with
-    prompt_len=1 scores every token from position 1 on, so prompts of different lengths share one batch.
+    t+1 | tokens 0..t) and whether token t+1 is a response token, for every token from the batch's first
+    response token on (earlier positions hold 0 and are not response), so prompts of different lengths share one batch.
     """
-    token_lp = response_logprobs(model, batch.input_ids, batch.attention_mask, prompt_len=1,
-                                 packed_positions=batch.position_ids)  # (B, L-1)
-    return token_lp, batch.response_mask[:, 1:].bool()
+    response = batch.response_mask[:, 1:].bool()
+    # positions before the batch's first response token are not scored: no LM head on them (`logits_to_keep`)
+    first = int(response.any(0).float().argmax()) + 1 if response.any() else 1
+    token_lp = response_logprobs(model, batch.input_ids, batch.attention_mask, prompt_len=first,
+                                 packed_positions=batch.position_ids)  # (B, L-first)
+    return torch.nn.functional.pad(token_lp, (first - 1, 0)), response
 

@@ -336,6 +336,20 @@ class RoleGroup(abc.ABC):
         return f"{type(self).__name__}({self.name!r}, {self.role_cls.__name__}, replicas={self.world_size})"
 
 
+def replica_threads(mode: str, num_cpus: float, threads: int = 0, alone: bool = False, replicas: int = 1) -> int:
+    """Intra-op threads of a replica (`PlacementConfig.threads`). Ray mode: `threads` when set; else, for a
+    role alone in its job (sft, dpo, rm: nothing else computes while it does), the cores of this node
+    divided by the role's `replicas`; else `num_cpus` (the roles of PPO share the node). At least 1.
+    Local mode: every role shares this process and its threads."""
+    if mode != "ray":
+        return torch.get_num_threads()
+    if threads:
+        return threads
+    if alone:
+        return max(1, (os.cpu_count() or 1) // replicas)
+    return max(1, int(num_cpus))
+
+
 # ----------------------------------------------------------------------------------------- local
 
 
@@ -379,12 +393,12 @@ class LocalGroup(RoleGroup):
 class _Replica:
     """The Ray actor hosting one replica of a role (one process, one rank of the role's group)."""
 
-    def __init__(self, role: str, rank: int, world_size: int, num_cpus: float):
+    def __init__(self, role: str, rank: int, world_size: int, num_cpus: float, threads: int = 0, alone: bool = False):
         self.role_name, self.rank, self.world_size = role, rank, world_size
         self.role = None
         # Ray sets OMP_NUM_THREADS for the process; torch's intra-op pool is sized here explicitly so
-        # that replicas sharing a node do not each grab every core.
-        torch.set_num_threads(max(1, int(num_cpus)))
+        # that replicas sharing a node do not each grab every core (and a role alone in its job gets them).
+        torch.set_num_threads(replica_threads("ray", num_cpus, threads, alone, world_size))
 
     def __repr__(self) -> str:  # Ray prefixes this replica's log lines with it
         return f"{self.role_name}[{self.rank}]"
@@ -448,6 +462,7 @@ class RayGroup(RoleGroup):
         kwargs: dict | None = None,
         wait: bool = True,
         hosting: Hosting | None = None,
+        alone: bool = False,
     ):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -484,7 +499,7 @@ class RayGroup(RoleGroup):
                 ),
                 runtime_env={"env_vars": env},
                 max_restarts=0,
-            ).remote(name, rank, replicas, num_cpus)
+            ).remote(name, rank, replicas, num_cpus, int(getattr(cfg, "threads", 0)), alone)
             for rank in range(replicas)
         ]
         self._labels = [_label(name, r, replicas) for r in range(replicas)]
@@ -601,7 +616,7 @@ def create_groups(hosting: Hosting | Literal["local", "ray"], specs: Mapping[str
     try:
         for name, s in specs.items():
             groups[name] = RayGroup(s.role_cls, s.cfg, name=name, placement=placements[name], args=s.args,
-                                    kwargs=s.kwargs, wait=False, hosting=hosting)
+                                    kwargs=s.kwargs, wait=False, hosting=hosting, alone=len(specs) == 1)
         wait_ready(groups.values())
     except BaseException:
         for g in groups.values():

@@ -1,215 +1,253 @@
-"""`rlhf bench ppo`: per-phase wall time, tokens per second and peak memory per role.
-`rlhf bench dpo`: pairs per second, tokens per second and peak memory of the DPO actor (`run_dpo`).
+"""`rlhf bench ppo|dpo|rm|sft`: time per step and per phase, tokens/s, samples/s, peak memory per role and
+MFU, on any model, on data synthesised at the lengths asked.
 
-Runs real PPO steps on a built-in Llama of the chosen size (random init: speed does not depend on
-the weights) with every phase issued one after another (`ppo_step(profile=True)`), so each phase
-has its own time. The first step warms up (allocations, DeepSpeed's first-call work) and is not
-counted.
+The model (`--model`) is a built-in one (`builtin:tiny-base`, the default), a Hugging Face folder or hub
+name, or a size spec such as `llama:vocab=8192,hidden=256,intermediate=704,layers=4,heads=4` built with
+random weights (`orchestrator.synth`; speed does not depend on the weights). The data are `--rows` rows
+of random tokens of the model's tokenizer at `--prompt-len` / `--response-len` tokens
+(`orchestrator.synth.synth_rows`); PPO's reward is the spec's `reward/` sequence classifier, or for a
+folder a fresh sequence-classification head on the same backbone (`reward.*` overrides change it).
+
+The bench runs the job's own class (`PPOJob`, `DPOJob`, `RMJob`, `SFTJob`) as `rlhf <job>` would: its
+roles started by the same code, then `--steps` steps timed after `--warmup` warm-up steps (allocations,
+DeepSpeed's first-call work). PPO's phases are issued one after another here (`PPOJob.profile`), so each
+has its own time; a real run overlaps the forward passes and the two updates. DPO's reference pass
+(`DPOJob.references`, once before training) is timed on its own.
+
+MFU is model FLOPs (the cost model's count, `orchestrator.costmodel`: 2 x matmul parameters + attention
+per token forward, 3x that to train) over the time, against the matmul peak of THIS machine with all its
+cores, measured by the bench before the roles start (`costmodel.measure_peak`, fp32 and bf16).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
-PHASES = ("generate", "score", "reference", "old_logprobs", "values", "advantages", "critic_update", "policy_update", "driver")
+JOBS = {"ppo": ("PPOJob", "prompts"), "dpo": ("DPOJob", "preferences"), "rm": ("RMJob", "preferences"), "sft": ("SFTJob", "sft")}
+EVAL_ROWS = 16
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job", choices=["ppo", "dpo"], help="what to benchmark")
-    p.add_argument("--size", default="tiny", help="built-in model size: tiny (~1M), small (~11M), 50m (~51M)")
-    p.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
-    p.add_argument("--out", default="runs/bench", help="folder for bench_<job>_<size>.json")
+    p.add_argument("job", choices=list(JOBS), help="what to benchmark")
+    p.add_argument("--model", default="builtin:tiny-base",
+                   help="builtin:<size>[-base], a model folder or hub name, or a size spec family:key=value,... "
+                        "(e.g. llama:vocab=8192,hidden=256,intermediate=704,layers=4,heads=4)")
+    p.add_argument("--prompt-len", type=int, default=32, help="tokens per synthesised prompt")
+    p.add_argument("--response-len", type=int, default=32,
+                   help="tokens per synthesised response (PPO: policy.max_new_tokens unless overridden)")
+    p.add_argument("--rows", type=int, default=256, help="synthesised training rows")
+    p.add_argument("--steps", type=int, default=3, help="measured steps")
+    p.add_argument("--warmup", type=int, default=1, help="steps run before the measured ones")
+    p.add_argument("--out", default="runs/bench", help="folder for bench_<job>_<mode>.json and the synthesised data")
     p.add_argument("--config", help="YAML file with config values")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. run.mode=local")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. run.mode=local policy.dtype=bf16")
+
+
+def resolve_model(model: str) -> str:
+    """A folder for `--model`: a size spec is built (cached), builtin:... resolved, anything else as given."""
+    from orchestrator.builtin import resolve_model_path
+    from orchestrator.synth import is_spec, spec_model_dir
+
+    return spec_model_dir(model) if is_spec(model) else resolve_model_path(model)
+
+
+def bench_data(job: str, model_dir: str, out: Path, rows: int, prompt_len: int, response_len: int) -> list[str]:
+    """Synthesised train and held-out files for `job` and the overrides that point the job at them."""
+    from actors.modeling import load_tokenizer
+    from orchestrator.synth import synth_rows, write_rows
+
+    kind = JOBS[job][1]
+    tokenizer = load_tokenizer(model_dir)
+    data = synth_rows(kind, tokenizer, rows + EVAL_ROWS, prompt_len, response_len, seed=0)
+    folder = out / "data"
+    train = write_rows(folder / f"{kind}-{prompt_len}-{response_len}.jsonl", data[:rows])
+    held_out = write_rows(folder / f"{kind}-{prompt_len}-{response_len}-eval.jsonl", data[rows:])
+    limits = [f"data.max_prompt_tokens={4 * prompt_len + 8}", f"data.max_response_tokens={4 * response_len + 8}"]
+    return [f"data.path={train}", f"data.eval_path={held_out}", *limits]
+
+
+def job_overrides(job: str, model_dir: str) -> list[str]:
+    """The model, and no LR warm-up (a bench runs fewer steps than a warm-up may need; speed does not depend on it)."""
+    if job == "rm":
+        return [f"model.path={model_dir}", "model.warmup_steps=0"]
+    out = [f"policy.path={model_dir}", "policy.warmup_steps=0"]
+    if job == "ppo":
+        out.append("critic.warmup_steps=0")
+        reward = Path(model_dir) / "reward"
+        out += ["reward.kind=model", f"reward.path={reward if (reward / 'config.json').is_file() else model_dir}"]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.job == "dpo":
-        return run_dpo(args)
     import torch
 
-    from actors.modeling import load_tokenizer
-    from losses.common import RunningMoments
-    from losses.kl import KLController
-    from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir
     from orchestrator.config import load_job_config
-    from orchestrator.data import load_prompts, to_prompt_batch
-    from orchestrator.ppo import optimizer_steps, ppo_step, start_roles
-    from orchestrator.streams import IndexStream
+    from orchestrator.costmodel import measure_peak
 
-    if args.size not in BUILTIN_SIZES:
-        raise SystemExit(f"rlhf bench: --size must be one of {', '.join(BUILTIN_SIZES)}")
-    model_dir = builtin_model_dir(args.size)
-    overrides = [f"policy.path={model_dir}", "reward.kind=function", "reward.function=orchestrator.task:gold_reward",
-                 f"run.steps={args.steps + 1}", "run.output_dir=" + str(Path(args.out) / "run"), *args.overrides]
-    cfg = load_job_config("ppo", args.config, overrides)
-    torch.manual_seed(cfg.run.seed)
-    tokenizer = load_tokenizer(model_dir)
-    rows = load_prompts(cfg.data, tokenizer)[0].to_list()
-    t0 = time.perf_counter()
-    roles = start_roles(cfg, model_dir, optimizer_steps(cfg))
-    startup = time.perf_counter() - t0
-    stream = IndexStream(len(rows), cfg.run.seed)
-
-    def next_prompts(n: int):
-        return to_prompt_batch([rows[i] for i in stream.next(n)], tokenizer.pad_token_id)
-
-    kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
-    moments = RunningMoments()
-    records = [ppo_step(roles, cfg, next_prompts, kl_ctl, moments, step, profile=True) for step in range(args.steps + 1)][1:]
-
-    memory = {g.name: max(h["peak_memory_mb"] for h in g.hosts()) for g in roles.all()}
-    replicas = {g.name: g.world_size for g in roles.all()}
-    params = _count_params(model_dir)
-    for g in roles.all():
-        g.shutdown()
-
-    phases = {p: statistics.mean(r[f"time/{p}"] for r in records) for p in PHASES if f"time/{p}" in records[0]}  # critic-free: no values, no critic update
-    step_time = statistics.mean(r["time/step"] for r in records)
-    tokens = statistics.mean(r["length/mean"] for r in records) * cfg.ppo.rollout_batch_size
-    result = {
-        "job": "ppo",
-        "size": args.size,
-        "parameters": params,
-        "mode": cfg.run.mode,
-        "advantage_estimator": cfg.ppo.advantage_estimator,
-        "replicas": replicas,
-        "zero_stage": cfg.policy.zero_stage,
-        "dtype": cfg.policy.dtype,
-        "rollout_batch_size": cfg.ppo.rollout_batch_size,
-        "max_new_tokens": cfg.policy.max_new_tokens,
-        "steps_measured": args.steps,
-        "startup_s": round(startup, 2),
-        "phase_s": {k: round(v, 4) for k, v in phases.items()},
-        "step_s": round(step_time, 4),
-        "generated_tokens_per_step": round(tokens, 1),
-        "tokens_per_s_generate": round(tokens / phases["generate"], 1),
-        "tokens_per_s_step": round(tokens / step_time, 1),
-        "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
-    }
+    if args.steps < 1 or args.warmup < 0 or args.rows < 1:
+        raise SystemExit("rlhf bench: --steps and --rows must be >= 1 and --warmup >= 0")
+    model_dir = resolve_model(args.model)
     out = Path(args.out)
+    overrides = [*job_overrides(args.job, model_dir),
+                 *bench_data(args.job, model_dir, out, args.rows, args.prompt_len, args.response_len),
+                 *([f"policy.max_new_tokens={args.response_len}"] if args.job == "ppo" else []),
+                 f"run.steps={args.warmup + args.steps}", "run.output_dir=" + str(out / f"run_{args.job}"), *args.overrides]
+    cfg = load_job_config(args.job, args.config, overrides)
+    cores = os.cpu_count() or 1
+    peak = {d: measure_peak(d, threads=cores, seconds=1.0) for d in ("fp32", "bf16")}  # before anything else runs
+    torch.manual_seed(cfg.run.seed)
+    job = getattr(importlib.import_module(f"orchestrator.{args.job}"), JOBS[args.job][0])(cfg)
+    job.profile = True  # PPO: phases one after another, each timed
+    t0 = time.perf_counter()
+    job.start()
+    startup = time.perf_counter() - t0
+    extra: dict = {}
+    try:
+        if args.job == "dpo":
+            t0 = time.perf_counter()
+            job.references()
+            extra["reference_pass_s"] = time.perf_counter() - t0
+        records = []
+        for step in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            m = job.step(step)
+            m["time/wall"] = time.perf_counter() - t0
+            records.append(m)
+        records = records[args.warmup:]
+        memory = {g.name: max(h.get("peak_memory_mb", 0.0) for h in g.hosts()) for g in job.groups}
+        replicas = {g.name: g.world_size for g in job.groups}
+    finally:
+        job.shutdown()
+    result = summarise(args, cfg, job, model_dir, records, extra, peak, cores)
+    result.update(startup_s=round(startup, 2), replicas=replicas, peak_memory_mb={k: round(v, 1) for k, v in memory.items()},
+                  threads_per_replica=_threads(cfg, args.job))
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_ppo_{args.size}_{cfg.run.mode}.json"
+    path = out / f"bench_{args.job}_{cfg.run.mode}.json"
     path.write_text(json.dumps(result, indent=2))
-    _print_table(result)
+    print_result(result)
     print(f"written {path}")
     return 0
 
 
-def _count_params(folder: str) -> int:
-    from actors.modeling import count_parameters, load_causal_lm
+def _threads(cfg, job: str) -> dict:
+    """Intra-op threads each replica computes with (`cluster.group.replica_threads`)."""
+    from cluster.group import replica_threads
+    from orchestrator.ppo import hosted_roles
 
-    return count_parameters(load_causal_lm(folder))
-
-
-def _print_table(r: dict) -> None:
-    print(f"\nrlhf bench ppo: builtin:{r['size']} ({r['parameters'] / 1e6:.1f}M params), {r['mode']} mode, "
-          f"batch {r['rollout_batch_size']} x {r['max_new_tokens']} new tokens, {r['dtype']}, ZeRO-{r['zero_stage']}, "
-          f"mean of {r['steps_measured']} steps after 1 warm-up")
-    print(f"{'phase':<16}{'seconds':>10}{'share':>9}")
-    for k, v in r["phase_s"].items():
-        print(f"{k:<16}{v:>10.3f}{v / r['step_s']:>8.0%}")
-    print(f"{'step':<16}{r['step_s']:>10.3f}")
-    print(f"tokens/s: {r['tokens_per_s_generate']:.0f} in generation, {r['tokens_per_s_step']:.0f} over the whole step "
-          f"({r['generated_tokens_per_step']:.0f} response tokens per step); role start-up {r['startup_s']:.1f} s")
-    shared = " (local mode: one process hosts every role, so these are the same number)" if r["mode"] == "local" else ""
-    print("peak memory per role (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_memory_mb"].items()) + shared)
+    roles = hosted_roles(cfg) if job == "ppo" else ({"reward_model": cfg.model} if job == "rm" else {"policy": cfg.policy})
+    return {name: replica_threads(cfg.run.mode, rc.num_cpus, rc.threads, alone=len(roles) == 1, replicas=rc.replicas)
+            for name, rc in roles.items()}
 
 
-def run_dpo(args: argparse.Namespace) -> int:
-    """DPO optimizer steps on a built-in Llama of the chosen size (random init), in this process (one local replica).
+def _shape(folder: str):
+    from orchestrator.costmodel import ModelShape
 
-    Measures the reference pass (no-grad forward of chosen + rejected, as before training) and the
-    training step (forward + backward + AdamW) on the same `dpo.batch_size` pairs of
-    builtin:preferences, after one warm-up batch. Tokens count prompt + response of both sequences of
-    each pair (padding excluded). One local replica: Ray replicas run this same code, each on 1/W of the batch.
-    """
-    import torch
+    return ModelShape.from_hf_config(json.loads((Path(folder) / "config.json").read_text()))
 
-    from actors.dpo import DPOActor, dpo_loss_args
-    from cluster.placement import peak_memory_mb
-    from actors.pairs import collate_pairs
-    from cluster import RoleSpec, create_groups, get
-    from orchestrator.builtin import BUILTIN_SIZES, builtin_model_dir
-    from orchestrator.config import ConfigError, load_job_config
-    from orchestrator.dpo import DPOJob, pair_logprobs
-    from orchestrator.streams import IndexStream
 
-    if args.size not in BUILTIN_SIZES:
-        raise SystemExit(f"rlhf bench: --size must be one of {', '.join(BUILTIN_SIZES)}")
-    model_dir = builtin_model_dir(args.size)
-    overrides = [f"policy.path={model_dir}", "run.mode=local", f"run.steps={args.steps + 1}",
-                 "run.output_dir=" + str(Path(args.out) / "run"), *args.overrides]
-    cfg = load_job_config("dpo", args.config, overrides)
-    if cfg.run.mode != "local" or cfg.policy.replicas != 1:
-        raise ConfigError("rlhf bench dpo measures one local replica: run.mode must be local and policy.replicas 1")
-    data = DPOJob(cfg)
-    torch.manual_seed(cfg.run.seed)
-    B = cfg.dpo.batch_size
-    t0 = time.perf_counter()
-    spec = RoleSpec(DPOActor, cfg.policy, kwargs=dict(model_path=model_dir, seed=cfg.run.seed, total_steps=args.steps + 1,
-                                                      pairs_per_step=B))
-    policy = create_groups("local", {"policy": spec})["policy"]
-    startup = time.perf_counter() - t0
-    stream = IndexStream(len(data.train_rows), cfg.run.seed)
-    batches = [[data.train_rows[i] for i in stream.next(B)] for _ in range(args.steps + 1)]
-    tokens = [sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows) for rows in batches]
+def summarise(args, cfg, job, model_dir: str, records: list[dict], extra: dict, peak: dict, cores: int) -> dict:
+    from actors.modeling import count_parameters, model_skeleton
 
-    refs, ref_times = [], []
-    for rows in batches:
-        t0 = time.perf_counter()
-        refs.append(pair_logprobs(policy, rows, data.pad_id, reference=True))
-        ref_times.append(time.perf_counter() - t0)
-    loss_args = dpo_loss_args(cfg.dpo.loss, cfg.dpo.beta, cfg.dpo.label_smoothing)
-    step_times = []
-    for rows, ref in zip(batches, refs):
-        pairs = collate_pairs(rows, data.pad_id)
-        pairs.ref_chosen, pairs.ref_rejected = ref[:, 0].contiguous(), ref[:, 1].contiguous()
-        t0 = time.perf_counter()
-        get(policy.scatter(DPOActor.train_step, pairs, global_pairs=B, loss_args=loss_args))
-        step_times.append(time.perf_counter() - t0)
-    policy.shutdown()
+    mean = lambda key: statistics.mean(r[key] for r in records)  # noqa: E731
+    step_s = mean("time/wall")
+    res = {"job": args.job, "model": args.model, "model_dir": model_dir,
+           "parameters": count_parameters(model_skeleton(model_dir)), "mode": cfg.run.mode,
+           "prompt_len": args.prompt_len, "response_len": args.response_len, "steps_measured": len(records),
+           "warmup_steps": args.warmup, "cores": cores, "peak_flops": {k: round(v / 1e9, 1) for k, v in peak.items()},
+           "step_s": round(step_s, 6), "step_s_spread": [round(min(r["time/wall"] for r in records), 4),
+                                                          round(max(r["time/wall"] for r in records), 4)]}
+    role = cfg.model if args.job == "rm" else cfg.policy
+    res.update(dtype=role.dtype, zero_stage=role.zero_stage, lora=role.lora.enabled, micro_batch_size=role.micro_batch_size)
+    shape = _shape(model_dir)
+    if args.job == "ppo":
+        res.update(_ppo(cfg, job, records, peak, step_s))
+        return res
+    rows = job.train_rows
+    if args.job == "sft":
+        batch, per_row = cfg.sft.batch_size, statistics.mean(len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows)
+        seqs, seq_len = 1, per_row
+    else:
+        batch = cfg.dpo.batch_size if args.job == "dpo" else cfg.rm.batch_size
+        seq_len = statistics.mean(len(r["prompt_ids"]) + (len(r["chosen_ids"]) + len(r["rejected_ids"])) / 2 for r in rows)
+        seqs = 2
+    tokens = batch * seqs * seq_len
+    head = args.job != "rm"  # a reward model has a one-output head, not the LM head
+    train_flops = 3 * shape.forward_flops(tokens, seq_len / 2, lm_head=head)
+    res.update(batch=batch, tokens_per_step=round(tokens, 1), samples_per_s=round(batch / step_s, 2),
+               tokens_per_s=round(tokens / step_s, 1), mfu=round(train_flops / step_s / peak[role.dtype], 4))
+    if "reference_pass_s" in extra:
+        n = len(job.train_rows) + len(job.eval_rows)
+        ref_tokens = n * 2 * seq_len
+        s = extra["reference_pass_s"]
+        res["reference_pass"] = {"pairs": n, "s": round(s, 3), "pairs_per_s": round(n / s, 1), "tokens_per_s": round(ref_tokens / s, 1),
+                                 "mfu": round(shape.forward_flops(ref_tokens, seq_len / 2) / s / peak[role.dtype], 4)}
+    return res
 
-    measured_tokens = statistics.mean(tokens[1:])
-    step_s, ref_s = statistics.mean(step_times[1:]), statistics.mean(ref_times[1:])
-    result = {
-        "job": "dpo",
-        "size": args.size,
-        "parameters": _count_params(model_dir),
-        "mode": "local",
-        "zero_stage": cfg.policy.zero_stage,
-        "dtype": cfg.policy.dtype,
-        "lora": cfg.policy.lora.enabled,
-        "threads": torch.get_num_threads(),
-        "batch_pairs": B,
-        "micro_batch_pairs": cfg.policy.micro_batch_size,
-        "steps_measured": args.steps,
-        "startup_s": round(startup, 2),
-        "tokens_per_batch": round(measured_tokens, 1),
-        "train_step_s": round(step_s, 4),
-        "train_pairs_per_s": round(B / step_s, 1),
-        "train_tokens_per_s": round(measured_tokens / step_s, 1),
-        "reference_pass_s": round(ref_s, 4),
-        "reference_pairs_per_s": round(B / ref_s, 1),
-        "reference_tokens_per_s": round(measured_tokens / ref_s, 1),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_dpo_{args.size}_local.json"
-    path.write_text(json.dumps(result, indent=2))
-    r = result
-    print(f"\nrlhf bench dpo: builtin:{r['size']} ({r['parameters'] / 1e6:.1f}M params), one local replica, {r['threads']} thread(s), "
-          f"{r['batch_pairs']} pairs per step in micro-batches of {r['micro_batch_pairs']}, {r['dtype']}, ZeRO-{r['zero_stage']}"
-          f"{', LoRA' if r['lora'] else ''}, mean of {r['steps_measured']} steps after 1 warm-up "
-          f"({r['tokens_per_batch']:.0f} tokens per batch, chosen + rejected)")
-    print(f"{'phase':<26}{'seconds':>9}{'pairs/s':>10}{'tokens/s':>11}")
-    print(f"{'train step (fwd+bwd+adam)':<26}{step_s:>9.3f}{r['train_pairs_per_s']:>10.1f}{r['train_tokens_per_s']:>11.0f}")
-    print(f"{'reference pass (no grad)':<26}{ref_s:>9.3f}{r['reference_pairs_per_s']:>10.1f}{r['reference_tokens_per_s']:>11.0f}")
-    print(f"peak memory (resident set of this process): {r['peak_memory_mb']:.0f} MB; actor start-up {r['startup_s']:.1f} s")
-    print(f"written {path}")
-    return 0
+
+def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
+    from orchestrator.costmodel import FORWARD_PHASE, workload_of_config
+
+    phases = [k[len("time/"):] for k in records[0] if k.startswith("time/") and k not in ("time/step", "time/wall", "time/tokens_per_s")]
+    phase_s = {p: statistics.mean(r[f"time/{p}"] for r in records) for p in phases}
+    prompt = statistics.mean(r["length/prompt_padded"] for r in records)
+    response = statistics.mean(r["length/response_padded"] for r in records)
+    w = workload_of_config(cfg, prompt_len=round(prompt), response_len=round(response))
+    flops: dict[str, float] = {}
+    dtype = {}
+    for name, role in w.roles.items():
+        fwd = role.model.forward_flops(w.samples * (w.prompt_len + w.response_len), (w.prompt_len + w.response_len) / 2,
+                                       lm_head=name not in ("reward", "critic"))
+        flops[FORWARD_PHASE[name]] = fwd
+        dtype[FORWARD_PHASE[name]] = role.dtype
+        if name == "policy":
+            flops["generate"] = (role.model.forward_flops(w.samples * w.prompt_len, w.prompt_len / 2)
+                                 + role.model.forward_flops(w.samples * w.response_len, w.prompt_len + w.response_len / 2))
+            dtype["generate"] = role.dtype
+        if role.trainable:
+            flops[f"{name}_update"] = 3 * fwd * w.epochs
+            dtype[f"{name}_update"] = role.dtype
+    n = cfg.ppo.rollout_batch_size
+    response_tokens = statistics.mean(r["length/mean"] for r in records) * n
+    return {"rollout_batch_size": n, "samples_per_prompt": cfg.ppo.samples_per_prompt, "max_new_tokens": cfg.policy.max_new_tokens,
+            "advantage_estimator": cfg.ppo.advantage_estimator, "padded_prompt_len": prompt, "padded_response_len": response,
+            "phase_s": {p: round(s, 4) for p, s in phase_s.items()},
+            "phase_mfu": {p: round(flops[p] / s / peak[dtype[p]], 4) for p, s in phase_s.items() if p in flops},
+            "samples_per_s": round(n / step_s, 2), "response_tokens_per_step": round(response_tokens, 1),
+            "tokens_per_s_generate": round(response_tokens / phase_s["generate"], 1),
+            "tokens_per_s": round(response_tokens / step_s, 1),
+            "mfu": round(sum(flops.values()) / step_s / peak[cfg.policy.dtype], 4)}
+
+
+def print_result(r: dict) -> None:
+    lora = ", LoRA" if r["lora"] else ""
+    print(f"\nrlhf bench {r['job']}: {r['model']} ({r['parameters'] / 1e6:.1f}M params), {r['mode']} mode, {r['dtype']}, "
+          f"ZeRO-{r['zero_stage']}{lora}, prompts {r['prompt_len']} + responses {r['response_len']} tokens, "
+          f"mean of {r['steps_measured']} steps after {r['warmup_steps']} warm-up")
+    print(f"machine peak ({r['cores']} cores, measured): fp32 {r['peak_flops']['fp32']:.0f} GFLOP/s, bf16 {r['peak_flops']['bf16']:.0f} GFLOP/s; "
+          f"threads per replica: " + ", ".join(f"{k} {v}" for k, v in r["threads_per_replica"].items()))
+    if r["job"] == "ppo":
+        print(f"{'phase':<16}{'seconds':>10}{'share':>8}{'MFU':>8}")
+        for k, v in r["phase_s"].items():
+            mfu = f"{r['phase_mfu'][k]:.1%}" if k in r["phase_mfu"] else ""
+            print(f"{k:<16}{v:>10.3f}{v / r['step_s']:>8.0%}{mfu:>8}")
+        print(f"{'step':<16}{r['step_s']:>10.3f}{'':>8}{r['mfu']:>8.1%}   (min {r['step_s_spread'][0]:.3f}, max {r['step_s_spread'][1]:.3f})")
+        print(f"{r['samples_per_s']:.2f} episodes/s; tokens/s: {r['tokens_per_s_generate']:.0f} in generation, {r['tokens_per_s']:.0f} "
+              f"over the step ({r['response_tokens_per_step']:.0f} response tokens per step of {r['rollout_batch_size']})")
+    else:
+        unit = "pairs" if r["job"] in ("dpo", "rm") else "rows"
+        print(f"train step: {r['step_s']:.3f} s (min {r['step_s_spread'][0]:.3f}, max {r['step_s_spread'][1]:.3f}), "
+              f"{r['samples_per_s']:.2f} {unit}/s, {r['tokens_per_s']:.0f} tokens/s, MFU {r['mfu']:.1%} "
+              f"({r['batch']} {unit} per step, {r['tokens_per_step']:.0f} tokens)")
+        if "reference_pass" in r:
+            ref = r["reference_pass"]
+            print(f"reference pass (once, before training): {ref['pairs']} pairs in {ref['s']:.2f} s, {ref['pairs_per_s']:.1f} pairs/s, "
+                  f"MFU {ref['mfu']:.1%}")
+    shared = " (local mode: one process hosts every role, so these are the same number)" if r["mode"] == "local" and len(r["peak_memory_mb"]) > 1 else ""
+    print("peak memory per role (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_memory_mb"].items()) + shared
+          + f"; role start-up {r['startup_s']:.1f} s")

@@ -86,8 +86,11 @@ class ModelShape:
         embed = 0 if self.tied_embeddings else self.vocab * self.hidden
         return self.matmul_params + embed + self.layers * 2 * self.hidden + self.hidden
 
-    def forward_flops(self, tokens: float, context: float) -> float:
-        return tokens * (2 * self.matmul_params + 4 * self.layers * self.hidden * context)
+    def forward_flops(self, tokens: float, context: float, lm_head: bool = True) -> float:
+        """FLOPs of a forward pass over `tokens` tokens attending to `context` earlier ones on average;
+        `lm_head=False` for a classifier or value head (one output instead of the vocabulary)."""
+        matmul = self.matmul_params - (0 if lm_head else self.vocab * self.hidden)
+        return tokens * (2 * matmul + 4 * self.layers * self.hidden * context)
 
     @classmethod
     def from_hf_config(cls, config: dict) -> "ModelShape":
@@ -370,15 +373,22 @@ def measure_peak(dtype: str = "fp32", threads: int = 1, seconds: float = 1.0) ->
 
 
 def workload_of_point(row: dict, run_dir: Path) -> Workload:
-    """The `Workload` of a measured PPO sweep point: the roles its run hosted (`orchestrator.ppo.hosted_roles`
-    of its config.yaml; a function reward has no model), their models' config.json, colocation as
-    `cluster.placement.plan_resources` resolves it, and the padded lengths the run logged."""
-    from cluster.placement import plan_resources
-    from orchestrator.builtin import resolve_model_path
+    """The `Workload` of a measured PPO sweep point (its run folder's config.yaml and the padded lengths it logged)."""
     from orchestrator.config import load_job_config
-    from orchestrator.ppo import hosted_roles
 
     cfg = load_job_config("ppo", str(run_dir / "config.yaml"))
+    return workload_of_config(cfg, prompt_len=round(row.get("prompt_len") or 0),
+                              response_len=round(row.get("response_len") or cfg.policy.max_new_tokens))
+
+
+def workload_of_config(cfg, prompt_len: int, response_len: int) -> Workload:
+    """The `Workload` of a PPO config: the roles it hosts (`orchestrator.ppo.hosted_roles`; a reward that
+    is not a model has none), their models' config.json, colocation as `cluster.placement.plan_resources`
+    resolves it, at the given padded lengths."""
+    from cluster.placement import plan_resources
+    from orchestrator.builtin import resolve_model_path
+    from orchestrator.ppo import hosted_roles
+
     hosted = hosted_roles(cfg)
     group = {name: p[0] for name, p in plan_resources(hosted, has_gpus=False).items()}  # colocated roles share one
     paths = {"policy": cfg.policy.path, "reference": cfg.reference.path or cfg.policy.path, "reward": cfg.reward.path,
@@ -397,9 +407,8 @@ def workload_of_point(row: dict, run_dir: Path) -> Workload:
                            gradient_checkpointing=rc.gradient_checkpointing,
                            offload_optimizer=bool(getattr(rc, "offload_optimizer", False)),
                            devices=group[name] if "+" in group[name] else "")
-    return Workload(roles=roles, samples=cfg.ppo.rollout_batch_size, prompt_len=round(row.get("prompt_len") or 0),
-                    response_len=round(row.get("response_len") or cfg.policy.max_new_tokens), epochs=cfg.ppo.epochs,
-                    minibatch=cfg.ppo.minibatch_size)
+    return Workload(roles=roles, samples=cfg.ppo.rollout_batch_size, prompt_len=prompt_len, response_len=response_len,
+                    epochs=cfg.ppo.epochs, minibatch=cfg.ppo.minibatch_size)
 
 
 def _efficiency(x) -> Efficiency:

@@ -122,6 +122,8 @@ def preflight_models(cfg: PPOConfig, policy_path: str) -> dict:
 class PPOJob(job.Job):
     name = "ppo"
     curve_keys = ("reward/score", "kl/mean", "length/mean")
+    profile = False
+    """Issue the step's phases one after another, each timed on its own (`rlhf bench ppo`)."""
 
     def __init__(self, cfg: PPOConfig):
         from actors.modeling import load_tokenizer
@@ -181,7 +183,7 @@ class PPOJob(job.Job):
 
     def step(self, step: int) -> dict:
         try:
-            metrics = ppo_step(self.roles, self.cfg, self.next_prompts, self.kl_ctl, self.moments, step)
+            metrics = ppo_step(self.roles, self.cfg, self.next_prompts, self.kl_ctl, self.moments, step, profile=self.profile)
         except NonFiniteError as e:
             if self.cfg.run.on_nonfinite == "raise":
                 raise

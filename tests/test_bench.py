@@ -1,5 +1,5 @@
-"""`rlhf bench ppo` and `rlhf bench dpo` run end to end on the smallest built-in model (local mode, one
-measured step) and write their numbers: the benchmarks stay runnable as the code under them changes."""
+"""`rlhf bench ppo|dpo|rm|sft` run end to end (local mode, one measured step) on a size spec and on a
+built-in model, and write numbers that add up: the benchmarks stay runnable as the code under them changes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPEC = "llama:vocab=512,hidden=32,intermediate=64,layers=2,heads=2"
 
 
 @pytest.fixture(autouse=True)
@@ -19,20 +21,73 @@ def _cache(tmp_path, monkeypatch):
 def test_bench_ppo_reports_every_phase(tmp_path, capsys):
     from orchestrator.cli import main
 
-    assert main(["bench", "ppo", "--steps", "1", "--out", str(tmp_path), "run.mode=local", "ppo.rollout_batch_size=8",
-                 "ppo.minibatch_size=8", "policy.max_new_tokens=8", "data.max_rows=16"]) == 0
-    result = json.loads((tmp_path / "bench_ppo_tiny_local.json").read_text())
-    assert result["steps_measured"] == 1 and result["step_s"] > 0
-    assert set(result["phase_s"]) == {"generate", "score", "reference", "old_logprobs", "values", "advantages",
-                                      "critic_update", "policy_update", "driver"}
-    assert result["step_s"] == pytest.approx(sum(result["phase_s"].values()), rel=0.05)
-    assert "tokens/s" in capsys.readouterr().out
+    assert main(["bench", "ppo", "--model", SPEC, "--steps", "1", "--rows", "16", "--prompt-len", "6", "--response-len", "5",
+                 "--out", str(tmp_path), "run.mode=local", "ppo.rollout_batch_size=8", "ppo.minibatch_size=8"]) == 0
+    r = json.loads((tmp_path / "bench_ppo_local.json").read_text())
+    assert r["steps_measured"] == 1 and r["max_new_tokens"] == 5 and r["padded_prompt_len"] == 6
+    assert set(r["phase_s"]) == {"generate", "score", "reference", "old_logprobs", "values", "advantages",
+                                 "critic_update", "policy_update", "driver"}
+    assert r["step_s"] == pytest.approx(sum(r["phase_s"].values()), rel=0.05)
+    assert r["samples_per_s"] == pytest.approx(8 / r["step_s"], rel=1e-2)
+    assert set(r["phase_mfu"]) == {"generate", "score", "reference", "old_logprobs", "values", "critic_update", "policy_update"}
+    assert 0 < r["mfu"] < 1 and all(0 < v < 1 for v in r["phase_mfu"].values())
+    assert set(r["peak_memory_mb"]) == {"policy", "reference", "critic", "reward"}
+    assert "episodes/s" in capsys.readouterr().out
 
 
-def test_bench_dpo_reports_pairs_per_second(tmp_path):
+@pytest.mark.parametrize("job", ["dpo", "rm", "sft"])
+def test_bench_trains_at_the_synthesised_lengths(job, tmp_path):
+    """The word-level tokenizer of a spec makes the lengths exact: tokens per step = batch x sequences x
+    (prompt + response), and MFU = 3 x the cost model's forward FLOPs / time / the measured peak."""
     from orchestrator.cli import main
+    from orchestrator.costmodel import ModelShape
 
-    assert main(["bench", "dpo", "--steps", "1", "--out", str(tmp_path), "dpo.batch_size=8", "policy.micro_batch_size=4",
-                 "data.max_rows=64"]) == 0
-    result = json.loads((tmp_path / "bench_dpo_tiny_local.json").read_text())
-    assert result["train_pairs_per_s"] > 0 and result["reference_pairs_per_s"] > 0 and result["batch_pairs"] == 8
+    batch = {"dpo": "dpo.batch_size=4", "rm": "rm.batch_size=4", "sft": "sft.batch_size=4"}[job]
+    micro = "model.micro_batch_size=4" if job == "rm" else "policy.micro_batch_size=4"
+    assert main(["bench", job, "--model", SPEC, "--steps", "1", "--rows", "8", "--prompt-len", "6", "--response-len", "5",
+                 "--out", str(tmp_path), "run.mode=local", batch, micro]) == 0
+    r = json.loads((tmp_path / f"bench_{job}_local.json").read_text())
+    seqs = 1 if job == "sft" else 2
+    eos = r["tokens_per_step"] / (4 * seqs) - 11  # a job may end each response with EOS
+    assert eos in (0, 1)
+    shape = ModelShape(layers=2, hidden=32, intermediate=64, vocab=512, heads=2, kv_heads=2)
+    L = 11 + eos
+    flops = 3 * shape.forward_flops(4 * seqs * L, L / 2, lm_head=job != "rm")
+    assert r["mfu"] == pytest.approx(flops / r["step_s"] / (r["peak_flops"]["fp32"] * 1e9), rel=0.01)
+    assert r["samples_per_s"] == pytest.approx(4 / r["step_s"], rel=1e-2)
+    if job == "dpo":
+        assert r["reference_pass"]["pairs"] == 8 + 16  # train rows + the held-out file
+
+
+def test_bench_on_a_builtin_model_and_bad_spec(tmp_path):
+    from orchestrator.cli import main
+    from orchestrator.synth import SpecError
+
+    assert main(["bench", "sft", "--model", "builtin:tiny-base", "--steps", "1", "--rows", "8", "--out", str(tmp_path),
+                 "run.mode=local", "sft.batch_size=4", "policy.micro_batch_size=4"]) == 0
+    assert json.loads((tmp_path / "bench_sft_local.json").read_text())["parameters"] > 0
+    with pytest.raises(SpecError, match="foo is not a key"):
+        main(["bench", "sft", "--model", "llama:vocab=64,foo=1", "--out", str(tmp_path)])
+
+
+def test_forward_flops_count_the_lm_head_only_when_asked():
+    from orchestrator.costmodel import ModelShape
+
+    m = ModelShape(layers=1, hidden=4, intermediate=8, vocab=10, heads=1, kv_heads=1)
+    # attention 4 x 16 + SwiGLU 3 x 32 = 160 matmul weights per layer, LM head 40; attention scores 4 x 1 x 4 x context
+    assert m.forward_flops(3, 2) == 3 * (2 * 200 + 16 * 2)
+    assert m.forward_flops(3, 2, lm_head=False) == 3 * (2 * 160 + 16 * 2)
+
+
+def test_replica_threads_policy(monkeypatch):
+    import os
+
+    from cluster.group import replica_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert replica_threads("ray", 1.0) == 1  # a role of PPO: its num_cpus
+    assert replica_threads("ray", 2.5) == 2
+    assert replica_threads("ray", 1.0, alone=True) == 8  # sft/dpo/rm alone on the node: every core
+    assert replica_threads("ray", 1.0, alone=True, replicas=3) == 2
+    assert replica_threads("ray", 1.0, alone=True, replicas=16) == 1
+    assert replica_threads("ray", 1.0, threads=3, alone=True) == 3  # set by the user

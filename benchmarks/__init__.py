@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks against peer libraries (optional: `pip install -e '.[bench]'`)."""
