@@ -12,7 +12,7 @@ import torch
 
 from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint
 from actors.lm import ValueModel, forward_micro_batches
-from actors.modeling import load_causal_lm
+from actors.modeling import load_causal_lm, resolve_dtype
 from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, Rollout, Values
 from cluster.group import gather_as
@@ -26,7 +26,7 @@ class CriticActor:
         lm = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         model = ValueModel.from_causal_lm(lm)
         del lm
-        if cfg.dtype == "bf16":
+        if resolve_dtype(cfg.dtype) == "bf16":
             model.value_head.to(torch.bfloat16)
         self.engine = build_engine(
             model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size,

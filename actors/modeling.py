@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import transformers
@@ -129,10 +129,23 @@ def build_sequence_classifier(config: transformers.PretrainedConfig, num_labels:
     return _seeded(seed, lambda: transformers.LlamaForSequenceClassification(config))
 
 
+def resolve_dtype(dtype: str) -> str:
+    """A role's `dtype` as this process computes it: "auto" is "bf16" where the hardware computes bf16
+    natively (a CUDA GPU that supports it; without CUDA, a CPU with AMX or AVX512-BF16), else "fp32";
+    "fp32" and "bf16" stay. Resolved where the role runs (each replica's own hardware)."""
+    if dtype != "auto":
+        return dtype
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16" if native else "fp32"
+
+
 def torch_dtype(dtype: str) -> torch.dtype:
-    """"fp32" -> torch.float32, "bf16" -> torch.bfloat16; anything else is a ValueError."""
+    """"fp32" -> torch.float32, "bf16" -> torch.bfloat16, "auto" -> `resolve_dtype`; anything else is a ValueError."""
+    dtype = resolve_dtype(dtype)
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -179,12 +192,27 @@ def _ensure_pad_id(model, name_or_path: str) -> None:
         model.generation_config.pad_token_id = eos
 
 
+def attention_implementation(dtype: str) -> Optional[str]:
+    """The attention kernel a model is loaded with: transformers' default (SDPA) except for bf16 without
+    CUDA, where "eager". Measured on this project's 2-core AMX CPU (Llama 7.4M, 16 x 65 tokens, forward +
+    backward): SDPA's CPU flash-attention backward in bf16 took 8.8 ms per layer call against 1.3 ms in
+    fp32, so a bf16 step was 1.34x faster than fp32 with SDPA and 1.85x with eager attention."""
+    return "eager" if resolve_dtype(dtype) == "bf16" and not torch.cuda.is_available() else None
+
+
+def _attention_kwargs(dtype: str) -> dict:
+    impl = attention_implementation(dtype)
+    return {"attn_implementation": impl} if impl else {}
+
+
 def load_causal_lm(name_or_path: str, dtype: str = "fp32", trust_remote_code: bool = False):
-    """Load any Hugging Face causal LM by name or folder in `dtype` ("fp32" | "bf16").
-    `trust_remote_code` stays False unless passed; config.pad_token_id is always set afterwards."""
+    """Load any Hugging Face causal LM by name or folder in `dtype` ("fp32" | "bf16"), with the attention
+    kernel of `attention_implementation`. `trust_remote_code` stays False unless passed; config.pad_token_id
+    is always set afterwards."""
     dt = torch_dtype(dtype)
     with _naming(name_or_path):
-        model = transformers.AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dt, trust_remote_code=trust_remote_code)
+        model = transformers.AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dt, trust_remote_code=trust_remote_code,
+                                                                  **_attention_kwargs(dtype))
     _ensure_pad_id(model, name_or_path)
     return model
 
@@ -196,7 +224,7 @@ def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: str 
     dt = torch_dtype(dtype)
     with _naming(name_or_path):
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, dtype=dt, trust_remote_code=trust_remote_code)
+            name_or_path, num_labels=num_labels, dtype=dt, trust_remote_code=trust_remote_code, **_attention_kwargs(dtype))
     _ensure_pad_id(model, name_or_path)
     return model
 

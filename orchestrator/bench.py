@@ -152,7 +152,7 @@ def _shape(folder: str):
 
 
 def summarise(args, cfg, job, model_dir: str, records: list[dict], extra: dict, peak: dict, cores: int) -> dict:
-    from actors.modeling import count_parameters, model_skeleton
+    from actors.modeling import count_parameters, model_skeleton, resolve_dtype
 
     mean = lambda key: statistics.mean(r[key] for r in records)  # noqa: E731
     step_s = mean("time/wall")
@@ -163,7 +163,8 @@ def summarise(args, cfg, job, model_dir: str, records: list[dict], extra: dict, 
            "step_s": round(step_s, 6), "step_s_spread": [round(min(r["time/wall"] for r in records), 4),
                                                           round(max(r["time/wall"] for r in records), 4)]}
     role = cfg.model if args.job == "rm" else cfg.policy
-    res.update(dtype=role.dtype, zero_stage=role.zero_stage, lora=role.lora.enabled, micro_batch_size=role.micro_batch_size)
+    dtype = resolve_dtype(role.dtype)
+    res.update(dtype=dtype, zero_stage=role.zero_stage, lora=role.lora.enabled, micro_batch_size=role.micro_batch_size)
     shape = _shape(model_dir)
     if args.job == "ppo":
         res.update(_ppo(cfg, job, records, peak, step_s))
@@ -180,17 +181,18 @@ def summarise(args, cfg, job, model_dir: str, records: list[dict], extra: dict, 
     head = args.job != "rm"  # a reward model has a one-output head, not the LM head
     train_flops = 3 * shape.forward_flops(tokens, seq_len / 2, lm_head=head)
     res.update(batch=batch, tokens_per_step=round(tokens, 1), samples_per_s=round(batch / step_s, 2),
-               tokens_per_s=round(tokens / step_s, 1), mfu=round(train_flops / step_s / peak[role.dtype], 4))
+               tokens_per_s=round(tokens / step_s, 1), mfu=round(train_flops / step_s / peak[dtype], 4))
     if "reference_pass_s" in extra:
         n = len(job.train_rows) + len(job.eval_rows)
         ref_tokens = n * 2 * seq_len
         s = extra["reference_pass_s"]
         res["reference_pass"] = {"pairs": n, "s": round(s, 3), "pairs_per_s": round(n / s, 1), "tokens_per_s": round(ref_tokens / s, 1),
-                                 "mfu": round(shape.forward_flops(ref_tokens, seq_len / 2) / s / peak[role.dtype], 4)}
+                                 "mfu": round(shape.forward_flops(ref_tokens, seq_len / 2) / s / peak[dtype], 4)}
     return res
 
 
 def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
+    from actors.modeling import resolve_dtype
     from orchestrator.costmodel import FORWARD_PHASE, workload_of_config
 
     phases = [k[len("time/"):] for k in records[0] if k.startswith("time/") and k not in ("time/step", "time/wall", "time/tokens_per_s")]
@@ -221,7 +223,7 @@ def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
             "samples_per_s": round(n / step_s, 2), "response_tokens_per_step": round(response_tokens, 1),
             "tokens_per_s_generate": round(response_tokens / phase_s["generate"], 1),
             "tokens_per_s": round(response_tokens / step_s, 1),
-            "mfu": round(sum(flops.values()) / step_s / peak[cfg.policy.dtype], 4)}
+            "mfu": round(sum(flops.values()) / step_s / peak[resolve_dtype(cfg.policy.dtype)], 4)}
 
 
 def print_result(r: dict) -> None:

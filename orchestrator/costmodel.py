@@ -385,6 +385,7 @@ def workload_of_config(cfg, prompt_len: int, response_len: int) -> Workload:
     """The `Workload` of a PPO config: the roles it hosts (`orchestrator.ppo.hosted_roles`; a reward that
     is not a model has none), their models' config.json, colocation as `cluster.placement.plan_resources`
     resolves it, at the given padded lengths."""
+    from actors.modeling import resolve_dtype
     from cluster.placement import plan_resources
     from orchestrator.builtin import resolve_model_path
     from orchestrator.ppo import hosted_roles
@@ -402,7 +403,7 @@ def workload_of_config(cfg, prompt_len: int, response_len: int) -> Workload:
         if path not in shapes:
             shapes[path] = ModelShape.from_hf_config(json.loads((Path(path) / "config.json").read_text()))
         micro = (cfg.critic if name == "critic" else cfg.policy).micro_batch_size  # frozen roles use the policy's
-        roles[name] = Role(model=shapes[path], replicas=rc.replicas, zero_stage=rc.zero_stage, dtype=rc.dtype,
+        roles[name] = Role(model=shapes[path], replicas=rc.replicas, zero_stage=rc.zero_stage, dtype=resolve_dtype(rc.dtype),
                            trainable=name in ("policy", "critic"), micro_batch=micro,
                            gradient_checkpointing=rc.gradient_checkpointing,
                            offload_optimizer=bool(getattr(rc, "offload_optimizer", False)),

@@ -418,3 +418,44 @@ def test_batch_chunks_are_consecutive_row_slices():
     assert torch.equal(Toy.cat(parts).ids, batch.ids)
     with pytest.raises(BatchError, match="size must be >= 1"):
         list(batch.chunks(0))
+
+
+def test_adamw_is_the_fused_kernel_and_its_step_equals_the_per_tensor_loop():
+    """One fused AdamW kernel over all tensors (`deepspeed_config`): the same update as torch's per-tensor
+    loop with the same groups (weight decay on matrices only) and hyper-parameters."""
+    torch.manual_seed(0)
+    engine = build_engine(tiny_llama(), train_cfg(0, 4), train=True, total_steps=10, minibatch_size=4)
+    basic = engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer
+    assert basic.param_groups and all(g["fused"] for g in basic.param_groups)
+    groups = [{**{k: v for k, v in g.items() if k not in ("params", "fused", "foreach")},
+               "params": [torch.nn.Parameter(p.detach().clone()) for p in g["params"]]} for g in basic.param_groups]
+    reference = torch.optim.AdamW(groups, foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for mine, theirs in zip(basic.param_groups, reference.param_groups):
+        for p, q in zip(mine["params"], theirs["params"]):
+            p.grad = torch.randn(p.shape, generator=g) * 0.01
+            q.grad = p.grad.clone()
+    for _ in range(2):
+        basic.step()
+        reference.step()
+    for mine, theirs in zip(basic.param_groups, reference.param_groups):
+        for p, q in zip(mine["params"], theirs["params"]):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_auto_dtype_and_the_attention_kernel(monkeypatch):
+    from actors.modeling import attention_implementation, resolve_dtype, torch_dtype
+
+    assert resolve_dtype("fp32") == "fp32" and resolve_dtype("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for amx, avx512_bf16, want in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert resolve_dtype("auto") == want
+        assert torch_dtype("auto") == {"bf16": torch.bfloat16, "fp32": torch.float32}[want]
+    # bf16 on a CPU: eager attention (SDPA's CPU flash backward is slow in bf16); fp32: transformers' default
+    assert attention_implementation("bf16") == "eager" and attention_implementation("fp32") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert attention_implementation("bf16") is None
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        torch_dtype("fp16")
