@@ -46,8 +46,11 @@ def response_logprobs(
     detection; flash-attention reads the same positions as variable-length sequences), so no example
     sees another.
     """
-    keep = sequences.shape[1] - prompt_len + 1  # the logits at P-1 .. L-1 (the last one predicts nothing)
-    extra = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
+    L = sequences.shape[1]
+    keep = L - prompt_len + 1  # the logits at P-1 .. L-1 (the last one predicts nothing)
+    # as indices, not a count: transformers then gathers the hidden states (a contiguous copy) instead of
+    # slicing them; torch's CPU bf16 linear on the non-contiguous slice of a frozen model was 65x slower
+    extra = {"logits_to_keep": torch.arange(prompt_len - 1, L, device=sequences.device)} if takes_logits_to_keep(model) else {}
     if packed_positions is not None:
         out = model(input_ids=sequences, attention_mask=None, position_ids=packed_positions, use_cache=False, **extra)
     else:

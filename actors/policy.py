@@ -14,6 +14,36 @@ from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, LogProbs, PromptBatch, Rollout
 from cluster.group import gather_as
 from losses.ppo import policy_loss
+from transformers import LogitsProcessor, LogitsProcessorList
+
+
+class BehaviourLogProbs(LogitsProcessor):
+    """Records log pi(a_t | s_t) of each token HF `generate` samples, at no extra forward pass.
+
+    `generate` calls its processors with the step's float32 logits; processors passed by the caller
+    come before the sampling warpers (temperature, top-k, top-p), so the scores seen here are the
+    model's logits. Step t keeps log_softmax(logits_t / temperature), the distribution
+    `actors.lm.response_logprobs` recomputes (untruncated, as OpenRLHF and verl do); step t + 1 reads
+    the token sampled from it (the last column of input_ids), and `finish` the last one.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.last: torch.Tensor | None = None
+        self.taken: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.taken.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """(B, n) log-probs of the n sampled tokens, from `generate`'s output sequences."""
+        if self.last is not None:
+            self.taken.append(self.last.gather(-1, sequences[:, -1:]).squeeze(-1))
+            self.last = None
+        return torch.stack(self.taken, dim=1)
 
 
 class PolicyActor:
@@ -29,9 +59,10 @@ class PolicyActor:
     # ---------------------------------------------------------------- rollout
     @gather_as("cat")
     @torch.no_grad()
-    def generate(self, prompts: PromptBatch, seed: int) -> Rollout:
+    def generate(self, prompts: PromptBatch, seed: int, record_logprobs: bool = False) -> Rollout:
         """Sample one response per prompt row (a prompt answered k times comes as k rows, in one call);
-        responses are right-padded to max_new_tokens."""
+        responses are right-padded to max_new_tokens. `record_logprobs`: the Rollout carries the log-probs
+        of the sampled tokens as they were sampled (`BehaviourLogProbs`; ppo.old_logprobs=rollout)."""
         cfg = self.cfg
         device = self.engine.device
         torch.manual_seed(seed)
@@ -39,8 +70,10 @@ class PolicyActor:
         attention_mask = prompts.attention_mask.to(device)
         P, T = input_ids.shape[1], cfg.max_new_tokens
         self.engine.eval()
+        recorder = BehaviourLogProbs(cfg.temperature) if record_logprobs else None
         with gathered_params(self.engine) as model:
             out = model.generate(
+                **({"logits_processor": LogitsProcessorList([recorder])} if recorder else {}),
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 do_sample=True,
@@ -64,6 +97,11 @@ class PolicyActor:
         padded[:, :gen_len] = response
         action_mask = (torch.arange(T).unsqueeze(0) < length.unsqueeze(1)).long()
         padded = torch.where(action_mask.bool(), padded, torch.full_like(padded, self.pad_id))
+        logprobs = None
+        if recorder is not None:
+            logprobs = torch.zeros(B, T)
+            logprobs[:, :gen_len] = recorder.finish(out).cpu()
+            logprobs = logprobs * action_mask
         texts = [
             self.tokenizer.decode(padded[i, : int(first_eos[i]) if ended[i] else int(length[i])], skip_special_tokens=True)
             for i in range(B)
@@ -78,6 +116,7 @@ class PolicyActor:
             responses=texts,
             references=list(prompts.references),
             query_types=list(prompts.query_types),
+            logprobs=logprobs,
         )
 
     # ---------------------------------------------------------------- log-probs

@@ -36,6 +36,7 @@ class Rollout(Batch):
     responses: list = None  # (B,) decoded response text (without EOS)
     references: list = None  # (B,) reference answer or None
     query_types: list = None  # (B,) 'open' | 'closed' | None
+    logprobs: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) behaviour log-probs recorded while sampling (0 after the end)
 
     @property
     def prompt_len(self) -> int:

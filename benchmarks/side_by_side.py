@@ -2,7 +2,7 @@
 and the ratios.
 
     pip install -e '.[bench]'        # trl==1.12.0 (its PPOTrainer is in trl.experimental.ppo up to 1.12)
-    python -m benchmarks.side_by_side ppo [--rounds 3] [--short 2] [--long 8] [--variants ...]
+    python -m benchmarks.side_by_side ppo [--rounds 3] [--short 2] [--long 8] [--variants NAME-PREFIX ...]
     python -m benchmarks.side_by_side dpo
 
 Both systems run as whole commands (`rlhf ppo ...` / `rlhf dpo ...` and `python -m benchmarks.trl_run
@@ -43,20 +43,24 @@ def variants(job: str, model: str, data: str, held_out: str, out: Path) -> dict[
         ours = [*rlhf, "ppo", f"policy.path={model}", "reward.kind=model", f"reward.path={model}/reward",
                 f"data.path={data}", f"data.eval_path={held_out}", "ppo.rollout_batch_size=32", "ppo.minibatch_size=8",
                 "ppo.epochs=1", f"policy.max_new_tokens={RESPONSE_LEN}", "run.save_every=0", "run.resume=never", "run.steps={steps}"]
-        bf16 = [f"{r}.dtype=bf16" for r in ("policy", "reference", "critic", "reward")] + ["policy.zero_stage=1", "critic.zero_stage=1"]
+        auto = [f"{r}.dtype=auto" for r in ("policy", "reference", "critic", "reward")]
+        rollout = ["ppo.old_logprobs=rollout"]
         return {
             "trl fp32": (trl, 32),
             "trl bf16 (autocast)": ([*trl, "--bf16"], 32),
-            "rlhf fp32 (default: ray)": ([*ours, f"run.output_dir={out / 'rlhf_ppo_ray'}"], 32),
-            "rlhf fp32 local": ([*ours, "run.mode=local", f"run.output_dir={out / 'rlhf_ppo_local'}"], 32),
-            "rlhf bf16 ray": ([*ours, *bf16, f"run.output_dir={out / 'rlhf_ppo_bf16'}"], 32),
+            "rlhf fp32, defaults (ray, 4 actors)": ([*ours, f"run.output_dir={out / 'rlhf_ray'}"], 32),
+            "rlhf fp32, local": ([*ours, "run.mode=local", f"run.output_dir={out / 'rlhf_local'}"], 32),
+            "rlhf fp32, local, old log-probs from the rollout": ([*ours, "run.mode=local", *rollout, f"run.output_dir={out / 'rlhf_local_rollout'}"], 32),
+            "rlhf auto (bf16 here), local, rollout log-probs": ([*ours, "run.mode=local", *rollout, *auto, f"run.output_dir={out / 'rlhf_local_auto'}"], 32),
+            "rlhf auto (bf16 here), ray, rollout log-probs": ([*ours, *rollout, *auto, f"run.output_dir={out / 'rlhf_ray_auto'}"], 32),
         }
     ours = [*rlhf, "dpo", f"policy.path={model}", f"data.path={data}", f"data.eval_path={held_out}", "dpo.batch_size=8",
             "policy.micro_batch_size=8", "dpo.beta=0.1", "run.save_every=0", "run.resume=never", "run.steps={steps}"]
     return {
         "trl fp32, precomputed ref": ([*trl, "--batch", "8"], 8),
         "trl defaults (bf16 + grad ckpt), precomputed ref": ([*trl, "--batch", "8", "--bf16", "--gradient-checkpointing"], 8),
-        "rlhf defaults": ([*ours, f"run.output_dir={out / 'rlhf_dpo'}"], 8),
+        "rlhf defaults (fp32, local)": ([*ours, f"run.output_dir={out / 'rlhf_dpo'}"], 8),
+        "rlhf policy.dtype=auto (bf16 here)": ([*ours, "policy.dtype=auto", f"run.output_dir={out / 'rlhf_dpo_auto'}"], 8),
     }
 
 
@@ -79,10 +83,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=SPEC, help="a size spec (orchestrator.synth) or a folder with reward/ inside")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--short", type=int, default=2, help="steps of the short command")
-    p.add_argument("--long", type=int, default=8, help="steps of the long command")
+    p.add_argument("--long", type=int, help="steps of the long command (default: 8 for ppo, 30 for dpo)")
     p.add_argument("--variants", nargs="*", help="names (or unique prefixes) to run; default: all")
     p.add_argument("--out", default="runs/side_by_side")
     a = p.parse_args(argv)
+    a.long = a.long or (8 if a.job == "ppo" else 30)
     if a.long <= a.short:
         raise SystemExit("side_by_side: --long must be more than --short")
 

@@ -86,6 +86,8 @@ class PPOAlgoConfig:
     """grpo: divide by the group's std (GRPO); false gives Dr. GRPO's r - mean (Liu et al. 2025)."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     """How the policy loss adds up over a minibatch (`losses.ppo.aggregate`): token_mean (every token alike), seq_mean_token_mean (every response alike: GRPO's paper), seq_mean_token_sum_norm (token sums over policy.max_new_tokens: Dr. GRPO). Exact under any replicas and micro-batch sizes."""
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
+    """Where PPO's log pi_old comes from. recompute: a no-grad forward of the policy over the rollout (its own phase). rollout: recorded while sampling (log-softmax of the sampled token under the logits / temperature, before top-k/top-p, as recompute computes it): the behaviour policy's own log-probs, one forward pass fewer per step; they equal recompute's up to float rounding (incremental decoding sums in another order), so a run is not bit-identical to a recompute run."""
     kl_in_loss: bool = False
     """Put the KL to the reference in the policy loss (GRPO: kl_loss_coef x the kl_loss_estimator per token) instead of in the reward; kl_coef then is not used."""
     kl_loss_coef: float = 0.04

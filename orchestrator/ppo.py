@@ -29,6 +29,7 @@ from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor, check_reward_config, describe
 from actors.trainer import NonFiniteError, merge_stats
+from actors.types import LogProbs
 from cluster import RoleSpec, create_groups, get
 from losses.common import RunningMoments
 from losses.kl import KLController
@@ -287,7 +288,9 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
     if per_prompt > 1:  # each prompt k times in a row: the groups of the critic-free baselines are contiguous
         batch = batch.select(torch.arange(batch.num_rows).repeat_interleave(per_prompt))
     t["driver"] = time.perf_counter() - t0
-    (rollout,) = _run({"generate": lambda: roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step)}, t, profile)
+    recorded = cfg.ppo.old_logprobs == "rollout"  # log pi_old recorded while sampling: no forward pass for it
+    (rollout,) = _run({"generate": lambda: roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step,
+                                                                record_logprobs=recorded)}, t, profile)
 
     views = {
         "score": lambda: roles.reward.scatter(RewardActor.score, rollout),
@@ -296,12 +299,14 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
             if roles.reference is not None
             else roles.policy.scatter(PolicyActor.reference_logprobs, rollout)
         ),
-        "old_logprobs": lambda: roles.policy.scatter(PolicyActor.logprobs, rollout),
     }
+    if not recorded:
+        views["old_logprobs"] = lambda: roles.policy.scatter(PolicyActor.logprobs, rollout)
     if roles.critic is not None:
         views["values"] = lambda: roles.critic.scatter(CriticActor.values, rollout)
-    scores, ref_lp, old_lp, *values = _run(views, t, profile)
-    values = values[0] if values else None
+    outputs = dict(zip(views, _run(views, t, profile)))
+    scores, ref_lp, values = outputs["score"], outputs["reference"], outputs.get("values")
+    old_lp = LogProbs(logprobs=rollout.logprobs) if recorded else outputs["old_logprobs"]
 
     bad = nonfinite_inputs(rollout, scores, ref_lp, old_lp, values, describe(cfg.reward))
     if bad is not None:  # before anything learns from it (run.on_nonfinite: PPOJob raises or skips the step)

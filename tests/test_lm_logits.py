@@ -73,3 +73,30 @@ def test_sequence_logprobs_skip_only_positions_before_the_first_response(family,
     assert lp.shape == (2, 8) and torch.equal(is_response, response[:, 1:].bool())
     torch.testing.assert_close(lp[:, 2:], want[:, 2:], rtol=1e-5, atol=1e-5)  # from the first response token (3) on
     assert torch.equal(lp[:, :2], torch.zeros(2, 2))  # not scored, not response
+
+
+@pytest.mark.parametrize("family,temperature,top_k", [("llama", 1.0, 0), ("gpt2", 0.7, 20), ("gemma", 1.3, 0)])
+def test_logprobs_recorded_while_sampling_equal_a_recompute(family, temperature, top_k, tmp_path):
+    """ppo.old_logprobs=rollout: the behaviour log-probs recorded inside HF generate (`BehaviourLogProbs`)
+    are those `PolicyActor.logprobs` recomputes with a forward pass (logits / temperature, untruncated
+    by top-k), to float rounding; 0 after a response's end. Recording does not change what is sampled."""
+    from actors.config import PolicyConfig
+    from actors.policy import PolicyActor
+    from actors.types import PromptBatch
+    from cluster.dist import init_local
+    from tests.families import build_family
+
+    init_local()
+    paths = build_family(family, tmp_path / family)
+    cfg = PolicyConfig(path=paths["model"], max_new_tokens=6, temperature=temperature, top_k=top_k, micro_batch_size=4)
+    actor = PolicyActor(cfg, model_path=paths["model"], seed=0, total_steps=1, minibatch_size=4)
+    ids = torch.randint(5, 200, (4, 5), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    prompts = PromptBatch(ids, mask, prompts=[""] * 4, references=[None] * 4, query_types=[None] * 4)
+    plain = actor.generate(prompts, seed=11)
+    recorded = actor.generate(prompts, seed=11, record_logprobs=True)
+    assert torch.equal(plain.sequences, recorded.sequences) and plain.logprobs is None
+    recomputed = actor.logprobs(recorded).logprobs
+    torch.testing.assert_close(recorded.logprobs, recomputed, rtol=1e-4, atol=1e-5)
+    assert bool((recorded.logprobs[recorded.action_mask == 0] == 0).all())

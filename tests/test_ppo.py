@@ -230,3 +230,19 @@ def test_entropy_bonus_reaches_the_policy_update(model_dir, tmp_path):
     assert "policy/entropy" not in plain and bonus["policy/entropy"] > 0.1
     # the first minibatch is the same in both runs: its loss differs by -c x (token-mean entropy) on average
     assert bonus["policy/loss"] < plain["policy/loss"]
+
+
+def test_old_logprobs_from_the_rollout_equal_a_recompute(model_dir, tmp_path):
+    """ppo.old_logprobs=rollout skips the policy's no-grad forward (no old_logprobs phase) and gives the
+    same first update as recompute, to float rounding: the same samples, rewards, KL and losses."""
+    from orchestrator.ppo import train
+
+    runs = {}
+    for mode in ("recompute", "rollout"):
+        out = tmp_path / mode
+        train(tiny_ppo_config(model_dir, str(out), "run.steps=1", f"ppo.old_logprobs={mode}"))
+        runs[mode] = _metrics(out)[1]
+    a, b = runs["recompute"], runs["rollout"]
+    assert "time/score+reference+old_logprobs+values" in a and "time/score+reference+values" in b
+    for key in ("reward/score", "length/mean", "kl/mean", "policy/loss", "critic/loss", "policy/approx_kl", "policy/grad_norm"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
