@@ -12,7 +12,7 @@ from actors.lm import forward_micro_batches, response_logprobs
 from actors.modeling import load_causal_lm, load_tokenizer
 from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, LogProbs, PromptBatch, Rollout
-from cluster.group import gather_as
+from cluster.group import alone_threads, gather_as
 from losses.ppo import policy_loss
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -71,7 +71,7 @@ class PolicyActor:
         P, T = input_ids.shape[1], cfg.max_new_tokens
         self.engine.eval()
         recorder = BehaviourLogProbs(cfg.temperature) if record_logprobs else None
-        with gathered_params(self.engine) as model:
+        with gathered_params(self.engine) as model, alone_threads():  # the other roles wait for the rollout
             out = model.generate(
                 **({"logits_processor": LogitsProcessorList([recorder])} if recorder else {}),
                 input_ids=input_ids,

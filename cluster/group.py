@@ -41,6 +41,7 @@ ran (node, process, device, peak memory, start-up time).
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -350,6 +351,27 @@ def replica_threads(mode: str, num_cpus: float, threads: int = 0, alone: bool = 
     return max(1, int(num_cpus))
 
 
+_ALONE_THREADS = 0
+"""In a Ray replica: the threads of a call that runs while the rest of the job waits (`alone_threads`)."""
+
+
+@contextlib.contextmanager
+def alone_threads():
+    """For a call during which nothing else of the job computes (PPO's generation: every other role waits
+    for the rollout): the replica's intra-op threads become those of a role alone on its node (the node's
+    cores over the role's replicas, or its `threads`), then return to its own. A no-op outside a Ray replica
+    (local mode: every role shares this process's threads already)."""
+    before = torch.get_num_threads()
+    if _ALONE_THREADS and _ALONE_THREADS != before:
+        torch.set_num_threads(_ALONE_THREADS)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+    else:
+        yield
+
+
 # ----------------------------------------------------------------------------------------- local
 
 
@@ -399,6 +421,8 @@ class _Replica:
         # Ray sets OMP_NUM_THREADS for the process; torch's intra-op pool is sized here explicitly so
         # that replicas sharing a node do not each grab every core (and a role alone in its job gets them).
         torch.set_num_threads(replica_threads("ray", num_cpus, threads, alone, world_size))
+        global _ALONE_THREADS
+        _ALONE_THREADS = replica_threads("ray", num_cpus, threads, True, world_size)
 
     def __repr__(self) -> str:  # Ray prefixes this replica's log lines with it
         return f"{self.role_name}[{self.rank}]"

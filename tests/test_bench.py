@@ -91,3 +91,17 @@ def test_replica_threads_policy(monkeypatch):
     assert replica_threads("ray", 1.0, alone=True, replicas=3) == 2
     assert replica_threads("ray", 1.0, alone=True, replicas=16) == 1
     assert replica_threads("ray", 1.0, threads=3, alone=True) == 3  # set by the user
+
+
+def test_alone_threads_lend_a_replica_the_cores_for_a_call_then_give_them_back(monkeypatch):
+    import torch
+
+    import cluster.group as group
+
+    before = torch.get_num_threads()
+    with group.alone_threads():  # not in a Ray replica: nothing changes
+        assert torch.get_num_threads() == before
+    monkeypatch.setattr(group, "_ALONE_THREADS", before + 1)
+    with group.alone_threads():
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
