@@ -6,7 +6,8 @@ name, or a size spec such as `llama:vocab=8192,hidden=256,intermediate=704,layer
 random weights (`orchestrator.synth`; speed does not depend on the weights). The data are `--rows` rows
 of random tokens of the model's tokenizer at `--prompt-len` / `--response-len` tokens
 (`orchestrator.synth.synth_rows`); PPO's reward is the spec's `reward/` sequence classifier, or for a
-folder a fresh sequence-classification head on the same backbone (`reward.*` overrides change it).
+folder a fresh one-output sequence-classification head on the same backbone, saved in `--out`
+(`reward.*` overrides change it).
 
 The bench runs the job's own class (`PPOJob`, `DPOJob`, `RMJob`, `SFTJob`) as `rlhf <job>` would: its
 roles started by the same code, then `--steps` steps timed after `--warmup` warm-up steps (allocations,
@@ -72,16 +73,29 @@ def bench_data(job: str, model_dir: str, out: Path, rows: int, prompt_len: int, 
     return [f"data.path={train}", f"data.eval_path={held_out}", *limits]
 
 
-def job_overrides(job: str, model_dir: str) -> list[str]:
-    """The model, and no LR warm-up (a bench runs fewer steps than a warm-up may need; speed does not depend on it)."""
+def job_overrides(job: str, model_dir: str, out: Path) -> list[str]:
+    """The model, and no LR warm-up (a bench runs fewer steps than a warm-up may need; speed does not depend on it).
+    PPO's reward: the folder's `reward/` classifier (a size spec has one), else `reward_model_for(model_dir)`."""
     if job == "rm":
         return [f"model.path={model_dir}", "model.warmup_steps=0"]
-    out = [f"policy.path={model_dir}", "policy.warmup_steps=0"]
+    overrides = [f"policy.path={model_dir}", "policy.warmup_steps=0"]
     if job == "ppo":
-        out.append("critic.warmup_steps=0")
         reward = Path(model_dir) / "reward"
-        out += ["reward.kind=model", f"reward.path={reward if (reward / 'config.json').is_file() else model_dir}"]
-    return out
+        reward = reward if (reward / "config.json").is_file() else reward_model_for(model_dir, out)
+        overrides += ["critic.warmup_steps=0", "reward.kind=model", f"reward.path={reward}"]
+    return overrides
+
+
+def reward_model_for(model_dir: str, out: Path) -> Path:
+    """A reward model of the same backbone for PPO's reward role: the causal LM's backbone with a fresh
+    one-output sequence-classification head, saved (with the tokenizer) as a hub reward model is, in `out`."""
+    from actors.modeling import load_sequence_classifier, load_tokenizer
+
+    folder = out / "reward_model" / Path(model_dir).name
+    if not (folder / "config.json").is_file():
+        load_sequence_classifier(model_dir, num_labels=1).save_pretrained(folder, safe_serialization=True)
+        load_tokenizer(model_dir).save_pretrained(folder)
+    return folder
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("rlhf bench: --steps and --rows must be >= 1 and --warmup >= 0")
     model_dir = resolve_model(args.model)
     out = Path(args.out)
-    overrides = [*job_overrides(args.job, model_dir),
+    overrides = [*job_overrides(args.job, model_dir, out),
                  *bench_data(args.job, model_dir, out, args.rows, args.prompt_len, args.response_len),
                  *([f"policy.max_new_tokens={args.response_len}"] if args.job == "ppo" else []),
                  f"run.steps={args.warmup + args.steps}", "run.output_dir=" + str(out / f"run_{args.job}"), *args.overrides]
@@ -228,7 +242,7 @@ def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
 
 def print_result(r: dict) -> None:
     lora = ", LoRA" if r["lora"] else ""
-    print(f"\nrlhf bench {r['job']}: {r['model']} ({r['parameters'] / 1e6:.1f}M params), {r['mode']} mode, {r['dtype']}, "
+    print(f"\nrlhf bench {r['job']}: {r['model']} ({r['parameters']:,} params), {r['mode']} mode, {r['dtype']}, "
           f"ZeRO-{r['zero_stage']}{lora}, prompts {r['prompt_len']} + responses {r['response_len']} tokens, "
           f"mean of {r['steps_measured']} steps after {r['warmup_steps']} warm-up")
     print(f"machine peak ({r['cores']} cores, measured): fp32 {r['peak_flops']['fp32']:.0f} GFLOP/s, bf16 {r['peak_flops']['bf16']:.0f} GFLOP/s; "

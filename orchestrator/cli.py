@@ -6,8 +6,7 @@
     rlhf rm [--config F] [key=value ...]             train a reward model (bradley_terry, mean_variance, categorical, mixture, odin)
     rlhf rm eval --path DIR [key=value ...]          evaluate a saved reward model: JSON report and plots
     rlhf config <job> [--config F] [key=value ...]   print the resolved config as YAML
-    rlhf bench ppo [--size tiny|small|50m]          per-phase time, tokens/s, peak memory per role
-    rlhf bench dpo [--size tiny|small|50m]          DPO pairs/s, tokens/s, peak memory
+    rlhf bench ppo|dpo|rm|sft [--model M]          per-phase time, samples/s, tokens/s, MFU, peak memory per role
     rlhf cost [--model llama2-7b] [--published]     cost model: memory per GPU per role, FLOPs, comm, step time
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
     rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
@@ -219,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'eval' first to evaluate; dotted overrides, e.g. model.objective=mean_variance run.mode=local")
     p.set_defaults(func=_cmd_rm)
 
-    p = sub.add_parser("bench", help="benchmarks: per-phase time, tokens/s, peak memory per role")
+    p = sub.add_parser("bench", help="benchmarks on any model: per-phase time, samples/s, tokens/s, MFU, peak memory per role")
     from orchestrator.bench import add_args as add_bench_args
 
     add_bench_args(p)

@@ -105,3 +105,19 @@ def test_alone_threads_lend_a_replica_the_cores_for_a_call_then_give_them_back(m
     with group.alone_threads():
         assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
+
+
+def test_bench_ppo_on_a_user_folder_builds_its_reward_model(tmp_path):
+    """A GPT-2 folder (no pad token, learned positions, no reward/ inside): PPO's reward role gets the same
+    backbone with a fresh one-output head, saved as a hub reward model is."""
+    from orchestrator.cli import main
+    from tests.families import build_family
+
+    model = build_family("gpt2", tmp_path / "gpt2")["model"]
+    assert main(["bench", "ppo", "--model", model, "--steps", "1", "--warmup", "0", "--rows", "8", "--prompt-len", "6",
+                 "--response-len", "4", "--out", str(tmp_path / "out"), "run.mode=local", "ppo.rollout_batch_size=4",
+                 "ppo.minibatch_size=4", "policy.micro_batch_size=4", "critic.micro_batch_size=4"]) == 0
+    r = json.loads((tmp_path / "out" / "bench_ppo_local.json").read_text())
+    assert r["samples_per_s"] > 0 and r["max_new_tokens"] == 4
+    reward = tmp_path / "out" / "reward_model" / "model"
+    assert json.loads((reward / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
