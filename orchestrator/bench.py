@@ -155,8 +155,12 @@ def _threads(cfg, job: str) -> dict:
     from orchestrator.ppo import hosted_roles
 
     roles = hosted_roles(cfg) if job == "ppo" else ({"reward_model": cfg.model} if job == "rm" else {"policy": cfg.policy})
-    return {name: replica_threads(cfg.run.mode, rc.num_cpus, rc.threads, alone=len(roles) == 1, replicas=rc.replicas)
-            for name, rc in roles.items()}
+    out = {name: replica_threads(cfg.run.mode, rc.num_cpus, rc.threads, alone=len(roles) == 1, replicas=rc.replicas)
+           for name, rc in roles.items()}
+    if job == "ppo":  # generation runs alone (`cluster.group.alone_threads`)
+        p = cfg.policy
+        out["policy while generating"] = replica_threads(cfg.run.mode, p.num_cpus, p.threads, alone=True, replicas=p.replicas)
+    return out
 
 
 def _shape(folder: str):
