@@ -51,11 +51,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(model: str) -> str:
-    """A folder for `--model`: a size spec is built (cached), builtin:... resolved, anything else as given."""
+    """A folder for `--model`: a size spec is built (cached), builtin:... resolved, anything else checked
+    as a model folder or hub name; a bad one is a one-line `ConfigError` naming --model."""
+    from orchestrator import preflight
     from orchestrator.builtin import resolve_model_path
+    from orchestrator.configtree import ConfigError
     from orchestrator.synth import is_spec, spec_model_dir
 
-    return spec_model_dir(model) if is_spec(model) else resolve_model_path(model)
+    try:
+        path = spec_model_dir(model) if is_spec(model) else resolve_model_path(model)
+        preflight.model_info("--model", path, trust_remote_code=False)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("config key '--model'", "rlhf bench --model", 1)) from None
+    except ValueError as e:  # a size spec that cannot be built, an unknown builtin:...
+        raise ConfigError(f"rlhf bench --model: {e}") from None
+    return path
 
 
 def bench_data(job: str, model_dir: str, out: Path, rows: int, prompt_len: int, response_len: int) -> list[str]:

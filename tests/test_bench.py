@@ -59,15 +59,21 @@ def test_bench_trains_at_the_synthesised_lengths(job, tmp_path):
         assert r["reference_pass"]["pairs"] == 8 + 16  # train rows + the held-out file
 
 
-def test_bench_on_a_builtin_model_and_bad_spec(tmp_path):
+def test_bench_on_a_builtin_model_and_bad_spec(tmp_path, capsys):
+    import re
+
     from orchestrator.cli import main
-    from orchestrator.synth import SpecError
 
     assert main(["bench", "sft", "--model", "builtin:tiny-base", "--steps", "1", "--rows", "8", "--out", str(tmp_path),
                  "run.mode=local", "sft.batch_size=4", "policy.micro_batch_size=4"]) == 0
     assert json.loads((tmp_path / "bench_sft_local.json").read_text())["parameters"] > 0
-    with pytest.raises(SpecError, match="foo is not a key"):
-        main(["bench", "sft", "--model", "llama:vocab=64,foo=1", "--out", str(tmp_path)])
+    for bad, words in [("llama:vocab=64,foo=1", "rlhf bench --model: size spec .* foo is not a key"),
+                       (str(tmp_path / "nowhere"), "rlhf bench --model: .*no such folder"),
+                       ("builtin:huge", "rlhf bench --model: unknown built-in model")]:
+        capsys.readouterr()
+        assert main(["bench", "sft", "--model", bad, "--out", str(tmp_path)]) == 2  # one line, no traceback
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(words, err), err
 
 
 def test_forward_flops_count_the_lm_head_only_when_asked():
