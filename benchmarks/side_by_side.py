@@ -105,6 +105,14 @@ def main(argv=None) -> int:
         chosen = {n for want in a.variants for n in table if n.startswith(want)}
         table = {n: v for n, v in table.items() if n in chosen}
     names = list(table)
+    if any(n.startswith("trl") for n in names):
+        import importlib.util
+
+        if importlib.util.find_spec("trl") is None:
+            raise SystemExit("side_by_side: TRL is not installed; pip install -e '.[bench]' (trl==1.12.0), "
+                             "or --variants rlhf to run this project's variants only")
+    if not names:
+        raise SystemExit(f"side_by_side: --variants matched none of: {' | '.join(variants(a.job, model, data, held_out, out))}")
     log = out / "commands.log"
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(a.rounds):

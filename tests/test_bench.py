@@ -127,3 +127,16 @@ def test_bench_ppo_on_a_user_folder_builds_its_reward_model(tmp_path):
     assert r["samples_per_s"] > 0 and r["max_new_tokens"] == 4
     reward = tmp_path / "out" / "reward_model" / "model"
     assert json.loads((reward / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+
+
+@pytest.mark.slow  # four whole `rlhf dpo` commands
+def test_side_by_side_runs_whole_commands_and_rates_them_by_difference(tmp_path):
+    """benchmarks.side_by_side without TRL (CI does not install the [bench] extra): this project's DPO
+    variants as whole commands, short and long, rated by the difference."""
+    from benchmarks.side_by_side import main
+
+    assert main(["dpo", "--model", SPEC, "--variants", "rlhf", "--rounds", "1", "--short", "1", "--long", "3",
+                 "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "dpo" / "results.json").read_text())
+    assert set(r["variants"]) == {"rlhf defaults (fp32, local)", "rlhf policy.dtype=auto (bf16 here)"}
+    assert all(v["mean"] > 0 and len(v["rates"]) == 1 for v in r["variants"].values())
