@@ -115,12 +115,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"side_by_side: --variants matched none of: {' | '.join(variants(a.job, model, data, held_out, out))}")
     log = out / "commands.log"
     rates: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for r in range(a.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             cmd, units = table[name]
             pair = (a.short, a.long) if r % 2 == 0 else (a.long, a.short)
             t = {steps: timed(cmd, steps, log) for steps in pair}
+            times[name].append((t[a.short], t[a.long]))
+            if t[a.long] <= t[a.short]:
+                print(f"side_by_side: {name}: the long command was not slower than the short one; the difference is "
+                      "within the noise, raise --long", file=sys.stderr)
             rates[name].append((a.long - a.short) * units / (t[a.long] - t[a.short]))
             print(f"round {r + 1}: {name:<50} {rates[name][-1]:7.2f} {'episodes' if a.job == 'ppo' else 'pairs'}/s "
                   f"({a.short} steps {t[a.short]:.1f} s, {a.long} steps {t[a.long]:.1f} s)", flush=True)
@@ -133,7 +138,7 @@ def main(argv=None) -> int:
     for n in names:
         ratios = [x / b for x, b in zip(rates[n], rates[base])]
         mean = statistics.mean(rates[n])
-        result["variants"][n] = {"rates": rates[n], "mean": mean, "ratio": mean / statistics.mean(rates[base]), "round_ratios": ratios}
+        result["variants"][n] = {"rates": rates[n], "seconds_short_long": times[n], "mean": mean, "ratio": mean / statistics.mean(rates[base]), "round_ratios": ratios}
         print(f"{n:<50}{mean:>12.2f}{f'{min(rates[n]):.2f}..{max(rates[n]):.2f}':>16}"
               f"{f'{mean / statistics.mean(rates[base]):.2f}x ({min(ratios):.2f}..{max(ratios):.2f})':>34}")
     (out / "results.json").write_text(json.dumps(result, indent=2))
