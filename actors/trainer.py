@@ -40,9 +40,13 @@ def _grads_finite(engine) -> bool:
     """Whether every gradient this replica holds is finite (ZeRO 0: the whole gradient; at ZeRO 1-3 the
     gradients live in DeepSpeed's partitions, whose own overflow check skips a non-finite step)."""
     grads = [p.grad for p in unwrap(engine).parameters() if p.grad is not None]
-    # a tensor's norm is finite iff all its entries are (overflow of the sum of squares needs entries
-    # near 1e19, which would not be a gradient worth stepping with): one fused kernel, one device sync
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+    if not grads:
+        return True
+    # one fused kernel, one device sync: every norm finite means every entry is
+    if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        return True
+    # a norm can overflow with finite entries (about 1e19 and up in fp32): then look at the entries
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 __all__ = ["MicroLoss", "TrainStats", "merge_stats", "train_step"]
 

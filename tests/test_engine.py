@@ -459,3 +459,19 @@ def test_auto_dtype_and_the_attention_kernel(monkeypatch):
     assert attention_implementation("bf16") is None
     with pytest.raises(ValueError, match="dtype must be one of"):
         torch_dtype("fp16")
+
+
+def test_gradient_finiteness_check_by_entries_not_by_an_overflowing_norm():
+    """`_grads_finite` reads one fused norm per tensor; a norm that overflows on finite entries (1e30 here)
+    must not count as a non-finite gradient, and one NaN or infinity anywhere must."""
+    from actors.trainer import _grads_finite
+
+    model = torch.nn.Linear(4, 3)
+    model.weight.grad = torch.full((3, 4), 1e30)  # finite entries whose L2 norm overflows fp32
+    model.bias.grad = torch.zeros(3)
+    assert torch.isinf(torch.linalg.vector_norm(model.weight.grad)) and _grads_finite(model)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        model.bias.grad = torch.tensor([0.0, bad, 0.0])
+        assert not _grads_finite(model)
+    model.bias.grad = None
+    assert _grads_finite(model)
