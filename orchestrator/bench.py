@@ -101,7 +101,10 @@ def reward_model_for(model_dir: str, out: Path) -> Path:
     one-output sequence-classification head, saved (with the tokenizer) as a hub reward model is, in `out`."""
     from actors.modeling import load_sequence_classifier, load_tokenizer
 
-    folder = out / "reward_model" / Path(model_dir).name
+    import hashlib
+
+    source = str(Path(model_dir).resolve())  # one folder per source model, even when two share a name
+    folder = out / "reward_model" / f"{Path(model_dir).name}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
     if not (folder / "config.json").is_file():
         load_sequence_classifier(model_dir, num_labels=1).save_pretrained(folder, safe_serialization=True)
         load_tokenizer(model_dir).save_pretrained(folder)

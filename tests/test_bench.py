@@ -125,7 +125,8 @@ def test_bench_ppo_on_a_user_folder_builds_its_reward_model(tmp_path):
                  "ppo.minibatch_size=4", "policy.micro_batch_size=4", "critic.micro_batch_size=4"]) == 0
     r = json.loads((tmp_path / "out" / "bench_ppo_local.json").read_text())
     assert r["samples_per_s"] > 0 and r["max_new_tokens"] == 4
-    reward = tmp_path / "out" / "reward_model" / "model"
+    (reward,) = (tmp_path / "out" / "reward_model").iterdir()
+    assert reward.name.startswith("model-")
     assert json.loads((reward / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
 
 
