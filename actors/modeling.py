@@ -195,7 +195,7 @@ def _ensure_pad_id(model, name_or_path: str) -> None:
 def attention_implementation(dtype: str) -> Optional[str]:
     """The attention kernel a model is loaded with: transformers' default (SDPA) except for bf16 without
     CUDA, where "eager". Measured on this project's 2-core AMX CPU (Llama 7.4M, 16 x 65 tokens, forward +
-    backward): SDPA's CPU flash-attention backward in bf16 took 8.8 ms per layer call against 1.3 ms in
+    backward): SDPA's CPU flash-attention backward in bf16 took 8.7 ms per layer call against 1.3 ms in
     fp32, so a bf16 step was 1.34x faster than fp32 with SDPA and 1.85x with eager attention."""
     return "eager" if resolve_dtype(dtype) == "bf16" and not torch.cuda.is_available() else None
 
