@@ -231,6 +231,16 @@ class RewardConfig(ModelConfig):
     """kind=relevance: sentence-transformers model name or folder; builtin:minilm is the packaged all-MiniLM-L6-v2 (no download). A plain Hugging Face encoder (e.g. facebook/contriever) gets Contriever-style mean pooling."""
     max_new_tokens: int = 0
     """kind=relevance: the generation budget that sets the top of the closed-prompt scale F (R^3); 0 = the policy's policy.max_new_tokens (512 outside PPO)."""
+    length_incentive: bool = True
+    """kind=relevance: multiply an open prompt's relevance by R^3's length incentive (words / 100); false drops the factor (an ablation: `rlhf experiment relevance-hacking`)."""
+    repetition_penalty: bool = True
+    """kind=relevance: multiply by R^3's repetition penalty (distinct word trigrams / trigrams); false drops the factor (an ablation)."""
+    reference_relevance: bool = True
+    """kind=relevance: score a closed prompt by F(relevance of the response to the reference answer) (R^3); false scores every prompt as open (relevance to the prompt: an ablation)."""
+    query_classifier: str = "builtin:rules"
+    """kind=relevance: decides open or closed for rows without a query_type: builtin:rules (the rules of actors/query_type.py), 'module:function' (called as f(prompts) -> a list of 'open' / 'closed'), or a sequence-classifier folder or hub name whose config's id2label names the labels open and closed."""
+    length_penalty: float = 0.0
+    """Subtracted from each response's reward per response token (PPO, before normalisation and clipping; the length-penalty baseline of the ODIN paper); 0 = off."""
     url: str = ""
     """kind=remote: the endpoint, e.g. http://127.0.0.1:8000/reward (POST JSON prompts/responses/references/query_types)."""
     timeout_s: float = 60.0
@@ -251,6 +261,8 @@ class RewardConfig(ModelConfig):
         check(self.std_threshold >= 0, "std_threshold", "must be >= 0")
         check(self.kind != "relevance" or bool(self.embedding_model), "embedding_model", "must be set when reward.kind=relevance")
         check(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
+        check(bool(self.query_classifier), "query_classifier", "must not be empty (builtin:rules is the default)")
+        check(self.length_penalty >= 0 and self.length_penalty != float("inf"), "length_penalty", "must be a finite number >= 0")
         check(self.kind != "remote" or self.url.startswith(("http://", "https://")), "url",
               "must be an http:// or https:// URL when reward.kind=remote")
         check(self.timeout_s > 0, "timeout_s", "must be > 0")
@@ -268,6 +280,7 @@ class RewardComponentConfig(RewardConfig):
 
     def validate(self, check: Check) -> None:
         check(self.kind != "weighted", "kind", "a component cannot itself be weighted (no nesting)")
+        check(self.length_penalty == 0, "length_penalty", "applies to the whole reward: set reward.length_penalty, not a component's")
         super().validate(check)
         check(self.weight == self.weight and abs(self.weight) != float("inf"), "weight", "must be a finite number")
 

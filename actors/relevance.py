@@ -14,10 +14,14 @@ Relevance is the dot product of the two texts' embeddings as the sentence-transf
   Contriever's unnormalised dot product, whose typical range [0, 3.5] is the input range of F.
   With cosine encoders, closed rewards therefore span [0, max_new_tokens / 350] at most.
 
-Query type per row: the data's `query_type` ('open' | 'closed') when given; otherwise
-`actors.query_type.classify(prompt)`. A closed row needs its reference answer: a row labelled closed
-without one is an error; a row *classified* closed without one is scored as open (there is nothing to
-compare with).
+Query type per row: the data's `query_type` ('open' | 'closed') when given; otherwise the classifier of
+`reward.query_classifier` (`actors.query_type.load_classifier`; builtin:rules by default). A closed row
+needs its reference answer: a row labelled closed without one is an error; a row *classified* closed
+without one is scored as open (there is nothing to compare with).
+
+Ablations (`reward.length_incentive`, `reward.repetition_penalty`, `reward.reference_relevance`, all
+true by default, as in the paper) drop one factor of the reward, or score closed prompts like open
+ones; `rlhf experiment relevance-hacking` compares them.
 """
 
 from __future__ import annotations
@@ -54,14 +58,17 @@ def load_encoder(name: str, trust_remote_code: bool = False):
         raise ValueError(f"reward.embedding_model={name!r} cannot be loaded: {e}") from None
 
 
-def query_kinds(prompts: Sequence[str], references: Sequence, query_types: Sequence) -> list[bool]:
-    """Per row: True when the row is scored as closed (see the module docstring)."""
-    from actors.query_type import QUERY_TYPES, classify
+def query_kinds(prompts: Sequence[str], references: Sequence, query_types: Sequence, classifier=None) -> list[bool]:
+    """Per row: True when the row is scored as closed (see the module docstring). `classifier`
+    (prompts -> labels) decides rows without a query_type; builtin:rules when None."""
+    from actors.query_type import QUERY_TYPES, rules
 
+    unlabelled = [i for i, (ref, qt) in enumerate(zip(references, query_types)) if qt is None and ref is not None]
+    predicted = dict(zip(unlabelled, (classifier or rules)([prompts[i] for i in unlabelled]))) if unlabelled else {}
     closed = []
-    for prompt, ref, qt in zip(prompts, references, query_types):
+    for i, (prompt, ref, qt) in enumerate(zip(prompts, references, query_types)):
         if qt is None:
-            closed.append(classify(prompt) == "closed" and ref is not None)
+            closed.append(predicted.get(i) == "closed")
             continue
         if qt not in QUERY_TYPES:
             raise ValueError(f"reward.kind=relevance: query_type {qt!r} of prompt {prompt!r} is not one of {QUERY_TYPES}")
@@ -74,14 +81,22 @@ def query_kinds(prompts: Sequence[str], references: Sequence, query_types: Seque
 class RelevanceScorer:
     """R^3 over a sentence-transformers `encoder`; `max_new_tokens` sets the top of F's range."""
 
-    def __init__(self, encoder, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 64):
+    def __init__(self, encoder, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 64,
+                 length_incentive: bool = True, repetition_penalty: bool = True, reference_relevance: bool = True,
+                 classifier=None):
         self.encoder, self.max_new_tokens, self.batch_size = encoder, max_new_tokens, batch_size
+        self.length_incentive, self.repetition_penalty = length_incentive, repetition_penalty
+        self.reference_relevance, self.classifier = reference_relevance, classifier
 
     @classmethod
     def from_config(cls, cfg, max_new_tokens: int = 0) -> "RelevanceScorer":
+        from actors.query_type import load_classifier
+
         budget = cfg.max_new_tokens or max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         return cls(load_encoder(cfg.embedding_model, cfg.trust_remote_code), max_new_tokens=budget,
-                   batch_size=cfg.batch_size)
+                   batch_size=cfg.batch_size, length_incentive=cfg.length_incentive,
+                   repetition_penalty=cfg.repetition_penalty, reference_relevance=cfg.reference_relevance,
+                   classifier=load_classifier(cfg.query_classifier, cfg.trust_remote_code))
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
@@ -98,11 +113,14 @@ class RelevanceScorer:
         prompts = [plain_prompt(p) for p in prompts]  # relevance to the question (a chat's last user turn)
         references = [None] * n if references is None else list(references)
         query_types = [None] * n if query_types is None else list(query_types)
-        closed = query_kinds(prompts, references, query_types)
+        closed = query_kinds(prompts, references, query_types, self.classifier)
+        if not self.reference_relevance:  # the ablation: every prompt scored as open
+            closed = [False] * n
         # one relevance per row: to the prompt (open) or to the reference answer (closed)
         queries = [ref if c else p for p, ref, c in zip(prompts, references, closed)]
         rel = self.relevance(queries, responses) if n else torch.zeros(0)
         closed_t = torch.tensor(closed, dtype=torch.bool)
         reward = r3_reward(torch.where(closed_t, 0.0, rel), list(responses), closed_t,
-                           torch.where(closed_t, rel, 0.0), max_new_tokens=self.max_new_tokens)
+                           torch.where(closed_t, rel, 0.0), max_new_tokens=self.max_new_tokens,
+                           use_length_incentive=self.length_incentive, use_repetition_penalty=self.repetition_penalty)
         return Scores(reward=reward.float())

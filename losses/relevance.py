@@ -82,6 +82,9 @@ def r3_reward(
     closed: Tensor | Sequence[bool],
     reference_relevance: Tensor | None = None,
     max_new_tokens: int = 512,
+    *,
+    use_length_incentive: bool = True,
+    use_repetition_penalty: bool = True,
 ) -> Tensor:
     """The R^3 reward of each response.
 
@@ -105,6 +108,8 @@ def r3_reward(
         reference_relevance: ``(B,)`` relevance of each response to its reference answer; required
             when any prompt is closed (unused for open prompts).
         max_new_tokens: the generation length limit; sets the top of F's range.
+        use_length_incentive, use_repetition_penalty: False drops that factor (LI or RP is then 1):
+            the ablations of `rlhf experiment relevance-hacking`; the paper's reward keeps both.
 
     Returns:
         ``(B,)`` rewards, float32 (or the dtype of ``relevance`` if wider), on ``relevance``'s device.
@@ -118,8 +123,10 @@ def r3_reward(
             f"r3_reward needs relevance (B,), B texts and closed (B,); got {tuple(relevance.shape)}, "
             f"{len(texts)} texts, {tuple(closed_t.shape)}"
         )
-    rp = repetition_penalty(texts).to(device=device, dtype=dtype)  # (B,)
-    open_reward = relevance * length_incentive(texts).to(device=device, dtype=dtype) * rp  # (B,)
+    ones = torch.ones(len(texts), dtype=dtype, device=device)
+    rp = repetition_penalty(texts).to(device=device, dtype=dtype) if use_repetition_penalty else ones  # (B,)
+    li = length_incentive(texts).to(device=device, dtype=dtype) if use_length_incentive else ones  # (B,)
+    open_reward = relevance * li * rp  # (B,)
     if not bool(closed_t.any()):
         return open_reward
     if reference_relevance is None:

@@ -50,12 +50,14 @@ def shape_rewards(
     no_eos_penalty: float = 0.0,
     moments: RunningMoments | None = None,
     reward_clip: float = 0.0,
+    length_penalty: float = 0.0,
 ) -> ShapedRewards:
     """Per-token rewards of Stiennon et al. 2020 ("Learning to summarize from human feedback", eq. 1)
     and InstructGPT: ``r_t = -beta KL_t`` on every response token, plus the sequence score on the last one.
 
     The score is shaped first, in this order: ``no_eos_penalty`` is subtracted from the scores of
-    responses that did not end with EOS; with `moments`, the running statistics are updated with this
+    responses that did not end with EOS, and ``length_penalty`` times the response's token count from
+    every score (the length-penalty baseline of ODIN, arXiv 2402.07319); with `moments`, the running statistics are updated with this
     batch and the scores standardised, ``(s - mean) / (std + 1e-8)``; with ``reward_clip = c > 0`` they
     are clipped to ``[-c, c]``. An empty response (no valid token) gets no score.
 
@@ -71,6 +73,8 @@ def shape_rewards(
     scores = scores.to(torch.float32).clone()
     if no_eos_penalty:
         scores = scores - no_eos_penalty * (~ended_with_eos.bool()).to(scores.dtype)
+    if length_penalty:
+        scores = scores - length_penalty * mask.sum(-1).to(scores.dtype)
     if moments is not None:
         moments.update(scores)
         scores = (scores - moments.mean) / (moments.std + 1e-8)

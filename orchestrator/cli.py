@@ -10,7 +10,9 @@
     rlhf cost [--model llama2-7b] [--published]     cost model: memory per GPU per role, FLOPs, comm, step time
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
     rlhf experiment dpl-synthetic                    reproduce the DPL paper's 1-D experiment
-    rlhf experiment hidden-context                   DPL std, ODIN and risk-averse PPO on the built-in data
+    rlhf experiment hidden-context [--seeds N]       DPL std, ODIN and risk-averse PPO on the built-in data
+    rlhf experiment relevance-hacking [--quick]      PPO with bare relevance, relevance x length, and R^3
+    rlhf experiment length-bias [--quick]            PPO with Bradley-Terry, ODIN, a length penalty, reward clipping
     rlhf experiment scaling [--quick] [key=v1,v2 ...] a sweep of real runs: step/phase times, memory, comm; plots
     rlhf experiment estimators [--quick]             GAE vs GRPO, Dr. GRPO, RLOO, REINFORCE++ on the built-in task
     rlhf serve reward --path DIR [--port 8000]      a reward as a Ray Serve HTTP endpoint (PPO: reward.kind=remote)
@@ -136,31 +138,33 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return run_data_check(args)
 
 
+SEEDED_EXPERIMENTS = {"hidden-context": "hidden_context", "relevance-hacking": "relevance_hacking", "length-bias": "length_bias",
+                      "estimators": "estimators"}
+"""`rlhf experiment NAME` -> its module in orchestrator/experiments: those that run over seeds (--seeds)."""
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    import importlib
+
     scaling_only = [f"--{k.replace('_', '-')}" for k in ("grid", "job", "warmup", "steps") if getattr(args, k) is not None]
     scaling_only += ["--predict"] * args.predict + list(args.overrides)
     if args.name != "scaling" and scaling_only:
         raise ConfigError(f"rlhf experiment {args.name} does not take {' '.join(scaling_only)} (options of `rlhf experiment scaling`)")
-    estimators_only = [f"--{k}" for k in ("seeds", "variants") if getattr(args, k) is not None]
-    if args.name != "estimators" and estimators_only:
-        raise ConfigError(f"rlhf experiment {args.name} does not take {' '.join(estimators_only)} (options of `rlhf experiment estimators`)")
-    if args.name == "estimators":
-        from orchestrator.experiments import estimators
-
-        argv = ["--out", args.out or "runs/estimators", "--seed", str(args.seed)]
+    if args.name not in SEEDED_EXPERIMENTS and args.seeds is not None:
+        raise ConfigError(f"rlhf experiment {args.name} does not take --seeds (it runs one seed)")
+    if args.name != "estimators" and args.variants is not None:
+        raise ConfigError(f"rlhf experiment {args.name} does not take --variants (an option of `rlhf experiment estimators`)")
+    if args.name in SEEDED_EXPERIMENTS:
+        module = importlib.import_module(f"orchestrator.experiments.{SEEDED_EXPERIMENTS[args.name]}")
+        argv = ["--out", args.out or f"runs/{args.name}", "--seed", str(args.seed)]
         argv += ["--seeds", str(args.seeds)] if args.seeds is not None else []
         argv += ["--variants", args.variants] if args.variants is not None else []
-        return estimators.main(argv + (["--quick"] if args.quick else []))
+        return module.main(argv + (["--quick"] if args.quick else []))
     if args.name == "dpl-synthetic":
         from orchestrator.experiments import dpl_synthetic
 
         argv = ["--out", args.out or "runs/dpl-synthetic", "--seed", str(args.seed)]
         return dpl_synthetic.main(argv + (["--quick"] if args.quick else []))
-    if args.name == "hidden-context":
-        from orchestrator.experiments import hidden_context
-
-        argv = ["--out", args.out or "runs/hidden-context", "--seed", str(args.seed)]
-        return hidden_context.main(argv + (["--quick"] if args.quick else []))
     if args.name == "scaling":
         from orchestrator.experiments import scaling
 
@@ -239,11 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_check)
 
     p = sub.add_parser("experiment", help="reproducible experiments that print their findings")
-    p.add_argument("name", choices=["dpl-synthetic", "hidden-context", "scaling", "estimators"],
+    p.add_argument("name", choices=["dpl-synthetic", "hidden-context", "relevance-hacking", "length-bias", "scaling", "estimators"],
                    help="dpl-synthetic: the DPL paper's 1-D hidden-context experiment; hidden-context: DPL std, ODIN "
-                        "and risk-averse PPO on the built-in preference data; scaling: a sweep of real runs over a grid "
-                        "of config values (orchestrator/experiments/scaling.py); estimators: PPO with GAE against the "
-                        "critic-free estimators (orchestrator/experiments/estimators.py)")
+                        "and risk-averse PPO on the built-in preference data; relevance-hacking: PPO with bare relevance, "
+                        "relevance x length and R^3; length-bias: PPO with Bradley-Terry, ODIN's quality head, a length "
+                        "penalty and reward clipping; scaling: a sweep of real runs over a grid of config values "
+                        "(orchestrator/experiments/scaling.py); estimators: PPO with GAE against the critic-free estimators "
+                        "(orchestrator/experiments/estimators.py)")
     p.add_argument("--out", help="output folder (default runs/<name>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer training steps (scaling: a 6-point grid, ~3 min here)")
@@ -254,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="measured steps per point (default 3)")
     g.add_argument("--predict", action="store_true", help="the cost model's prediction per point, calibrated on the others")
     g.add_argument("--point-timeout", type=float, default=1800.0, help="seconds before a point is stopped and recorded as failed")
+    p.add_argument("--seeds", type=int, help="hidden-context, relevance-hacking, length-bias, estimators: seeds, from --seed "
+                                               "(default 3; --quick 1)")
     g = p.add_argument_group("estimators")
-    g.add_argument("--seeds", type=int, help="seeds per estimator (default 3; --quick 1)")
     g.add_argument("--variants", help="comma-separated subset: gae, grpo, dr_grpo, grpo_kl_loss, rloo, reinforce_pp")
     p.add_argument("overrides", nargs="*", metavar="key=v1,v2", help="scaling: grid axes (several values) and fixed keys (one)")
     p.set_defaults(func=_cmd_experiment)

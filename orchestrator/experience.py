@@ -46,7 +46,7 @@ def nonfinite_inputs(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, o
 
 def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, old_logprobs: LogProbs, values: Values | None,
                     algo, kl_ctl: KLController, moments: RunningMoments,
-                    std_threshold: float = 1.0) -> tuple[Experience, dict]:
+                    std_threshold: float = 1.0, length_penalty: float = 0.0) -> tuple[Experience, dict]:
     """Rollout + scores + the per-token views -> an `Experience` and its metrics.
 
     algo: the `PPOAlgoConfig` slice; `algo.advantage_estimator` picks the advantages:
@@ -59,6 +59,7 @@ def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, ol
     kl_ctl is updated with this batch's KL (after the rewards used the coefficient before it), moments
     with its scores (when algo.reward_norm).
     std_threshold: `reward.std_threshold`, for the reward diagnostics (`reward_metrics`).
+    length_penalty: `reward.length_penalty`, per response token (`losses.rewards.shape_rewards`).
     """
     mask = rollout.action_mask
     estimator = algo.advantage_estimator
@@ -66,7 +67,7 @@ def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, ol
     shaped = shape_rewards(
         scores.reward, old_logprobs.logprobs, ref_logprobs.logprobs, mask, rollout.ended_with_eos,
         kl_coef=kl_coef, kl_estimator=algo.kl_estimator, no_eos_penalty=algo.no_eos_penalty,
-        moments=moments if algo.reward_norm else None, reward_clip=algo.reward_clip,
+        moments=moments if algo.reward_norm else None, reward_clip=algo.reward_clip, length_penalty=length_penalty,
     )
     returns = None
     if estimator == "gae":

@@ -313,7 +313,7 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
         raise NonFiniteError(bad)
     t0 = time.perf_counter()
     exp, metrics = make_experience(rollout, scores, ref_lp, old_lp, values, cfg.ppo, kl_ctl, moments,
-                                   std_threshold=cfg.reward.std_threshold)
+                                   std_threshold=cfg.reward.std_threshold, length_penalty=cfg.reward.length_penalty)
     aggregations = {"policy": cfg.ppo.loss_agg, **({"critic": "token_mean"} if roles.critic is not None else {})}
     plans, updates = {}, {}
     for name, aggregation in aggregations.items():

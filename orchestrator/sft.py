@@ -123,19 +123,24 @@ def train(cfg: SFTConfig, dry_run: bool = False) -> dict:
     return job.run(SFTJob(cfg), cfg, dry_run=dry_run)
 
 
-def builtin_policy_dir(size: str) -> str:
+def builtin_policy_dir(size: str, seed: int = 0) -> str:
     """The SFT-warm-started built-in policy of `size`: `rlhf sft` with its defaults on builtin:<size>-base,
     run once in local mode on one thread and cached (its run folder, without checkpoints, kept inside the
-    cached policy as `sft_run/`, for the record)."""
+    cached policy as `sft_run/`, for the record).
+
+    `seed` (the experiments' seeds; `builtin:<size>` is seed 0) sets both the base model's random
+    initialisation and the SFT run's seed (data order), so each seed is its own policy."""
     from orchestrator import builtin
     from orchestrator.config import load_job_config
     from orchestrator.configtree import to_dict
 
-    overrides = [f"policy.path=builtin:{size}-base", "run.mode=local", "run.resume=never", "run.save_every=0"]
+    base_dir = builtin.builtin_model_dir(size, seed=seed)
+    base = f"builtin:{size}-base" if seed == 0 else base_dir
+    overrides = [f"policy.path={base}", "run.mode=local", "run.resume=never", "run.save_every=0", f"run.seed={seed}"]
     cfg = load_job_config("sft", None, overrides + ["run.output_dir=unused"])
     recipe = to_dict(cfg)
     recipe["run"].pop("output_dir")
-    key = builtin._fingerprint({"base": Path(builtin.builtin_model_dir(size)).name, "sft": recipe})
+    key = builtin._fingerprint({"base": Path(base_dir).name, "sft": recipe})
     final = builtin.cache_root() / "builtin" / f"{size}-sft-{key}"
 
     def build(tmp: Path) -> None:

@@ -7,11 +7,13 @@ ending ("lol !!", the *disputed* style: +4.0 utility for the casual group, -2.5 
 times the rationality 3), and every annotator prefers longer answers (+0.1 utility per word), which
 the gold score ignores. The label does not say which group labelled it: that is the hidden context.
 
-Three findings, each with a pass flag:
+Three findings, each judged over seeds (`orchestrator.experiments.judge`: the pass rule, stated here
+before any run, applies to the mean over seeds of the numbers below; the spread and the number of
+seeds in which it holds alone are reported with it):
 
 1. **DPL's std finds the disagreement.** A mean-variance DPL model's mean predicted std over the
    responses of held-out pairs the groups would disagree on (one response casual, one not:
-   `disputed`) is at least `STD_RATIO` times that over pairs they agree on.
+   `disputed`) is at least `STD_RATIO` times that over pairs they agree on (number: `ratio`).
 2. **ODIN's quality head is freed of length.** ODIN's quality head (its RL reward) correlates with
    response length at most half as much as a Bradley-Terry model trained on the same pairs with the
    same steps, while ODIN as a model (the sum of its heads, what it fits to the labels) ranks the
@@ -19,128 +21,146 @@ Three findings, each with a pass flag:
    head's own accuracy is reported too: it is lower by construction, since it ignores the length
    preference that decides a fifth of the pairs.
 3. **The risk-averse reward avoids the disputed style.** PPO from the same SFT policy with the DPL
-   model's alpha-quantile reward (`reward.statistic=quantile`) ends with a smaller share of casual
-   (disputed) answers on the held-out prompts than PPO with its mean reward.
+   model's alpha-quantile reward (`reward.statistic=quantile`) ends with a share of casual (disputed)
+   answers on the held-out prompts at least `SHARE_DROP` (5 points) below PPO with its mean reward
+   (number: `share_drop`; a margin, so that a tie of two saturated runs is not a pass).
 
-Each reward model is trained by `orchestrator.rm.train` and each policy by `orchestrator.ppo.train`
-(local mode: one process per role is not needed for a comparison), so the experiment exercises the
-same code as the commands; all outputs (models, reports, plots, metrics) stay under `--out`. A reward
-model already trained there (its final checkpoint) is reused (`run.resume=auto`), so a rerun after an
+Per seed s (`--seeds`, 3 by default, from `--seed`) the whole chain is its own: the SFT policy is the
+built-in tiny Llama initialised with seed s and warm-started by `rlhf sft` with seed s
+(`orchestrator.sft.builtin_policy_dir(size, seed)`, cached), the three reward models start from that
+policy and train with seed s, and both PPO runs start from it with seed s. Each reward model is trained
+by `orchestrator.rm.train` and each policy by `orchestrator.ppo.train` (local mode, one thread: the
+numbers do not depend on the machine's core count), so the experiment exercises the same code as the
+commands; all outputs (models, reports, plots, metrics) stay under `--out/seed<s>/`. A reward model
+already trained there (its final checkpoint) is reused (`run.resume=auto`), so a rerun after an
 interruption picks up where it stopped.
-`rlhf experiment hidden-context [--quick]`; `--quick` is a smoke run (few steps and pairs; findings
-not expected to pass).
+`rlhf experiment hidden-context [--quick] [--seeds N]`; `--quick` is a smoke run (one seed on the
+cached seed-0 policy, few steps and pairs; findings not expected to pass, only to be computed).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from typing import Sequence
 
-from orchestrator.config import load_job_config
-from orchestrator.experiments import write_findings
+from orchestrator.experiments import Finding, finite_numbers, format_finding, judge, one_thread, train_ppo, train_rm, write_findings
 
-__all__ = ["run", "main", "format_findings"]
+__all__ = ["run", "main", "format_findings", "FINDINGS", "std_numbers", "odin_numbers", "risk_numbers"]
 
-RM_STEPS, PPO_STEPS = 600, 100
+RM_STEPS, PPO_STEPS, SEEDS = 600, 100, 3
 QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS, QUICK_EVAL_PAIRS = 30, 2, 2000, 200
 ALPHA = 0.1
 STD_RATIO = 1.2
 ODIN_ACCURACY_GAP = 0.03
+SHARE_DROP = 0.05
 DATA = "builtin:hidden-context"
 # ODIN's length and orthogonality weights: at 1.0 the length terms slow the tiny model's fit (on this
 # data after 600 steps: accuracy of the sum of the heads 0.607 against 0.639 at 0.1 and 0.641 for BT).
 ODIN_COEFS = ("model.odin_length_coef=0.1", "model.odin_orth_coef=0.1")
 
+FINDINGS = (
+    Finding("dpl_std_on_disputed_pairs", "DPL (mean-variance) mean predicted std, disputed over agreed held-out pairs",
+            f"ratio >= {STD_RATIO}", lambda n: n["ratio"] >= STD_RATIO,
+            (("ratio", "{:.2f}"), ("std_disputed", "{:.4f}"), ("std_agreed", "{:.4f}"), ("pair_accuracy", "{:.3f}"))),
+    Finding("odin_length_decorrelation", "|Pearson with length|, ODIN quality head against Bradley-Terry",
+            f"abs_rho_odin_quality <= 0.5 abs_rho_bt and |accuracy_gap| <= {ODIN_ACCURACY_GAP}",
+            lambda n: n["abs_rho_odin_quality"] <= 0.5 * n["abs_rho_bt"] and abs(n["accuracy_gap"]) <= ODIN_ACCURACY_GAP,
+            (("abs_rho_bt", "{:.3f}"), ("abs_rho_odin_quality", "{:.3f}"), ("accuracy_bt", "{:.3f}"),
+             ("accuracy_odin_sum", "{:.3f}"), ("accuracy_gap", "{:+.3f}"))),
+    Finding("risk_averse_ppo", f"casual (disputed) share of held-out answers after PPO, mean reward minus {ALPHA}-quantile reward",
+            f"share_drop >= {SHARE_DROP}", lambda n: n["share_drop"] >= SHARE_DROP,
+            (("share_drop", "{:+.3f}"), ("share_mean_reward", "{:.3f}"), ("share_quantile_reward", "{:.3f}"),
+             ("share_start", "{:.3f}"), ("gold_mean_reward", "{:.3f}"), ("gold_quantile_reward", "{:.3f}"))),
+)
 
-def _rm(out: str, objective: str, steps: int, seed: int, max_rows: int, eval_pairs: int) -> dict:
-    from orchestrator.rm import train
 
-    cfg = load_job_config("rm", None, [
+def std_numbers(mv_eval: dict) -> dict:
+    """Finding 1's numbers from a mean-variance model's held-out evaluation (`orchestrator.rm_eval`,
+    grouped by `disputed`)."""
+    by = mv_eval.get("by_group", {})
+    disputed, agreed = by.get("True", {}), by.get("False", {})
+    std_d, std_a = disputed.get("sigma_mean", float("nan")), agreed.get("sigma_mean", float("nan"))
+    return {"std_disputed": std_d, "std_agreed": std_a, "ratio": std_d / std_a if std_a else float("nan"),
+            "pairs_disputed": disputed.get("pairs", 0), "pairs_agreed": agreed.get("pairs", 0),
+            "r2": mv_eval.get("r2", float("nan")), "pair_accuracy": mv_eval["pair_accuracy"],
+            "ceiling": mv_eval.get("annotator_blind_ceiling", float("nan"))}
+
+
+def odin_numbers(bt_eval: dict, odin_eval: dict) -> dict:
+    """Finding 2's numbers from the Bradley-Terry and ODIN models' held-out evaluations."""
+    rho_bt, rho_q = bt_eval["pearson_length"]["mean_utility"], odin_eval["pearson_length"]["quality"]
+    return {"rho_bt": rho_bt, "rho_odin_quality": rho_q, "rho_odin_length_head": odin_eval["pearson_length"]["length_head"],
+            "abs_rho_bt": abs(rho_bt), "abs_rho_odin_quality": abs(rho_q),
+            "accuracy_bt": bt_eval["pair_accuracy"], "accuracy_odin_sum": odin_eval["pair_accuracy_sum"],
+            "accuracy_odin_quality": odin_eval["pair_accuracy"],
+            "accuracy_gap": odin_eval["pair_accuracy_sum"] - bt_eval["pair_accuracy"]}
+
+
+def risk_numbers(mean_run: dict, quantile_run: dict) -> dict:
+    """Finding 3's numbers from the summaries of the PPO runs with the mean and the quantile reward."""
+    def end(run: dict, key: str) -> float:
+        return run["eval_end"]["task"][key]
+
+    return {"share_start": mean_run["eval_start"]["task"]["disputed_share"],
+            "share_mean_reward": end(mean_run, "disputed_share"), "share_quantile_reward": end(quantile_run, "disputed_share"),
+            "share_drop": end(mean_run, "disputed_share") - end(quantile_run, "disputed_share"),
+            "gold_mean_reward": end(mean_run, "gold"), "gold_quantile_reward": end(quantile_run, "gold"),
+            "words_mean_reward": end(mean_run, "length"), "words_quantile_reward": end(quantile_run, "length")}
+
+
+def _rm(out: str, policy: str, objective: str, steps: int, seed: int, max_rows: int, eval_pairs: int) -> dict:
+    return train_rm(f"{out}/rm-{objective}", [
         f"data.path={DATA}", "data.split=train", "data.eval_split=test", f"data.max_rows={max_rows}", f"rm.eval_max_pairs={eval_pairs}",
-        f"run.output_dir={out}/rm-{objective}", f"run.steps={steps}", f"run.seed={seed}", "run.mode=local",
-        "run.resume=auto", "run.save_every=0", "run.eval_every=0", f"model.objective={objective}", "rm.group_by=disputed",
+        f"run.steps={steps}", f"run.seed={seed}", f"model.path={policy}", f"model.objective={objective}", "rm.group_by=disputed",
         *ODIN_COEFS,
     ])
-    return train(cfg)
 
 
-def _ppo(out: str, name: str, rm_path: str, statistic: str, steps: int, seed: int) -> dict:
-    from orchestrator.ppo import train
-
-    cfg = load_job_config("ppo", None, [
-        f"run.output_dir={out}/ppo-{name}", f"run.steps={steps}", f"run.seed={seed}", "run.mode=local",
-        "run.resume=never", "run.save_every=0", "reward.kind=model", f"reward.path={rm_path}",
+def _ppo(out: str, policy: str, name: str, rm_path: str, statistic: str, steps: int, seed: int) -> dict:
+    return train_ppo(f"{out}/ppo-{name}", [
+        f"run.steps={steps}", f"run.seed={seed}", f"policy.path={policy}", "reward.kind=model", f"reward.path={rm_path}",
         f"reward.statistic={statistic}", f"reward.alpha={ALPHA}",
     ])
-    return train(cfg)
 
 
-def run(out: str, seed: int = 0, quick: bool = False) -> dict:
-    os.makedirs(out, exist_ok=True)
+def seed_chain(out: str, seed: int, quick: bool) -> dict:
+    """One seed's chain (SFT policy, three reward models, two PPO runs) in `out`; each finding's numbers."""
+    from orchestrator.sft import builtin_policy_dir
+
     rm_steps, ppo_steps, max_rows, eval_pairs = ((QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS, QUICK_EVAL_PAIRS)
                                                  if quick else (RM_STEPS, PPO_STEPS, 0, 0))
+    policy = builtin_policy_dir("tiny", seed=0 if quick else seed)
+    rms = {obj: _rm(out, policy, obj, rm_steps, seed, max_rows, eval_pairs) for obj in ("mean_variance", "bradley_terry", "odin")}
+    runs = {stat: _ppo(out, policy, stat, rms["mean_variance"]["model"], stat, ppo_steps, seed) for stat in ("mean", "quantile")}
+    return {"dpl_std_on_disputed_pairs": std_numbers(rms["mean_variance"]["eval"]),
+            "odin_length_decorrelation": odin_numbers(rms["bradley_terry"]["eval"], rms["odin"]["eval"]),
+            "risk_averse_ppo": risk_numbers(runs["mean"], runs["quantile"]),
+            "policy": policy, "train_pairs": rms["mean_variance"]["train_pairs"]}
+
+
+def run(out: str, seed: int = 0, quick: bool = False, seeds: int | None = None) -> dict:
+    os.makedirs(out, exist_ok=True)
+    seed_list = [seed + i for i in range(seeds or (1 if quick else SEEDS))]
     t0 = time.time()
-    rms = {obj: _rm(out, obj, rm_steps, seed, max_rows, eval_pairs) for obj in ("mean_variance", "bradley_terry", "odin")}
-    bt, mv, odin = (rms[k]["eval"] for k in ("bradley_terry", "mean_variance", "odin"))
-
-    by = mv.get("by_group", {})
-    std_disputed = by.get("True", {}).get("sigma_mean", float("nan"))
-    std_agreed = by.get("False", {}).get("sigma_mean", float("nan"))
-    finding1 = {"std_disputed": std_disputed, "std_agreed": std_agreed,
-                "pairs_disputed": by.get("True", {}).get("pairs"), "pairs_agreed": by.get("False", {}).get("pairs"),
-                "r2": mv.get("r2"), "pair_accuracy": mv["pair_accuracy"],
-                "ceiling": mv.get("annotator_blind_ceiling"), "min_ratio": STD_RATIO,
-                "passed": std_disputed >= STD_RATIO * std_agreed}
-
-    rho_bt = bt["pearson_length"]["mean_utility"]
-    rho_q = odin["pearson_length"]["quality"]
-    finding2 = {"rho_length_bt": rho_bt, "rho_length_odin_quality": rho_q,
-                "rho_length_odin_length_head": odin["pearson_length"]["length_head"],
-                "accuracy_bt": bt["pair_accuracy"], "accuracy_odin_quality": odin["pair_accuracy"],
-                "accuracy_odin_sum": odin["pair_accuracy_sum"], "max_accuracy_gap": ODIN_ACCURACY_GAP,
-                "passed": abs(rho_q) <= 0.5 * abs(rho_bt)
-                and abs(odin["pair_accuracy_sum"] - bt["pair_accuracy"]) <= ODIN_ACCURACY_GAP}
-
-    mv_path = rms["mean_variance"]["model"]
-    runs = {stat: _ppo(out, stat, mv_path, stat, ppo_steps, seed) for stat in ("mean", "quantile")}
-
-    def end(stat: str, key: str) -> float:
-        return runs[stat]["eval_end"]["task"][key]
-
-    finding3 = {"alpha": ALPHA,
-                "disputed_share_start": runs["mean"]["eval_start"]["task"]["disputed_share"],
-                "disputed_share_mean_reward": end("mean", "disputed_share"),
-                "disputed_share_quantile_reward": end("quantile", "disputed_share"),
-                "gold_mean_reward": end("mean", "gold"), "gold_quantile_reward": end("quantile", "gold"),
-                "words_mean_reward": end("mean", "length"), "words_quantile_reward": end("quantile", "length"),
-                "passed": end("quantile", "disputed_share") < end("mean", "disputed_share")}
-    result = {"dpl_std_on_disputed_pairs": finding1, "odin_length_decorrelation": finding2,
-              "risk_averse_ppo": finding3, "data": DATA, "train_pairs": rms["mean_variance"]["train_pairs"],
-              "rm_steps": rm_steps, "ppo_steps": ppo_steps, "seed": seed, "quick": quick, "wall_time_s": round(time.time() - t0, 1)}
-    result["passed"] = all(f["passed"] for f in (finding1, finding2, finding3))
+    chains = []
+    with one_thread():
+        for s in seed_list:
+            print(f"hidden-context: seed {s} ({len(chains) + 1} of {len(seed_list)})", flush=True)
+            chains.append(seed_chain(os.path.join(out, f"seed{s}"), s, quick))
+    result = {f.key: judge(f, [c[f.key] for c in chains]) for f in FINDINGS}
+    result.update({"data": DATA, "train_pairs": chains[0]["train_pairs"], "policies": [c["policy"] for c in chains],
+                   "rm_steps": QUICK_RM_STEPS if quick else RM_STEPS, "ppo_steps": QUICK_PPO_STEPS if quick else PPO_STEPS,
+                   "seeds": seed_list, "quick": quick, "wall_time_s": round(time.time() - t0, 1)})
+    result["passed"] = all(result[f.key]["passed"] for f in FINDINGS)
     return result
 
 
 def format_findings(result: dict) -> list[str]:
-    f1, f2, f3 = (result[k] for k in ("dpl_std_on_disputed_pairs", "odin_length_decorrelation", "risk_averse_ppo"))
-    flag = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
-    return [
-        f"[{flag(f1['passed'])}] DPL (mean-variance) mean predicted std: disputed pairs {f1['std_disputed']:.4f} "
-        f"({f1['pairs_disputed']} pairs) vs agreed pairs {f1['std_agreed']:.4f} ({f1['pairs_agreed']}), ratio "
-        f"{f1['std_disputed'] / f1['std_agreed']:.2f} (pass: >= {f1['min_ratio']}); r^2 {f1['r2']:.3f}, held-out accuracy "
-        f"{f1['pair_accuracy']:.3f} (annotator-blind ceiling {f1['ceiling']:.3f})",
-        f"[{flag(f2['passed'])}] Pearson with length: Bradley-Terry {f2['rho_length_bt']:+.3f} vs ODIN quality head "
-        f"{f2['rho_length_odin_quality']:+.3f} (length head {f2['rho_length_odin_length_head']:+.3f}); held-out accuracy "
-        f"BT {f2['accuracy_bt']:.3f} vs ODIN {f2['accuracy_odin_sum']:.3f} (quality head alone {f2['accuracy_odin_quality']:.3f})",
-        f"[{flag(f3['passed'])}] casual (disputed) share of held-out answers after PPO: mean reward "
-        f"{f3['disputed_share_mean_reward']:.3f} vs {f3['alpha']}-quantile reward {f3['disputed_share_quantile_reward']:.3f} "
-        f"(SFT start {f3['disputed_share_start']:.3f}); gold {f3['gold_mean_reward']:.3f} vs {f3['gold_quantile_reward']:.3f}",
+    return [format_finding(f, result[f.key]) for f in FINDINGS] + [
         f"{result['data']}: {result['train_pairs']} training pairs, {result['rm_steps']} reward-model steps of 32 pairs, "
-        f"{result['ppo_steps']} PPO steps, {result['wall_time_s']:.0f} s",
-    ]
+        f"{result['ppo_steps']} PPO steps, seeds {', '.join(map(str, result['seeds']))}, {result['wall_time_s']:.0f} s"]
 
 
 def exit_code(result: dict) -> int:
@@ -149,9 +169,7 @@ def exit_code(result: dict) -> int:
     on came out finite."""
     if not result["quick"]:
         return 0 if result["passed"] else 1
-    numbers = [v for key in ("dpl_std_on_disputed_pairs", "odin_length_decorrelation", "risk_averse_ppo")
-               for v in result[key].values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return 0 if numbers and all(math.isfinite(v) for v in numbers) else 1
+    return 0 if finite_numbers([result[f.key] for f in FINDINGS]) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,10 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf experiment hidden-context",
                                      description="DPL std, ODIN length decorrelation and risk-averse PPO on the built-in data.")
     parser.add_argument("--out", default="runs/hidden-context", help="output directory")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
+    parser.add_argument("--seeds", type=int, help=f"seeds (default {SEEDS}; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="a few steps of each run, for smoke tests")
     args = parser.parse_args(argv)
-    result = run(args.out, seed=args.seed, quick=args.quick)
+    result = run(args.out, seed=args.seed, quick=args.quick, seeds=args.seeds)
     write_findings(result, format_findings(result), args.out)
     return exit_code(result)
 
