@@ -109,7 +109,8 @@ def reward_parts(cfg) -> list:
 def check_reward_config(cfg) -> None:
     """Checks run by the driver before any actor starts: a kind=model folder is a reward model whose head
     supports `reward.statistic` / `reward.alpha`; a kind=function imports and takes (prompts, responses,
-    references); a kind=remote endpoint answers its health check."""
+    references); a kind=remote endpoint answers its health check; a kind=relevance query classifier
+    loads."""
     for i, part in enumerate(reward_parts(cfg)):
         key = f"reward.components.{i}." if cfg.kind == "weighted" else "reward."
         if part.kind == "model":
@@ -117,6 +118,13 @@ def check_reward_config(cfg) -> None:
         elif part.kind == "function":
             try:
                 load_function(part.function)
+            except ValueError as e:
+                raise ValueError(str(e).replace("reward.", key, 1)) from None
+        elif part.kind == "relevance" and part.query_classifier != "builtin:rules":
+            from actors.query_type import load_classifier
+
+            try:
+                load_classifier(part.query_classifier, part.trust_remote_code)
             except ValueError as e:
                 raise ValueError(str(e).replace("reward.", key, 1)) from None
         elif part.kind == "remote":

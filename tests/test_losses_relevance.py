@@ -42,6 +42,20 @@ def test_r3_reward_open_and_closed():
     torch.testing.assert_close(reward, torch.tensor([0.08, 0.09, 1.0]))
 
 
+def test_r3_ablations_drop_one_factor_each():
+    """The relevance-hacking ablations: without LI the open reward is relevance * RP, without RP it is
+    relevance * LI, without both the bare relevance; a closed row keeps F but loses RP when RP is off."""
+    texts = ["a b a b a b", "a b a b a b"]  # 6 words: LI 0.06; trigrams aba, bab, aba, bab: RP 0.5
+    relevance, closed, reference = torch.tensor([3.0, 100.0]), torch.tensor([False, True]), torch.tensor([9.0, 1.75])
+
+    def r3(**flags):
+        return r3_reward(relevance, texts, closed, reference_relevance=reference, max_new_tokens=400, **flags)
+
+    torch.testing.assert_close(r3(use_length_incentive=False), torch.tensor([3.0 * 0.5, 2.0 * 0.5]))
+    torch.testing.assert_close(r3(use_repetition_penalty=False), torch.tensor([3.0 * 0.06, 2.0]))
+    torch.testing.assert_close(r3(use_length_incentive=False, use_repetition_penalty=False), torch.tensor([3.0, 2.0]))
+
+
 def test_r3_reference_relevance_is_clipped_to_range():
     texts = ["a b c", "a b c", "a b c"]
     reward = r3_reward(torch.zeros(3), texts, [True, True, True], torch.tensor([-1.0, 3.5, 7.0]), max_new_tokens=200)

@@ -45,6 +45,20 @@ def test_score_shaping_order_penalty_then_normalisation_then_clip():
     assert out.rewards[:, 1].tolist() == pytest.approx([0.5, -0.5]) and out.rewards[:, 0].tolist() == [0.0, 0.0]
 
 
+def test_length_penalty_per_response_token_before_normalisation():
+    """reward.length_penalty 0.1 per token: rows of 3 and 1 response tokens, scores (1, 1) -> (0.7, 0.9);
+    with running moments the penalised scores are standardised: mean 0.8, std 0.1414 -> (-0.7071, 0.7071)."""
+    zeros = torch.zeros(2, 3, dtype=F64)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    eos = torch.tensor([True, True])
+    out = shape_rewards(torch.tensor([1.0, 1.0]), zeros, zeros, mask, eos, kl_coef=0.0, length_penalty=0.1)
+    assert out.scores.tolist() == pytest.approx([0.7, 0.9])
+    assert out.rewards[0].tolist() == pytest.approx([0, 0, 0.7]) and out.rewards[1].tolist() == pytest.approx([0.9, 0, 0])
+    normed = shape_rewards(torch.tensor([1.0, 1.0]), zeros, zeros, mask, eos, kl_coef=0.0, length_penalty=0.1,
+                           moments=RunningMoments())
+    assert normed.scores.tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], abs=1e-5)
+
+
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_garbage_off_the_mask_changes_nothing_and_an_empty_row_gets_no_score(estimator):
     gen = torch.Generator().manual_seed(0)

@@ -288,6 +288,90 @@ def test_query_type_classifier_accuracy_on_the_builtin_prompts():
     assert classify("Name the largest planet.") == "closed" and classify("What do you think of jazz?") == "open"
 
 
+def test_query_type_rules_on_held_out_phrasing_is_the_number_the_readme_states():
+    """The rules on 80 prompts they were not written for: 51 of 80 right (README, actors/query_type.py).
+    'Why' and 'how' questions that want free text are called closed; fact requests without a question
+    word ('Give me the boiling point ...') are called open."""
+    from actors.query_type import HELD_OUT, held_out_accuracy
+
+    report = held_out_accuracy()
+    assert report["n"] == len(HELD_OUT) == 80 and report["n_open"] == report["n_closed"] == 40
+    assert round(report["accuracy"] * 80) == 51 and report["accuracy"] == pytest.approx(0.6375)
+    assert report["recall_open"] == pytest.approx(21 / 40) and report["recall_closed"] == pytest.approx(30 / 40)
+    wrong = {e["prompt"]: e["predicted"] for e in report["errors"]}
+    assert wrong["Why do we dream?"] == "closed" and wrong["Give me the boiling point of water in Celsius."] == "open"
+
+
+def all_open(prompts):
+    """A query classifier for the tests (reward.query_classifier=test_reward_kinds:all_open)."""
+    return ["open"] * len(prompts)
+
+
+def returns_garbage(prompts):
+    return ["maybe"] * len(prompts)
+
+
+def _query_classifier_folder(path, id2label):
+    """A tiny random BERT sequence classifier with the MiniLM tokenizer and the given labels."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from actors.relevance import encoder_path
+
+    tok = AutoTokenizer.from_pretrained(encoder_path("builtin:minilm"))
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=len(id2label), id2label=id2label,
+                        label2id={v: k for k, v in id2label.items()})
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_query_classifier_plugs_in_a_function_or_a_sequence_classifier(minilm, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from actors.query_type import load_classifier, rules
+    from actors.relevance import RelevanceScorer
+
+    assert load_classifier("builtin:rules") is rules
+    prompts = ["What color is a banana?", "Tell me about fruit.", "Why do we dream?"]
+    assert load_classifier("test_reward_kinds:all_open")(prompts) == ["open"] * 3
+    # a sequence classifier: the argmax over its open and closed logits (a third label never wins)
+    folder = _query_classifier_folder(tmp_path / "qc", {0: "Open", 1: "other", 2: "CLOSED"})
+    got = load_classifier(folder)(prompts)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(**tok(prompts, return_tensors="pt", padding=True)).logits
+    assert got == ["open" if a > c else "closed" for a, c in zip(logits[:, 0], logits[:, 2])]
+    # the scorer asks the classifier only about rows without a query_type: all_open scores the closed
+    # question by its relevance to the prompt, as a labelled open row
+    responses, references = ["A banana is yellow."], ["A banana is yellow."]
+    plain = RelevanceScorer(minilm, max_new_tokens=48, classifier=load_classifier("test_reward_kinds:all_open"))
+    torch.testing.assert_close(plain(prompts[:1], responses, references, [None]).reward,
+                               plain(prompts[:1], responses, references, ["open"]).reward)
+    rules_scorer = RelevanceScorer(minilm, max_new_tokens=48)
+    torch.testing.assert_close(rules_scorer(prompts[:1], responses, references, [None]).reward,
+                               rules_scorer(prompts[:1], responses, references, ["closed"]).reward)
+
+
+def test_query_classifier_errors_name_the_key(tmp_path):
+    from actors.query_type import load_classifier
+    from actors.reward import check_reward_config
+
+    with pytest.raises(ValueError, match=r"reward.query_classifier='no_such_module:f' cannot be imported"):
+        load_classifier("no_such_module:f")
+    with pytest.raises(ValueError, match=r"reward.query_classifier='test_reward_kinds:returns_garbage' returned 'maybe'"):
+        load_classifier("test_reward_kinds:returns_garbage")(["Hi?"])
+    with pytest.raises(ValueError, match=r"reward.query_classifier='/nonexistent/qc' is not 'builtin:rules', an importable"):
+        load_classifier("/nonexistent/qc")
+    folder = _query_classifier_folder(tmp_path / "qc", {0: "positive", 1: "negative"})
+    with pytest.raises(ValueError, match=r"id2label .* must name the labels open and closed"):
+        load_classifier(folder)
+    cfg = _reward_cfg("kind=weighted", "components.0.kind=relevance", "components.0.query_classifier=no_such_module:f")
+    with pytest.raises(ValueError, match=r"^reward.components.0.query_classifier='no_such_module:f' cannot be imported"):
+        check_reward_config(cfg)
+
+
 # ---------------------------------------------------------------------------------------------- weighted
 
 
