@@ -138,7 +138,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return run_data_check(args)
 
 
-SEEDED_EXPERIMENTS = {"hidden-context": "hidden_context", "relevance-hacking": "relevance_hacking", "length-bias": "length_bias",
+SEEDED_EXPERIMENTS = {"dpl-synthetic": "dpl_synthetic", "hidden-context": "hidden_context", "relevance-hacking": "relevance_hacking", "length-bias": "length_bias",
                       "estimators": "estimators"}
 """`rlhf experiment NAME` -> its module in orchestrator/experiments: those that run over seeds (--seeds)."""
 
@@ -151,7 +151,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.name != "scaling" and scaling_only:
         raise ConfigError(f"rlhf experiment {args.name} does not take {' '.join(scaling_only)} (options of `rlhf experiment scaling`)")
     if args.name not in SEEDED_EXPERIMENTS and args.seeds is not None:
-        raise ConfigError(f"rlhf experiment {args.name} does not take --seeds (it runs one seed)")
+        raise ConfigError(f"rlhf experiment {args.name} does not take --seeds (a sweep of measured points)")
     if args.name != "estimators" and args.variants is not None:
         raise ConfigError(f"rlhf experiment {args.name} does not take --variants (an option of `rlhf experiment estimators`)")
     if args.name in SEEDED_EXPERIMENTS:
@@ -160,11 +160,6 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         argv += ["--seeds", str(args.seeds)] if args.seeds is not None else []
         argv += ["--variants", args.variants] if args.variants is not None else []
         return module.main(argv + (["--quick"] if args.quick else []))
-    if args.name == "dpl-synthetic":
-        from orchestrator.experiments import dpl_synthetic
-
-        argv = ["--out", args.out or "runs/dpl-synthetic", "--seed", str(args.seed)]
-        return dpl_synthetic.main(argv + (["--quick"] if args.quick else []))
     if args.name == "scaling":
         from orchestrator.experiments import scaling
 
@@ -260,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="measured steps per point (default 3)")
     g.add_argument("--predict", action="store_true", help="the cost model's prediction per point, calibrated on the others")
     g.add_argument("--point-timeout", type=float, default=1800.0, help="seconds before a point is stopped and recorded as failed")
-    p.add_argument("--seeds", type=int, help="hidden-context, relevance-hacking, length-bias, estimators: seeds, from --seed "
-                                               "(default 3; --quick 1)")
+    p.add_argument("--seeds", type=int, help="every experiment but scaling: seeds, from --seed (default 3; --quick 1, "
+                                               "dpl-synthetic 3)")
     g = p.add_argument_group("estimators")
     g.add_argument("--variants", help="comma-separated subset: gae, grpo, dr_grpo, grpo_kl_loss, rloo, reinforce_pp")
     p.add_argument("overrides", nargs="*", metavar="key=v1,v2", help="scaling: grid axes (several values) and fixed keys (one)")

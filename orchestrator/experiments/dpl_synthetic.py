@@ -23,9 +23,11 @@ Three small MLPs are trained on the same stream of comparisons with the losses o
    softmax saturate early): for a >= 0.8 the learned distribution is bimodal, with about half of its
    mass below and half above the utilities of the alternatives a < 0.8.
 
-``run`` returns the three findings with their numbers and a pass flag each, and writes the
-paper's three-panel figure. ``main`` is the command line (``rlhf experiment dpl-synthetic``,
-or ``python -m orchestrator.experiments.dpl_synthetic --out DIR``).
+``run`` trains the three models once per seed (`--seeds`, 3 by default: initialisation and comparison
+stream by seed), computes each finding's numbers per seed and judges each finding on their mean over
+the seeds (``orchestrator.experiments.judge``; the rules are ``FINDINGS``, fixed in advance), and
+writes the paper's three-panel figure for the first seed. ``main`` is the command line (``rlhf
+experiment dpl-synthetic``, or ``python -m orchestrator.experiments.dpl_synthetic --out DIR``).
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ from losses.preference import (
     mean_variance_loss,
     mean_variance_std,
 )
-from orchestrator.experiments import write_findings
+from orchestrator.experiments import Finding, format_finding, judge, one_thread, write_findings
 
-__all__ = ["run", "main", "utility", "borda_count", "sample_comparisons"]
+__all__ = ["run", "main", "utility", "borda_count", "sample_comparisons", "FINDINGS"]
 
 THRESHOLD = 0.8  # alternatives at or above it carry hidden context
 NUM_ATOMS = 20  # C-DPL atoms for the 1-D task, as in the paper's code
@@ -65,6 +67,23 @@ CDPL_SIDE_MASS_MIN = 0.25  # bimodal: at least this mass below, and above, the a
 MODE_MIN_PROB = 0.05  # a mode is a run of consecutive atoms each with at least this probability
 CDPL_BIMODAL_FRAC_MIN = 0.75  # bimodal: at least this fraction of the grid a >= 0.8 has >= 2 modes
 SPLIT_ALTERNATIVE = 0.4  # u(0.4) = 0.4 lies between u = 0 and u = 2a >= 1.6 of the alternatives a >= 0.8
+SEEDS = 3
+
+FINDINGS = (
+    Finding("bt_orders_like_borda", "1. Bradley-Terry orders alternatives like the Borda count (BC(0.75) = 0.85 > "
+            "BC(0.95) = 0.5125), not like the expected utility: u_BT(0.75) - u_BT(0.95)",
+            "bt_margin > 0", lambda n: n["bt_margin"] > 0,
+            (("bt_margin", "{:+.3f}"), ("spearman_bt_borda", "{:.3f}"), ("spearman_bt_expected", "{:.3f}"))),
+    Finding("mv_std_larger_above_0.8", "2. MV-DPL's mean std for a >= 0.8 over that for a < 0.8",
+            f"ratio >= {MV_STD_RATIO_MIN:g}", lambda n: n["ratio"] >= MV_STD_RATIO_MIN,
+            (("ratio", "{:.1f}"), ("std_above", "{:.3f}"), ("std_below", "{:.3f}"))),
+    Finding("cdpl_bimodal_above_0.8", "3. C-DPL is bimodal for a >= 0.8: its mass below and above its utility of a = 0.4, "
+            "and the share of a >= 0.8 with 2+ modes",
+            f"mass_low >= {CDPL_SIDE_MASS_MIN} and mass_high >= {CDPL_SIDE_MASS_MIN} and frac_bimodal >= {CDPL_BIMODAL_FRAC_MIN}",
+            lambda n: n["mass_low"] >= CDPL_SIDE_MASS_MIN and n["mass_high"] >= CDPL_SIDE_MASS_MIN
+            and n["frac_bimodal"] >= CDPL_BIMODAL_FRAC_MIN,
+            (("mass_low", "{:.3f}"), ("mass_high", "{:.3f}"), ("frac_bimodal", "{:.2f}"), ("frac_unimodal_below", "{:.2f}"))),
+)
 
 
 def utility(a: Tensor, z: Tensor) -> Tensor:
@@ -169,54 +188,30 @@ def _evaluate(models: dict[str, nn.Module], grid: Tensor) -> dict:
 
 
 def _findings(ev: dict, grid: Tensor) -> dict[str, dict]:
+    """Each finding's numbers for one trained seed."""
     above = grid >= THRESHOLD
     atoms = categorical_atoms(NUM_ATOMS)
     borda = borda_count(grid)
 
     bt_075, bt_095 = ev["bt_probe"][0.75], ev["bt_probe"][0.95]
-    borda_075, borda_095 = (float(v) for v in borda_count(torch.tensor([0.75, 0.95])))
-    bt_finding = {
-        "bt_u(0.75)": round(bt_075, 4),
-        "bt_u(0.95)": round(bt_095, 4),
-        "borda(0.75)": round(borda_075, 4),
-        "borda(0.95)": round(borda_095, 4),
-        "spearman(bt_u, borda)": round(float(spearman(ev["bt"], borda)), 4),
-        "spearman(bt_u, expected_u)": round(float(spearman(ev["bt"], grid)), 4),
-        "passed": bool(bt_075 > bt_095 and borda_075 > borda_095),
-    }
+    bt_finding = {"bt_u(0.75)": bt_075, "bt_u(0.95)": bt_095, "bt_margin": bt_075 - bt_095,
+                  "spearman_bt_borda": float(spearman(ev["bt"], borda)), "spearman_bt_expected": float(spearman(ev["bt"], grid))}
 
     std_below = float(ev["mv_std"][~above].mean())
     std_above = float(ev["mv_std"][above].mean())
-    ratio = std_above / max(std_below, 1e-12)
-    mv_finding = {
-        "mv_std_mean(a<0.8)": round(std_below, 4),
-        "mv_std_mean(a>=0.8)": round(std_above, 4),
-        "ratio": round(ratio, 2),
-        "passed": bool(ratio >= MV_STD_RATIO_MIN),
-    }
+    mv_finding = {"std_below": std_below, "std_above": std_above, "ratio": std_above / max(std_below, 1e-12)}
 
     # C-DPL is identified only up to an increasing map of the atoms, so "low" and "high" are measured
     # against the model's own utility of a middle alternative: split = its mean at a = 0.4. For
     # a >= 0.8 the true utility is 0 (below u(0.4)) or 2a (above) with probability 1/2 each.
     split = float((ev["cat_probe"][SPLIT_ALTERNATIVE] * atoms).sum())
     dist_above = ev["cat"][above].mean(0)  # (K,) mean distribution over a >= 0.8
-    mass_low, mass_high = float(dist_above[atoms < split].sum()), float(dist_above[atoms > split].sum())
     modes = torch.tensor([_count_modes(p) for p in ev["cat"]])  # (G,)
-    frac_bimodal = float((modes[above] >= 2).float().mean())
-    frac_unimodal_below = float((modes[~above] == 1).float().mean())
     cat_finding = {
-        "split_atom=mean(a=0.4)": round(split, 4),
-        "mass_below_split(a>=0.8)": round(mass_low, 4),
-        "mass_above_split(a>=0.8)": round(mass_high, 4),
-        "frac_bimodal(a>=0.8)": round(frac_bimodal, 4),
-        "frac_unimodal(a<0.8)": round(frac_unimodal_below, 4),
-        "modes(a=0.9)": _count_modes(ev["cat_probe"][0.9]),
-        "modes(a=0.5)": _count_modes(ev["cat_probe"][0.5]),
-        "passed": bool(
-            mass_low >= CDPL_SIDE_MASS_MIN
-            and mass_high >= CDPL_SIDE_MASS_MIN
-            and frac_bimodal >= CDPL_BIMODAL_FRAC_MIN
-        ),
+        "split_atom": split, "mass_low": float(dist_above[atoms < split].sum()),
+        "mass_high": float(dist_above[atoms > split].sum()), "frac_bimodal": float((modes[above] >= 2).float().mean()),
+        "frac_unimodal_below": float((modes[~above] == 1).float().mean()),
+        "modes_at_0.9": _count_modes(ev["cat_probe"][0.9]), "modes_at_0.5": _count_modes(ev["cat_probe"][0.5]),
     }
     return {"bt_orders_like_borda": bt_finding, "mv_std_larger_above_0.8": mv_finding,
             "cdpl_bimodal_above_0.8": cat_finding}
@@ -279,68 +274,48 @@ def _plot(ev: dict, grid: Tensor, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def run(out_dir: str, seed: int = 0, steps: int = FULL_STEPS, quick: bool = False) -> dict:
-    """Train the three models, write ``dpl_synthetic.png`` into ``out_dir``, return the findings.
+def run(out_dir: str, seed: int = 0, steps: int = FULL_STEPS, quick: bool = False, seeds: int = SEEDS) -> dict:
+    """Train the three models for each of `seeds` seeds (seed, seed+1, ...), write ``dpl_synthetic.png``
+    (the first seed's) into ``out_dir``, return the findings judged over the seeds.
 
     Args:
         out_dir: directory for the figure (created if missing).
-        seed: seeds model initialisation and the comparison stream.
+        seed: the first seed; each seeds model initialisation and the comparison stream.
         steps: optimiser steps (each on a fresh batch of BATCH_SIZE comparisons).
         quick: use ``QUICK_STEPS`` instead of ``steps`` (for tests).
+        seeds: how many seeds.
 
     Returns:
-        ``{"findings": {name: {numbers..., "passed": bool}}, "passed": bool, "figure": path,
-        "seed", "steps", "seconds"}``.
+        ``{finding key: judge verdict, "passed": bool, "figure": path, "seeds", "steps", "seconds"}``.
     """
     start = time.perf_counter()
     steps = QUICK_STEPS if quick else steps
     os.makedirs(out_dir, exist_ok=True)
-    threads = torch.get_num_threads()
+    seed_list = [seed + i for i in range(seeds)]
+    figure = os.path.join(out_dir, "dpl_synthetic.png")
+    per_seed = []
     # One thread: these matmuls are too small to gain much from a second one, and with two threads a
     # busy machine slows training ~10x (measured here: 10-17 ms/step vs 100-380 ms/step under load).
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):  # leaves the caller's global RNG untouched
-            models = _train(steps, seed)
-        grid = torch.linspace(0.0, 1.0, 201)
-        ev = _evaluate(models, grid)
-        findings = _findings(ev, grid)
-        figure = os.path.join(out_dir, "dpl_synthetic.png")
-        _plot(ev, grid, figure)
-    finally:
-        torch.set_num_threads(threads)
-    return {
-        "findings": findings,
-        "passed": all(f["passed"] for f in findings.values()),
-        "figure": figure,
-        "seed": seed,
-        "steps": steps,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    with one_thread():
+        for s in seed_list:
+            with torch.random.fork_rng(devices=[]):  # leaves the caller's global RNG untouched
+                models = _train(steps, s)
+            grid = torch.linspace(0.0, 1.0, 201)
+            ev = _evaluate(models, grid)
+            per_seed.append(_findings(ev, grid))
+            if s == seed_list[0]:
+                _plot(ev, grid, figure)
+    result = {f.key: judge(f, [p[f.key] for p in per_seed]) for f in FINDINGS}
+    result.update({"passed": all(result[f.key]["passed"] for f in FINDINGS), "figure": figure, "seeds": seed_list,
+                   "steps": steps, "seconds": round(time.perf_counter() - start, 2)})
+    return result
 
 
 def format_findings(result: dict) -> list[str]:
     """Readable lines, one per finding."""
-    f1, f2, f3 = (result["findings"][k] for k in
-                  ("bt_orders_like_borda", "mv_std_larger_above_0.8", "cdpl_bimodal_above_0.8"))
-    mark = lambda f: "PASS" if f["passed"] else "FAIL"  # noqa: E731
-    return [
-        f"DPL synthetic experiment (arXiv 2312.08358): seed {result['seed']}, {result['steps']} steps, "
-        f"{result['seconds']:.1f} s; figure {result['figure']}",
-        f"[{mark(f1)}] 1. Bradley-Terry orders alternatives like the Borda count: "
-        f"u_BT(0.75) = {f1['bt_u(0.75)']:.3f} > u_BT(0.95) = {f1['bt_u(0.95)']:.3f}, as "
-        f"BC(0.75) = {f1['borda(0.75)']:.4f} > BC(0.95) = {f1['borda(0.95)']:.4f}, although the expected "
-        f"utility is higher at 0.95; Spearman(u_BT, BC) = {f1['spearman(bt_u, borda)']:.3f}, "
-        f"Spearman(u_BT, E[u]) = {f1['spearman(bt_u, expected_u)']:.3f}",
-        f"[{mark(f2)}] 2. MV-DPL's std is far larger for a >= 0.8: mean std {f2['mv_std_mean(a>=0.8)']:.3f} "
-        f"(a >= 0.8) vs {f2['mv_std_mean(a<0.8)']:.3f} (a < 0.8), ratio {f2['ratio']:.1f} "
-        f"(pass at >= {MV_STD_RATIO_MIN:g})",
-        f"[{mark(f3)}] 3. C-DPL is bimodal for a >= 0.8: mass {f3['mass_below_split(a>=0.8)']:.3f} below and "
-        f"{f3['mass_above_split(a>=0.8)']:.3f} above its utility of a = 0.4 (atom {f3['split_atom=mean(a=0.4)']:.3f}); "
-        f"2+ modes at {100 * f3['frac_bimodal(a>=0.8)']:.0f}% of a >= 0.8 (1 mode at "
-        f"{100 * f3['frac_unimodal(a<0.8)']:.0f}% of a < 0.8); modes at a = 0.9: {f3['modes(a=0.9)']}, "
-        f"at a = 0.5: {f3['modes(a=0.5)']}",
-    ]
+    return [f"DPL synthetic experiment (arXiv 2312.08358): seeds {', '.join(map(str, result['seeds']))}, "
+            f"{result['steps']} steps, {result['seconds']:.1f} s; figure (seed {result['seeds'][0]}) {result['figure']}"] + [
+        format_finding(f, result[f.key]) for f in FINDINGS]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,14 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Reproduce the DPL paper's 1-D synthetic experiment (BT vs mean-variance vs categorical DPL).",
     )
     parser.add_argument("--out", default="runs/dpl_synthetic", help="output directory (figure, findings.json)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
+    parser.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds (default {SEEDS})")
     parser.add_argument(
         "--steps", type=int, default=FULL_STEPS, help=f"optimiser steps (batch of {BATCH_SIZE} comparisons)"
     )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps, for smoke tests")
     args = parser.parse_args(argv)
 
-    result = run(args.out, seed=args.seed, steps=args.steps, quick=args.quick)
+    result = run(args.out, seed=args.seed, steps=args.steps, quick=args.quick, seeds=args.seeds)
     write_findings(result, format_findings(result), args.out)
     return 0 if result["passed"] else 1
 
