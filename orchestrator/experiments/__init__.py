@@ -104,12 +104,25 @@ def one_thread() -> Iterator[None]:
 
 
 def train_ppo(out_dir: str, overrides: Sequence[str]) -> dict:
-    """`rlhf ppo` in this process (local mode, a fresh run in `out_dir`, no checkpoints); its summary."""
+    """`rlhf ppo` in this process (local mode, a fresh run in `out_dir`, no checkpoints); its summary.
+    A run that already finished in `out_dir` with the same config (its summary.json is written last,
+    and its config.yaml is the one this call resolves) is not repeated: an interrupted experiment,
+    run again, picks up where it stopped."""
     from orchestrator.config import load_job_config
+    from orchestrator.configtree import to_yaml
     from orchestrator.ppo import train
 
-    return train(load_job_config("ppo", None, [f"run.output_dir={out_dir}", "run.mode=local", "run.resume=never",
-                                               "run.save_every=0", *overrides]))
+    cfg = load_job_config("ppo", None, [f"run.output_dir={out_dir}", "run.mode=local", "run.resume=never",
+                                        "run.save_every=0", *overrides])
+    done, written = os.path.join(out_dir, "summary.json"), os.path.join(out_dir, "config.yaml")
+    if os.path.exists(done) and os.path.exists(written):
+        with open(written) as fh:
+            same = fh.read() == to_yaml(cfg)
+        if same:
+            print(f"{out_dir}: finished earlier with the same config; not repeated", flush=True)
+            with open(done) as fh:
+                return json.load(fh)
+    return train(cfg)
 
 
 def train_rm(out_dir: str, overrides: Sequence[str]) -> dict:
