@@ -30,6 +30,8 @@ def test_judge_applies_the_rule_to_the_mean_and_counts_the_seeds_it_holds_in():
     # 1.0, 1.3, 1.25: every seed but one passes, but the mean 1.1833 does not: FAIL
     assert not judge(RATIO, [{"ratio": 1.0}, {"ratio": 1.3}, {"ratio": 1.25}])["passed"]
     assert spread([2.0]) == {"mean": 2.0, "sd": 0.0, "min": 2.0, "max": 2.0, "values": [2.0]}
+    unmeasured = spread([float("nan"), 1.0, 2.0])  # e.g. the SFT start's training reward: no number, no crash
+    assert all(math.isnan(unmeasured[k]) for k in ("mean", "sd", "min", "max"))
     assert format_finding(RATIO, judge(RATIO, [{"ratio": 2.0}])).startswith("[PASS] a ratio: ratio 2.00; pass")
 
 

@@ -51,8 +51,12 @@ class Finding:
 
 
 def spread(values: Sequence[float]) -> dict:
-    """Mean, sample std (0 for one value), min, max and the values themselves."""
+    """Mean, sample std (0 for one value), min, max and the values themselves; all NaN when a value is
+    not finite (a number a run could not measure)."""
     values = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in values):
+        nan = float("nan")
+        return {"mean": nan, "sd": nan, "min": nan, "max": nan, "values": values}
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "values": values}
 
