@@ -150,6 +150,9 @@ def variant_table(per_seed: Sequence[dict], columns: Sequence[tuple[str, str, st
         cells = []
         for k, _, fmt in columns:
             x = summary[v][k]
+            if math.isnan(x["mean"]):  # not measured for this row (e.g. the start's training reward)
+                cells.append("-")
+                continue
             cells.append(fmt.format(x["mean"]) + (f" ({fmt.format(x['min'])}..{fmt.format(x['max'])})" if len(per_seed) > 1 else ""))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return summary, "\n".join(lines)
