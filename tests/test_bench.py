@@ -53,7 +53,8 @@ def test_bench_trains_at_the_synthesised_lengths(job, tmp_path):
     shape = ModelShape(layers=2, hidden=32, intermediate=64, vocab=512, heads=2, kv_heads=2)
     L = 11 + eos
     flops = 3 * shape.forward_flops(4 * seqs * L, L / 2, lm_head=job != "rm")
-    assert r["mfu"] == pytest.approx(flops / r["step_s"] / (r["peak_flops"]["fp32"] * 1e9), rel=0.01)
+    # mfu is stored to 4 decimals: at a tiny MFU (0.0038) that rounding is over 1%
+    assert r["mfu"] == pytest.approx(flops / r["step_s"] / (r["peak_flops"]["fp32"] * 1e9), rel=0.01, abs=5e-5)
     assert r["samples_per_s"] == pytest.approx(4 / r["step_s"], rel=1e-2)
     if job == "dpo":
         assert r["reference_pass"]["pairs"] == 8 + 16  # train rows + the held-out file
