@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 __all__ = ["write_findings", "Finding", "spread", "judge", "format_finding", "finite_numbers", "one_thread",
-           "train_ppo", "train_rm", "variant_table", "answer_numbers", "ppo_outcome", "plot_curves"]
+           "train_ppo", "train_rm", "variant_table", "answer_numbers", "ppo_outcome", "plot_curves", "findings_exit_code",
+           "seeded_main"]
 
 
 def write_findings(result: dict, lines: list[str], out: str) -> str:
@@ -91,6 +92,33 @@ def finite_numbers(verdicts: Sequence[dict]) -> bool:
     values = [v for verdict in verdicts for s in verdict["per_seed"] for v in s.values()
               if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return bool(values) and all(math.isfinite(v) for v in values)
+
+
+def findings_exit_code(result: dict, findings: Sequence[Finding]) -> int:
+    """0 when a run showed what it is for, else 1. A full run: every finding passed. A quick run (a
+    smoke test of the chain; its findings are not expected to pass): every number a finding is judged
+    on came out finite."""
+    if not result["quick"]:
+        return 0 if result["passed"] else 1
+    return 0 if finite_numbers([result[f.key] for f in findings]) else 1
+
+
+def seeded_main(argv: Sequence[str] | None, *, prog: str, description: str, seeds: int, quick_help: str,
+                run: Callable[..., dict], format_findings: Callable[[dict], list[str]],
+                exit_code: Callable[[dict], int]) -> int:
+    """The command line of an experiment over seeds (`--out --seed --seeds --quick`): run, print the
+    findings, write findings.json; the exit code of `exit_code`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"rlhf experiment {prog}", description=description)
+    parser.add_argument("--out", default=f"runs/{prog}", help="output directory")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
+    parser.add_argument("--seeds", type=int, help=f"seeds (default {seeds}; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    result = run(args.out, seed=args.seed, quick=args.quick, seeds=args.seeds)
+    write_findings(result, format_findings(result), os.fspath(args.out))
+    return exit_code(result)
 
 
 @contextlib.contextmanager

@@ -40,12 +40,12 @@ cached seed-0 policy, few steps and pairs; findings not expected to pass, only t
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from typing import Sequence
 
-from orchestrator.experiments import Finding, finite_numbers, format_finding, judge, one_thread, train_ppo, train_rm, write_findings
+from orchestrator.experiments import (Finding, findings_exit_code, format_finding, judge, one_thread, seeded_main, train_ppo,
+                                      train_rm)
 
 __all__ = ["run", "main", "format_findings", "FINDINGS", "std_numbers", "odin_numbers", "risk_numbers"]
 
@@ -164,26 +164,15 @@ def format_findings(result: dict) -> list[str]:
 
 
 def exit_code(result: dict) -> int:
-    """0 when the run showed what it is for, else 1. A full run: every finding passed. A quick run (a
-    smoke test of the chain; its findings are not expected to pass): every number a finding is judged
-    on came out finite."""
-    if not result["quick"]:
-        return 0 if result["passed"] else 1
-    return 0 if finite_numbers([result[f.key] for f in FINDINGS]) else 1
+    """`findings_exit_code` on this experiment's findings."""
+    return findings_exit_code(result, FINDINGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run, print the findings, write findings.json; the exit code of `exit_code`."""
-    parser = argparse.ArgumentParser(prog="rlhf experiment hidden-context",
-                                     description="DPL std, ODIN length decorrelation and risk-averse PPO on the built-in data.")
-    parser.add_argument("--out", default="runs/hidden-context", help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
-    parser.add_argument("--seeds", type=int, help=f"seeds (default {SEEDS}; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="a few steps of each run, for smoke tests")
-    args = parser.parse_args(argv)
-    result = run(args.out, seed=args.seed, quick=args.quick, seeds=args.seeds)
-    write_findings(result, format_findings(result), args.out)
-    return exit_code(result)
+    return seeded_main(argv, prog="hidden-context", seeds=SEEDS,
+                       description="DPL std, ODIN length decorrelation and risk-averse PPO on the built-in data.",
+                       quick_help="a few steps of each run, for smoke tests", run=run, format_findings=format_findings,
+                       exit_code=exit_code)
 
 
 if __name__ == "__main__":

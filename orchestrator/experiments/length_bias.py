@@ -41,15 +41,13 @@ seed<s>/rm-<objective>/ and seed<s>/<variant>/, results.json, results.md, curves
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
-from orchestrator.experiments import (Finding, finite_numbers, format_finding, judge, one_thread, plot_curves, ppo_outcome,
-                                      train_ppo, train_rm, variant_table, write_findings)
+from orchestrator.experiments import (Finding, format_finding, judge, one_thread, plot_curves, ppo_outcome,
+                                      train_ppo, train_rm, variant_table, findings_exit_code, seeded_main)
 
 __all__ = ["VARIANTS", "FINDINGS", "run", "main", "finding_numbers", "gold_at_length"]
 
@@ -189,22 +187,13 @@ def format_findings(result: dict) -> list[str]:
 
 
 def exit_code(result: dict) -> int:
-    """A full run: 0 when every finding passed. A quick run: 0 when every judged number is finite."""
-    if not result["quick"]:
-        return 0 if result["passed"] else 1
-    return 0 if finite_numbers([result[f.key] for f in FINDINGS]) else 1
+    """`findings_exit_code` on this experiment's findings."""
+    return findings_exit_code(result, FINDINGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf experiment length-bias", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/length-bias")
-    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
-    parser.add_argument("--seeds", type=int, help=f"seeds (default {SEEDS}; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="one seed, a few steps of every run")
-    args = parser.parse_args(argv)
-    result = run(args.out, seed=args.seed, quick=args.quick, seeds=args.seeds)
-    write_findings(result, format_findings(result), os.fspath(args.out))
-    return exit_code(result)
+    return seeded_main(argv, prog="length-bias", description=__doc__.split("\n\n")[0], seeds=SEEDS,
+                       quick_help="one seed, a few steps of every run", run=run, format_findings=format_findings, exit_code=exit_code)
 
 
 if __name__ == "__main__":

@@ -41,15 +41,13 @@ this process, in local mode, on one thread (`one_thread`). Outputs under `--out`
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
-from orchestrator.experiments import (Finding, finite_numbers, format_finding, judge, one_thread, plot_curves, ppo_outcome,
-                                      train_ppo, variant_table, write_findings)
+from orchestrator.experiments import (Finding, format_finding, judge, one_thread, plot_curves, ppo_outcome,
+                                      train_ppo, variant_table, findings_exit_code, seeded_main)
 
 __all__ = ["VARIANTS", "FINDINGS", "run", "main", "finding_numbers"]
 
@@ -156,22 +154,13 @@ def format_findings(result: dict) -> list[str]:
 
 
 def exit_code(result: dict) -> int:
-    """A full run: 0 when every finding passed. A quick run: 0 when every judged number is finite."""
-    if not result["quick"]:
-        return 0 if result["passed"] else 1
-    return 0 if finite_numbers([result[f.key] for f in FINDINGS]) else 1
+    """`findings_exit_code` on this experiment's findings."""
+    return findings_exit_code(result, FINDINGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf experiment relevance-hacking", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/relevance-hacking")
-    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
-    parser.add_argument("--seeds", type=int, help=f"seeds (default {SEEDS}; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="one seed, 3 steps of 16 responses per variant")
-    args = parser.parse_args(argv)
-    result = run(args.out, seed=args.seed, quick=args.quick, seeds=args.seeds)
-    write_findings(result, format_findings(result), os.fspath(args.out))
-    return exit_code(result)
+    return seeded_main(argv, prog="relevance-hacking", description=__doc__.split("\n\n")[0], seeds=SEEDS,
+                       quick_help="one seed, 3 steps of 16 responses per variant", run=run, format_findings=format_findings, exit_code=exit_code)
 
 
 if __name__ == "__main__":
