@@ -306,7 +306,11 @@ class RoleGroup(abc.ABC):
         return pending
 
     def broadcast(self, method: Callable, *args: Any, **kwargs: Any) -> Pending:
-        """Call `method` with the same arguments on every replica (e.g. save, metrics, collectives)."""
+        """Call `method` with the same arguments on every replica (e.g. save, metrics, collectives).
+
+        An argument may be another group's `Pending` of a "first" or "single" call: in ray mode its result
+        goes from that replica to these through the object store without passing the driver (e.g. the
+        policy's weights to the generator), and a failure of that call is raised as its own `RoleError`."""
         name = _method_name(self.role_cls, method)
         return self._submit(name, _gather_mode(method), [args] * self.world_size, kwargs)
 
@@ -399,6 +403,7 @@ class LocalGroup(RoleGroup):
         return 1
 
     def _submit(self, method: str, mode: str, per_rank_args: list[tuple], kwargs: dict) -> Pending:
+        per_rank_args = [tuple(get(a) if isinstance(a, Pending) else a for a in args) for args in per_rank_args]
         values = [_invoke(self.role, self.name, 0, 1, method, a, kwargs) for a in per_rank_args]
         return Pending(role=self.name, method=method, mode=mode, values=values, labels=[_label(self.name, 0, 1)])
 
@@ -450,6 +455,14 @@ class _Replica:
         self.role = _construct(role_cls, cfg, args, kwargs, self.role_name, self.rank, self.world_size)
 
     def call(self, method: str, args: tuple, kwargs: dict) -> Any:
+        import ray
+
+        if any(isinstance(a, ray.ObjectRef) for a in args):  # another group's result, forwarded (`RoleGroup.broadcast`)
+            try:
+                args = tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args)
+            except ray.exceptions.RayTaskError as err:
+                cause = getattr(err, "cause", None)
+                raise (cause if isinstance(cause, RoleError) else err) from None
         return _invoke(self.role, self.role_name, self.rank, self.world_size, method, args, kwargs)
 
 
@@ -551,6 +564,7 @@ class RayGroup(RoleGroup):
 
         # Ray resolves ObjectRefs passed as top-level arguments: an argument shared by several
         # replicas is put in the object store once instead of being serialised per replica.
+        per_rank_args = [tuple(_forwarded(a) for a in args) for args in per_rank_args]
         shared = len(per_rank_args) > 1
         kw = ray.put(kwargs) if shared and kwargs else kwargs
         same_args = shared and all(a is per_rank_args[0] for a in per_rank_args)
@@ -570,6 +584,16 @@ class RayGroup(RoleGroup):
         if self.placement is not None:
             self.placement._release()
             self.placement = None
+
+
+def _forwarded(arg: Any) -> Any:
+    """A `Pending` argument as what a replica receives: its value when resolved, else the ObjectRef of its
+    one result (rank 0's), which the replica gets from the object store itself."""
+    if not isinstance(arg, Pending):
+        return arg
+    if arg.mode not in ("first", "single"):
+        raise TypeError(f"only a 'first' or 'single' call can be passed on to another group, not {arg!r}")
+    return arg._result if arg._done else arg._refs[0]
 
 
 def wait_ready(groups: Iterable[RoleGroup]) -> None:
