@@ -110,6 +110,12 @@ class PlacementConfig:
 
 
 @dataclass
+class GeneratorConfig(PlacementConfig):
+    """Placement of PPO's generator role (ppo.rollout_ahead=1): replicas that sample the rollouts with a copy
+    of the policy's weights while the policy trains. The model, dtype and sampling settings are the policy's."""
+
+
+@dataclass
 class ModelConfig(PlacementConfig):
     path: str = "builtin:tiny"
     """Hugging Face model name or local folder; 'builtin:tiny' (or builtin:small, builtin:50m) builds a Llama model locally, no download."""

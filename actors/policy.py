@@ -5,6 +5,8 @@ Receives only its `PolicyConfig` slice and the folder of its initial weights.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from actors.engine import build_engine, export_pretrained, gathered_params, load_checkpoint, save_checkpoint, unwrap
@@ -47,6 +49,9 @@ class BehaviourLogProbs(LogitsProcessor):
 
 
 class PolicyActor:
+    borrows_cores = True
+    """`generate` takes the node's cores (`cluster.group.alone_threads`): every other role waits for the rollout."""
+
     def __init__(self, cfg, *, model_path: str, seed: int, total_steps: int, minibatch_size: int):
         self.cfg = cfg
         torch.manual_seed(seed)
@@ -71,7 +76,8 @@ class PolicyActor:
         P, T = input_ids.shape[1], cfg.max_new_tokens
         self.engine.eval()
         recorder = BehaviourLogProbs(cfg.temperature) if record_logprobs else None
-        with gathered_params(self.engine) as model, alone_threads():  # the other roles wait for the rollout
+        borrow = alone_threads() if self.borrows_cores else contextlib.nullcontext()
+        with gathered_params(self.engine) as model, borrow:  # on-policy, the other roles wait for the rollout
             out = model.generate(
                 **({"logits_processor": LogitsProcessorList([recorder])} if recorder else {}),
                 input_ids=input_ids,
@@ -167,6 +173,25 @@ class PolicyActor:
             train_step(self.engine, mb.chunks(cfg.micro_batch_size), loss_fn, mb.mb_tokens[0].item(), "policy", stats)
         return stats.as_dict()
 
+    # ---------------------------------------------------------------- weight sync
+    @gather_as("first")
+    @torch.no_grad()
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights the generator role samples with (ppo.rollout_ahead=1), as CPU copies named as in the
+        plain model: every tensor of the state dict, or with LoRA only the adapted layers, merged
+        (W + scale B A, the base weights untouched). A collective under ZeRO-3 (every rank calls it; rank 0
+        returns the weights, the others an empty dict)."""
+        with gathered_params(self.engine) as model:
+            if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+                return {}
+            if self.cfg.lora.enabled:
+                prefix = "base_model.model."
+                return {f"{name.removeprefix(prefix)}.weight": (m.base_layer.weight + m.get_delta_weight("default")).cpu()
+                        for name, m in model.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+            copies: dict[int, torch.Tensor] = {}  # tied weights (embeddings and LM head) copied once
+            return {name: copies.setdefault(t.data_ptr(), t.detach().to("cpu", copy=True))
+                    for name, t in model.state_dict().items()}
+
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder: str) -> None:
         save_checkpoint(self.engine, folder, tag="policy")
@@ -177,3 +202,41 @@ class PolicyActor:
     def export(self, folder: str) -> None:
         """A `save_pretrained` folder (safetensors) that transformers loads; LoRA merged into the weights."""
         export_pretrained(self.engine, self.tokenizer, folder, adapter=self.cfg.lora.save_adapter)
+
+
+class GeneratorActor(PolicyActor):
+    """PPO's generator role (ppo.rollout_ahead=1): samples rollouts exactly as the policy does (`generate`,
+    behaviour log-probs recorded), from a frozen copy of the policy's weights on devices of its own, while the
+    policy trains; `load_weights` takes the policy's after each update (`PolicyActor.weights`).
+
+    Receives the policy's config slice placed as `generator.*` says (`PPOConfig.generator_slice`): no ZeRO
+    (every replica holds the whole model), no optimizer; with LoRA the base model, adapters merged by the sync."""
+
+    borrows_cores = False  # it samples while the other roles compute: its own threads only
+
+    def __init__(self, cfg, *, model_path: str, seed: int):
+        self.cfg = cfg
+        torch.manual_seed(seed)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
+        model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
+        self.engine = build_engine(model, cfg, train=False)
+
+    @torch.no_grad()
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> int:
+        """Copy the policy's weights in (every tensor, or with LoRA the merged adapted layers); returns the
+        number of tensors. A name the model does not have, a missing tensor (without LoRA) or a shape
+        mismatch is an error naming it."""
+        model = unwrap(self.engine)
+        own = model.state_dict()
+        unknown = sorted(set(weights) - set(own))
+        missing = [] if self.cfg.lora.enabled else sorted(set(own) - set(weights))
+        if unknown or missing or not weights:
+            raise ValueError(f"generator: the policy's weights do not match the generator's model (unknown "
+                             f"{unknown[:3]}, missing {missing[:3]}, {len(weights)} tensors sent)")
+        for name, value in weights.items():
+            if own[name].shape != value.shape:
+                raise ValueError(f"generator: {name} has shape {tuple(value.shape)} in the policy, {tuple(own[name].shape)} here")
+            own[name].copy_(value)
+        return len(weights)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from actors.config import (  # noqa: F401  (the role sections, re-exported: one tree for every job)
     CriticConfig,
+    GeneratorConfig,
     LoraConfig,
     ModelConfig,
     PlacementConfig,
@@ -88,6 +89,8 @@ class PPOAlgoConfig:
     """How the policy loss adds up over a minibatch (`losses.ppo.aggregate`): token_mean (every token alike), seq_mean_token_mean (every response alike: GRPO's paper), seq_mean_token_sum_norm (token sums over policy.max_new_tokens: Dr. GRPO). Exact under any replicas and micro-batch sizes."""
     old_logprobs: Literal["recompute", "rollout"] = "recompute"
     """Where PPO's log pi_old comes from. recompute: a no-grad forward of the policy over the rollout (its own phase). rollout: recorded while sampling (log-softmax of the sampled token under the logits / temperature, before top-k/top-p, as recompute computes it): the behaviour policy's own log-probs, one forward pass fewer per step; they equal recompute's up to float rounding (incremental decoding sums in another order), so a run is not bit-identical to a recompute run."""
+    rollout_ahead: int = 0
+    """0: on-policy, the policy samples each step's rollout itself. 1: one-step off-policy, as OpenRLHF's and verl's asynchronous modes: a generator role (`generator.*`, a copy of the policy's weights on devices of its own) samples step t+1's rollout while step t trains, from the weights before step t's update; the weights go to it after every update (the `weight_sync` phase) and the PPO ratio is against the log-probs it sampled with (needs ppo.old_logprobs=rollout)."""
     kl_in_loss: bool = False
     """Put the KL to the reference in the policy loss (GRPO: kl_loss_coef x the kl_loss_estimator per token) instead of in the reward; kl_coef then is not used."""
     kl_loss_coef: float = 0.04
@@ -139,6 +142,11 @@ class PPOAlgoConfig:
         check(self.kl_horizon >= 1, "kl_horizon", "must be >= 1")
         check(self.reward_clip >= 0, "reward_clip", "must be >= 0")
         check(self.no_eos_penalty >= 0, "no_eos_penalty", "must be >= 0")
+        check(self.rollout_ahead in (0, 1), "rollout_ahead", "must be 0 (on-policy) or 1 (one step off-policy)")
+        check(self.rollout_ahead == 0 or self.old_logprobs == "rollout", "old_logprobs",
+              "must be rollout with ppo.rollout_ahead=1: the generator samples with weights one update behind the "
+              "policy, so the PPO ratio must be against the log-probs it sampled with (a recompute would be the "
+              "policy's own)")
 
 
 @dataclass
@@ -226,6 +234,8 @@ class PPOConfig:
     """The value model. (Default lr suits the built-in tiny model; use ~5e-6 for billion-parameter models.)"""
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(function=BUILTIN_REWARD))
     """The reward. (Default: the built-in task's annotator reward, for builtin:prompts.)"""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    """Where the rollouts are sampled with ppo.rollout_ahead=1 (a copy of the policy's model and generation settings); unused otherwise."""
     ppo: PPOAlgoConfig = field(default_factory=PPOAlgoConfig)
     """PPO algorithm: batch sizes, GAE, KL penalty, reward shaping."""
 
@@ -258,15 +268,33 @@ class PPOConfig:
                 f"({cfg.micro_batch_size}) must divide the per-replica minibatch "
                 f"ppo.minibatch_size / {role}.replicas = {per_replica}",
             )
-        for role in ("policy", "reference", "critic", "reward"):
+        ahead = self.ppo.rollout_ahead == 1
+        if ahead:
+            check(n % self.generator.replicas == 0, "ppo.rollout_batch_size",
+                  f"({n} responses) must be divisible by generator.replicas={self.generator.replicas}")
+        names = ("policy", "reference", "critic", "reward") + (("generator",) if ahead else ())
+        for role in names:
             other = getattr(self, role).colocate_with
             if self.ppo.critic_free and role != "critic" and other == "critic":
                 check(False, f"{role}.colocate_with", f"names the critic, which ppo.advantage_estimator="
                       f"{self.ppo.advantage_estimator} does not start (no critic without GAE)")
                 continue
-            check(other in (None, "policy", "reference", "critic", "reward"), f"{role}.colocate_with",
-                  f"must be one of policy, reference, critic, reward (got {other!r})")
+            if not ahead and other == "generator":
+                check(False, f"{role}.colocate_with", "names the generator, which only ppo.rollout_ahead=1 starts")
+                continue
+            check(other in (None, *names), f"{role}.colocate_with", f"must be one of {', '.join(names)} (got {other!r})")
             check(other != role, f"{role}.colocate_with", "cannot name the role itself")
+
+    def generator_slice(self) -> PolicyConfig:
+        """The generator role's config slice (ppo.rollout_ahead=1): the policy's model, dtype and generation
+        settings, placed as `generator.*` says, frozen (no ZeRO: each replica holds the whole model, as a
+        vLLM engine does)."""
+        import dataclasses
+
+        g = self.generator
+        return dataclasses.replace(self.policy, replicas=g.replicas, num_gpus=g.num_gpus, num_cpus=g.num_cpus,
+                                   threads=g.threads, colocate_with=g.colocate_with, zero_stage=0,
+                                   offload_params=False, gradient_checkpointing=False, offload_optimizer=False)
 
 
 @dataclass

@@ -9,6 +9,13 @@
 
 Critic-free, there is no critic role at all (no actor, no device, no checkpoint): no values, no critic update.
 
+One step off-policy (`ppo.rollout_ahead=1`), a generator role samples instead of the policy, one step ahead:
+
+    rollout = the generator's rollout issued last step (from the weights before last step's update)
+    generator.load_weights(policy.weights())                                       # weight_sync
+    next = generator.generate(next prompts)       # not waited for: it runs while this step scores and trains
+    ... the step as above, the PPO ratio against the generator's log-probs
+
 The same code drives `local` mode (roles are objects in this process) and `ray` mode (roles are
 groups of Ray actors); only `cluster.create_groups` differs. Everything around the step (output
 folder, metrics, evaluation, checkpoints, resume, summary) is the job skeleton's (`orchestrator.job`).
@@ -25,11 +32,11 @@ from pathlib import Path
 import torch
 
 from actors.critic import CriticActor
-from actors.policy import PolicyActor
+from actors.policy import GeneratorActor, PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor, check_reward_config, describe
 from actors.trainer import NonFiniteError, merge_stats
-from actors.types import LogProbs
+from actors.types import LogProbs, Rollout
 from cluster import RoleSpec, create_groups, get
 from losses.common import RunningMoments
 from losses.kl import KLController
@@ -54,20 +61,23 @@ class Roles:
     critic: object | None  # None with a critic-free estimator (ppo.advantage_estimator != gae)
     reward: object
     reference: object | None  # None with a LoRA policy: reference = policy with adapters disabled
+    generator: object | None = None  # ppo.rollout_ahead=1 only: samples the rollouts while the policy trains
 
     def all(self) -> list:
-        return [g for g in (self.policy, self.reference, self.critic, self.reward) if g is not None]
+        return [g for g in (self.policy, self.reference, self.critic, self.reward, self.generator) if g is not None]
 
 
 def hosted_roles(cfg: PPOConfig) -> dict:
     """The roles PPO starts and their config slices: policy, reward, the critic unless the advantage
-    estimator is critic-free, and the reference unless the policy's LoRA adapters double as it (LoRA
-    without reference.path: adapters off = the reference)."""
+    estimator is critic-free, the reference unless the policy's LoRA adapters double as it (LoRA
+    without reference.path: adapters off = the reference), and the generator with ppo.rollout_ahead=1."""
     roles = {"policy": cfg.policy, "reward": cfg.reward}
     if not cfg.ppo.critic_free:
         roles["critic"] = cfg.critic
     if not (cfg.policy.lora.enabled and not cfg.reference.path):
         roles["reference"] = cfg.reference
+    if cfg.ppo.rollout_ahead:
+        roles["generator"] = cfg.generator_slice()
     return roles
 
 
@@ -94,10 +104,13 @@ def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) ->
                 micro_batch_size=cfg.policy.micro_batch_size,
             ),
         )
+    if "generator" in hosted:
+        specs["generator"] = RoleSpec(GeneratorActor, hosted["generator"], kwargs=dict(model_path=policy_path, seed=seed))
     t0 = time.perf_counter()
     groups = create_groups(cfg.run.hosting(), specs)
     log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - t0, cfg.run.mode)
-    return Roles(policy=groups["policy"], critic=groups.get("critic"), reward=groups["reward"], reference=groups.get("reference"))
+    return Roles(policy=groups["policy"], critic=groups.get("critic"), reward=groups["reward"], reference=groups.get("reference"),
+                 generator=groups.get("generator"))
 
 
 def preflight_models(cfg: PPOConfig, policy_path: str) -> dict:
@@ -161,6 +174,7 @@ class PPOJob(job.Job):
         self.kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
         self.moments = RunningMoments()
         self.roles: Roles | None = None
+        self.ahead = Ahead()
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
@@ -181,10 +195,12 @@ class PPOJob(job.Job):
     def start(self) -> None:
         self.roles = start_roles(self.cfg, self.policy_path, optimizer_steps(self.cfg))
         self.groups = self.roles.all()
+        self.ahead.started()
 
     def step(self, step: int) -> dict:
         try:
-            metrics = ppo_step(self.roles, self.cfg, self.next_prompts, self.kl_ctl, self.moments, step, profile=self.profile)
+            metrics = ppo_step(self.roles, self.cfg, self.next_prompts, self.kl_ctl, self.moments, step, profile=self.profile,
+                               ahead=self.ahead if self.cfg.ppo.rollout_ahead else None)
         except NonFiniteError as e:
             if self.cfg.run.on_nonfinite == "raise":
                 raise
@@ -228,13 +244,14 @@ class PPOJob(job.Job):
 
     def state_dict(self) -> dict:
         return {"kl": self.kl_ctl.state_dict(), "moments": self.moments.state_dict(), "data": self.prompts.state_dict(),
-                "skipped": dict(self.skipped)}
+                "skipped": dict(self.skipped), "ahead": self.ahead.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl"])
         self.moments.load_state_dict(state["moments"])
         self.prompts.load_state_dict(state["data"])
         self.skipped = dict(state.get("skipped", self.skipped))
+        self.ahead.load_state_dict(state.get("ahead"))
 
     def finish(self, out: Path) -> dict:
         get(self.roles.policy.broadcast(PolicyActor.export, str(out / "policy")))  # a collective under ZeRO-3; rank 0 writes
@@ -273,24 +290,62 @@ def train(cfg: PPOConfig, dry_run: bool = False) -> dict:
     return job.run(PPOJob(cfg), cfg, dry_run=dry_run)
 
 
+class Ahead:
+    """ppo.rollout_ahead=1: the generator's rollout for the next step, issued while this one trains.
+
+    `pending` is that rollout (a `Pending` while it samples, a `Rollout` once gathered, None before the first
+    step); `fresh` says whether the generator holds the policy's current weights. A checkpoint keeps the
+    rollout (`state_dict`), so a resumed run trains on the samples an uninterrupted one would."""
+
+    def __init__(self):
+        self.pending = None
+        self.fresh = False
+
+    def started(self) -> None:
+        """New roles (the start, or a restart after a lost actor): their generator has the initial weights."""
+        self.fresh = False
+        if not isinstance(self.pending, Rollout):
+            self.pending = None  # a sample in flight on actors that are gone: the checkpoint's is loaded next
+
+    def state_dict(self) -> dict | None:
+        if self.pending is None:
+            return None
+        if not isinstance(self.pending, Rollout):
+            self.pending = get(self.pending)
+        return {name: getattr(self.pending, name) for name in self.pending.__dataclass_fields__}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.pending = None if state is None else Rollout(**state)
+        self.fresh = False
+
+
 def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, moments: RunningMoments, step: int,
-             profile: bool = False) -> dict:
+             profile: bool = False, ahead: Ahead | None = None) -> dict:
     """One PPO step; every line a timed call. Returns the step's metrics.
 
     next_prompts(n) -> the next `PromptBatch` of n training prompts. Calls that can overlap are issued
     together and gathered with one `get`; with `profile=True` (`rlhf bench ppo`) they run one after
-    another so that each phase gets its own wall time.
+    another so that each phase gets its own wall time. `ahead` (ppo.rollout_ahead=1): the generator
+    samples, one step ahead (`Ahead`); `time/generate` is then the time this step waited for its rollout.
     """
     t: dict[str, float] = {}
-    t0 = time.perf_counter()
     per_prompt = cfg.ppo.samples_per_prompt
-    batch = next_prompts(cfg.ppo.rollout_batch_size // per_prompt)
-    if per_prompt > 1:  # each prompt k times in a row: the groups of the critic-free baselines are contiguous
-        batch = batch.select(torch.arange(batch.num_rows).repeat_interleave(per_prompt))
-    t["driver"] = time.perf_counter() - t0
     recorded = cfg.ppo.old_logprobs == "rollout"  # log pi_old recorded while sampling: no forward pass for it
-    (rollout,) = _run({"generate": lambda: roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step,
-                                                                record_logprobs=recorded)}, t, profile)
+
+    def prompts():
+        t0 = time.perf_counter()
+        batch = next_prompts(cfg.ppo.rollout_batch_size // per_prompt)
+        if per_prompt > 1:  # each prompt k times in a row: the groups of the critic-free baselines are contiguous
+            batch = batch.select(torch.arange(batch.num_rows).repeat_interleave(per_prompt))
+        t["driver"] = t.get("driver", 0.0) + time.perf_counter() - t0
+        return batch
+
+    if ahead is None:
+        batch = prompts()
+        (rollout,) = _run({"generate": lambda: roles.policy.scatter(PolicyActor.generate, batch, seed=cfg.run.seed * 100_003 + step,
+                                                                    record_logprobs=recorded)}, t, profile)
+    else:
+        rollout, lag = _rollout_ahead(roles, cfg, ahead, prompts, step, t, profile)
 
     views = {
         "score": lambda: roles.reward.scatter(RewardActor.score, rollout),
@@ -331,13 +386,54 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
         kl_coef=cfg.ppo.kl_loss_coef, kl_estimator=cfg.ppo.kl_loss_estimator)
     for stats in _run(updates, t, profile):
         metrics.update(merge_stats(stats))
+    if ahead is not None:
+        ahead.fresh = False  # the policy moved: the generator is one update behind
+        metrics["rollout/lag"] = float(lag)
     metrics.update({f"time/{k}": v for k, v in t.items()})
     metrics["time/step"] = sum(t.values())
     metrics["time/tokens_per_s"] = float(rollout.action_mask.sum()) / max(metrics["time/step"], 1e-9)
     # the widths the models compute on (padding included), for the cost model (`orchestrator.costmodel`)
-    metrics["length/prompt_padded"] = float(batch.input_ids.shape[1])
-    metrics["length/response_padded"] = float(rollout.sequences.shape[1] - batch.input_ids.shape[1])
+    metrics["length/prompt_padded"] = float(rollout.prompt_len)
+    metrics["length/response_padded"] = float(rollout.action_mask.shape[1])
     return metrics
+
+
+def _rollout_ahead(roles: Roles, cfg: PPOConfig, ahead: Ahead, prompts, step: int, t: dict, profile: bool) -> tuple[Rollout, int]:
+    """This step's rollout from the generator, and the next step's issued: (rollout, how many policy updates
+    behind the weights it was sampled with are: 0 at the first step, else 1). `t["generate"]`: the time
+    spent issuing and waiting for rollouts (in local mode the sampling itself, which runs when issued)."""
+    spent = 0.0
+
+    def timed(fn):
+        nonlocal spent
+        t0 = time.perf_counter()
+        out = fn()
+        spent += time.perf_counter() - t0
+        return out
+
+    def sync():
+        if not ahead.fresh:  # the policy's weights go to the generator's replicas without passing the driver
+            _run({"weight_sync": lambda: roles.generator.broadcast(GeneratorActor.load_weights,
+                                                                    roles.policy.broadcast(PolicyActor.weights))}, t, profile)
+            ahead.fresh = True
+
+    def issue(s: int):
+        batch = prompts()
+        return timed(lambda: roles.generator.scatter(GeneratorActor.generate, batch, seed=cfg.run.seed * 100_003 + s,
+                                                     record_logprobs=True))
+
+    lag = 1
+    if ahead.pending is None:  # the first step (or a restart before any checkpoint): sampled now, on-policy
+        sync()
+        ahead.pending, lag = issue(step), 0
+    pending = ahead.pending
+    rollout = pending if isinstance(pending, Rollout) else timed(lambda: get(pending))  # a checkpoint's is gathered already
+    sync()
+    ahead.pending = issue(step + 1)  # samples while this step scores and trains
+    if profile:  # each phase timed alone (`rlhf bench ppo`): the next rollout's sampling, waited for here
+        ahead.pending = timed(lambda: get(ahead.pending))
+    t["generate"] = spent
+    return rollout, lag
 
 
 def _run(calls: dict, times: dict, profile: bool) -> list:

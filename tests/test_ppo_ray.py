@@ -77,3 +77,23 @@ def test_critic_free_local_and_ray_give_the_same_run_with_three_roles(model_dir,
     for a, b in zip(records["local"], records["ray"]):
         _assert_same(a, b)
     assert "grpo/zero_std_groups" in records["ray"][1] and "critic/loss" not in records["ray"][1]
+
+
+def test_one_step_off_policy_local_and_ray_give_the_same_run(model_dir, tmp_path, ray_cluster):
+    """ppo.rollout_ahead=1 with the policy on 2 ZeRO-3 replicas (its weights gathered for the sync) and 2
+    generator replicas (the weights reach both through the object store): three steps equal local mode's,
+    where the generator is an object in the same process."""
+    from orchestrator.ppo import train
+
+    extra = ("policy.top_k=1", "run.steps=3", "ppo.old_logprobs=rollout", "ppo.rollout_ahead=1")
+    train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *extra))
+    summary = train(tiny_ppo_config(model_dir, str(tmp_path / "ray"), *extra, "run.mode=ray", "policy.replicas=2",
+                                    "policy.zero_stage=3", "generator.replicas=2", "generator.num_cpus=0.5"))
+    assert len(summary["roles"]["generator"]) == 2
+    records = {}
+    for mode in ("local", "ray"):
+        with open(tmp_path / mode / "metrics.jsonl") as f:
+            records[mode] = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in map(json.loads, f)]
+    assert [r.get("rollout/lag") for r in records["ray"]] == [None, 0.0, 1.0, 1.0]
+    for a, b in zip(records["local"], records["ray"]):
+        _assert_same(a, b)
