@@ -155,6 +155,9 @@ class Workload:
     engines of their own (`generator_devices` devices, tensor-parallel `generator_tp`), weights synced each step."""
     generator_devices: int = 0
     generator_tp: int = 1
+    overlap: bool = False
+    """One step off-policy (ppo.rollout_ahead=1): the separate generator samples the next rollout while this
+    step scores and trains, so a step takes weight_sync + driver + max(generate, the rest)."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,9 @@ def estimate(w: Workload, hw: Hardware, eff: Efficiency) -> dict:
         {n: f"{n}_update" for n in ("critic", "policy") if n in w.roles and w.roles[n].trainable}, w, costs, hw)
     phases["driver"] = eff.per_step_s
     step = sum(phases.values())
+    if w.overlap and w.generator == "separate":
+        serial = phases["weight_sync"] + phases["driver"]
+        step = serial + max(phases["generate"], step - phases["generate"] - serial)
     return {"roles": costs, "phases": phases, "step_s": step, "samples_per_s": w.samples / step,
             "flops_per_step": sum(sum(c.flops.values()) * w.roles[n].replicas for n, c in costs.items())}
 
@@ -396,6 +402,7 @@ def workload_of_config(cfg, prompt_len: int, response_len: int) -> Workload:
              "critic": cfg.policy.path if cfg.critic.init_from == "policy" else cfg.reward.path}
     shapes: dict[str, ModelShape] = {}
     roles = {}
+    gen = hosted.pop("generator", None)  # ppo.rollout_ahead=1: engines of their own, one step ahead
     for name, rc in hosted.items():
         if name == "reward" and cfg.reward.kind != "model":
             continue  # no model to run
@@ -408,8 +415,10 @@ def workload_of_config(cfg, prompt_len: int, response_len: int) -> Workload:
                            gradient_checkpointing=rc.gradient_checkpointing,
                            offload_optimizer=bool(getattr(rc, "offload_optimizer", False)),
                            devices=group[name] if "+" in group[name] else "")
+    separate = {} if gen is None else dict(generator="separate", generator_devices=gen.replicas * max(1, math.ceil(gen.num_gpus)),
+                                           overlap=True)
     return Workload(roles=roles, samples=cfg.ppo.rollout_batch_size, prompt_len=prompt_len, response_len=response_len,
-                    epochs=cfg.ppo.epochs, minibatch=cfg.ppo.minibatch_size)
+                    epochs=cfg.ppo.epochs, minibatch=cfg.ppo.minibatch_size, **separate)
 
 
 def _efficiency(x) -> Efficiency:

@@ -175,3 +175,25 @@ def test_a_sweep_point_becomes_a_workload(tmp_path):
     assert (w.samples, w.prompt_len, w.response_len) == (16, 21, 8)
     config = json.loads((tmp_path / "cache").joinpath(model, "config.json").read_text())
     assert (w.roles["policy"].model.hidden, w.roles["policy"].model.layers) == (config["hidden_size"], config["num_hidden_layers"])
+
+
+def test_one_step_off_policy_overlaps_sampling_with_the_rest_of_the_step(tmp_path):
+    """ppo.rollout_ahead=1: the generator is a device group of its own, and a step takes
+    weight_sync + driver + max(generate, score + updates) instead of their sum."""
+    from ppo_helpers import tiny_model_dir
+
+    from orchestrator.config import load_job_config
+
+    model = tiny_model_dir(str(tmp_path / "cache"))
+    cfg = load_job_config("ppo", None, [f"policy.path={model}", "ppo.rollout_ahead=1", "ppo.old_logprobs=rollout",
+                                        "generator.replicas=2"])
+    w = cm.workload_of_config(cfg, prompt_len=20, response_len=48)
+    assert (w.generator, w.generator_devices, w.overlap) == ("separate", 2, True)
+    assert "generator" not in w.roles
+    hw, eff = cm.HARDWARE["a100-80g"], cm.GPU_ASSUMED["hf"]
+    overlapped = cm.estimate(w, hw, eff)
+    ph = overlapped["phases"]
+    rest = sum(v for k, v in ph.items() if k not in ("generate", "weight_sync", "driver"))
+    assert overlapped["step_s"] == pytest.approx(ph["weight_sync"] + ph["driver"] + max(ph["generate"], rest), rel=1e-12)
+    serial = cm.estimate(dataclasses.replace(w, overlap=False), hw, eff)
+    assert serial["step_s"] == pytest.approx(sum(ph.values()), rel=1e-12) and serial["step_s"] > overlapped["step_s"]
