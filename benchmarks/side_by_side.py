@@ -45,6 +45,7 @@ def variants(job: str, model: str, data: str, held_out: str, out: Path) -> dict[
                 "ppo.epochs=1", f"policy.max_new_tokens={RESPONSE_LEN}", "run.save_every=0", "run.resume=never", "run.steps={steps}"]
         auto = [f"{r}.dtype=auto" for r in ("policy", "reference", "critic", "reward")]
         rollout = ["ppo.old_logprobs=rollout"]
+        ahead = ["ppo.rollout_ahead=1"]  # a generator actor samples the next rollout while this step trains
         return {
             "trl fp32": (trl, 32),
             "trl bf16 (autocast)": ([*trl, "--bf16"], 32),
@@ -53,6 +54,9 @@ def variants(job: str, model: str, data: str, held_out: str, out: Path) -> dict[
             "rlhf fp32, local, old log-probs from the rollout": ([*ours, "run.mode=local", *rollout, f"run.output_dir={out / 'rlhf_local_rollout'}"], 32),
             "rlhf auto (bf16 here), local, rollout log-probs": ([*ours, "run.mode=local", *rollout, *auto, f"run.output_dir={out / 'rlhf_local_auto'}"], 32),
             "rlhf auto (bf16 here), ray, rollout log-probs": ([*ours, *rollout, *auto, f"run.output_dir={out / 'rlhf_ray_auto'}"], 32),
+            "rlhf fp32, ray, rollout log-probs": ([*ours, *rollout, f"run.output_dir={out / 'rlhf_ray_rollout'}"], 32),
+            "rlhf fp32, ray, rollout log-probs, one step off-policy": ([*ours, *rollout, *ahead, f"run.output_dir={out / 'rlhf_ray_ahead'}"], 32),
+            "rlhf auto (bf16 here), ray, one step off-policy": ([*ours, *rollout, *auto, *ahead, f"run.output_dir={out / 'rlhf_ray_auto_ahead'}"], 32),
         }
     ours = [*rlhf, "dpo", f"policy.path={model}", f"data.path={data}", f"data.eval_path={held_out}", "dpo.batch_size=8",
             "policy.micro_batch_size=8", "dpo.beta=0.1", "run.save_every=0", "run.resume=never", "run.steps={steps}"]

@@ -170,7 +170,7 @@ def _threads(cfg, job: str) -> dict:
     roles = hosted_roles(cfg) if job == "ppo" else ({"reward_model": cfg.model} if job == "rm" else {"policy": cfg.policy})
     out = {name: replica_threads(cfg.run.mode, rc.num_cpus, rc.threads, alone=len(roles) == 1, replicas=rc.replicas)
            for name, rc in roles.items()}
-    if job == "ppo":  # generation runs alone (`cluster.group.alone_threads`)
+    if job == "ppo" and not cfg.ppo.rollout_ahead:  # on-policy generation runs alone (`cluster.group.alone_threads`)
         p = cfg.policy
         out["policy while generating"] = replica_threads(cfg.run.mode, p.num_cpus, p.threads, alone=True, replicas=p.replicas)
     return out
