@@ -114,6 +114,9 @@ class GeneratorConfig(PlacementConfig):
     """Placement of PPO's generator role (ppo.rollout_ahead=1): replicas that sample the rollouts with a copy
     of the policy's weights while the policy trains. The model, dtype and sampling settings are the policy's."""
 
+    replicas: int = 1
+    """Generator replicas (Ray actors); each holds the whole model (no ZeRO) and samples its share of the rollout."""
+
 
 @dataclass
 class ModelConfig(PlacementConfig):
