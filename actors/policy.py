@@ -52,14 +52,15 @@ class PolicyActor:
     borrows_cores = True
     """`generate` takes the node's cores (`cluster.group.alone_threads`): every other role waits for the rollout."""
 
-    def __init__(self, cfg, *, model_path: str, seed: int, total_steps: int, minibatch_size: int):
+    def __init__(self, cfg, *, model_path: str, seed: int, total_steps: int = 0, minibatch_size: int = 0, train: bool = True):
+        """train=False: a frozen engine, no optimizer (`GeneratorActor`)."""
         self.cfg = cfg
         torch.manual_seed(seed)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
         model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
-        self.engine = build_engine(model, cfg, train=True, total_steps=total_steps, minibatch_size=minibatch_size)
+        self.engine = build_engine(model, cfg, train=train, total_steps=total_steps, minibatch_size=minibatch_size)
 
     # ---------------------------------------------------------------- rollout
     @gather_as("cat")
@@ -215,13 +216,7 @@ class GeneratorActor(PolicyActor):
     borrows_cores = False  # it samples while the other roles compute: its own threads only
 
     def __init__(self, cfg, *, model_path: str, seed: int):
-        self.cfg = cfg
-        torch.manual_seed(seed)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
-        model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id
-        self.engine = build_engine(model, cfg, train=False)
+        super().__init__(cfg, model_path=model_path, seed=seed, train=False)
 
     @torch.no_grad()
     def load_weights(self, weights: dict[str, torch.Tensor]) -> int:
