@@ -78,13 +78,18 @@ class _LabelLogProb(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         logits, labels, lse = ctx.saved_tensors
         lead, vocab = tuple(logits.shape[:-1]), logits.shape[-1]
-        grad_logits = torch.empty_like(logits)  # (..., V)
-        # d log p(y) / d logits_v = 1[v == y] - softmax(logits)_v
+        grad_logits = None  # (..., V)
+        # d log p(y) / d logits_v = 1[v == y] - softmax(logits)_v, in place on one fresh buffer per block
+        # (the same rounding as exp(z - lse) * -g: negation is exact)
         for idx in _row_blocks(lead, vocab, ctx.budget):
             g = grad_out[idx].unsqueeze(-1)  # (..., 1)
-            probs = torch.exp(logits[idx].to(lse.dtype) - lse[idx].unsqueeze(-1))  # (..., V)
-            block = -probs * g
+            block = logits[idx].to(lse.dtype) - lse[idx].unsqueeze(-1)  # (..., V), a new tensor
+            block.exp_().mul_(-g)
             block.scatter_add_(-1, labels[idx].unsqueeze(-1), g)
+            if grad_logits is None and block.shape == logits.shape and block.dtype == logits.dtype:
+                return block, None, None  # one block: it is the gradient
+            if grad_logits is None:
+                grad_logits = torch.empty_like(logits)
             grad_logits[idx] = block.to(grad_logits.dtype)
         return grad_logits, None, None
 

@@ -94,12 +94,20 @@ def test_log_probs_from_logits_gradcheck_float64_with_blocks():
 @pytest.mark.parametrize("block_numel", [1, 7, 40, 10**9])
 def test_log_probs_from_logits_blocks_and_non_contiguous_views(block_numel):
     gen = torch.Generator().manual_seed(3)
-    full = torch.randn(3, 6, 20, generator=gen)
+    full = torch.randn(3, 6, 20, generator=gen, requires_grad=True)
     logits = full[:, :-1]  # (3, 5, 20), not viewable as (15, 20)
     assert not logits.is_contiguous()
     labels = torch.randint(0, 20, (3, 5), generator=gen)
+    weights = torch.randn(3, 5, generator=gen)
     out = log_probs_from_logits(logits, labels, block_numel=block_numel)
     torch.testing.assert_close(out, _reference_log_probs(logits, labels), rtol=0, atol=2e-6)
+    # the gradient through the view, whether the backward returns its one block or fills blocks in
+    (out * weights).sum().backward()
+    ours = full.grad.clone()
+    full.grad = None
+    (_reference_log_probs(full[:, :-1], labels) * weights).sum().backward()
+    torch.testing.assert_close(ours, full.grad, rtol=0, atol=1e-6)
+    assert bool((ours[:, -1] == 0).all())
 
 
 def test_log_probs_from_logits_bf16_reduces_in_fp32():
