@@ -355,6 +355,7 @@ def build_engine(
             dist_init_required=False,
         )
         _record_fp32_clip_norm(engine)
+        _skip_single_replica_allreduce(engine)
     else:
         if trainable:
             raise ValueError("`trainable` applies to train=True engines only")
@@ -402,6 +403,15 @@ def _record_fp32_clip_norm(engine: DeepSpeedEngine) -> None:
         engine._global_grad_norm = float(norm)
 
     engine.clip_fp32_gradients = clip_fp32_gradients
+
+
+def _skip_single_replica_allreduce(engine: DeepSpeedEngine) -> None:
+    """One replica at ZeRO-0 has nothing to all-reduce: DeepSpeed would still flatten every gradient into
+    one buffer, scale it by 1/world, all-reduce it over a group of one and copy it back (four passes over
+    the gradients per optimizer step, 5% of a small model's DPO step on a CPU). The gradients are the same
+    without it. ZeRO 1-3 keep their reduction, which also moves gradients into their partitions."""
+    if engine.dp_world_size == 1 and not engine.zero_optimization():
+        engine.enable_backward_allreduce = False
 
 
 def backward(engine: DeepSpeedEngine, loss: torch.Tensor) -> None:

@@ -443,6 +443,16 @@ def test_adamw_is_the_fused_kernel_and_its_step_equals_the_per_tensor_loop():
             torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("stage", [0, 1])
+def test_one_replica_at_zero_0_skips_the_all_reduce_and_trains_the_same(stage):
+    """A lone ZeRO-0 replica does not flatten, scale and copy back its gradients (an all-reduce over a group
+    of one); ZeRO-1+ keep their reduction (it fills their partitions). The update is the reference's
+    either way (test_micro_batches_with_accumulation_equal_one_full_batch checks the stage-0 numbers)."""
+    engine = build_engine(tiny_llama(), train_cfg(stage, 4), train=True, total_steps=10, minibatch_size=4)
+    assert engine.dp_world_size == 1
+    assert engine.enable_backward_allreduce is (stage > 0)
+
+
 def test_auto_dtype_and_the_attention_kernel(monkeypatch):
     from actors.modeling import attention_implementation, resolve_dtype, torch_dtype
 
