@@ -397,6 +397,7 @@ class LocalGroup(RoleGroup):
         t0 = time.perf_counter()
         self.role = _construct(role_cls, cfg, tuple(args), dict(kwargs or {}), name, 0, 1)
         self.startup_s = round(time.perf_counter() - t0, 2)
+        self.busy_s = 0.0  # seconds inside the role's methods (`_Replica.busy_s`)
 
     @property
     def world_size(self) -> int:
@@ -404,11 +405,15 @@ class LocalGroup(RoleGroup):
 
     def _submit(self, method: str, mode: str, per_rank_args: list[tuple], kwargs: dict) -> Pending:
         per_rank_args = [tuple(get(a) if isinstance(a, Pending) else a for a in args) for args in per_rank_args]
-        values = [_invoke(self.role, self.name, 0, 1, method, a, kwargs) for a in per_rank_args]
+        t0 = time.perf_counter()
+        try:
+            values = [_invoke(self.role, self.name, 0, 1, method, a, kwargs) for a in per_rank_args]
+        finally:
+            self.busy_s += time.perf_counter() - t0
         return Pending(role=self.name, method=method, mode=mode, values=values, labels=[_label(self.name, 0, 1)])
 
     def hosts(self) -> list[dict]:
-        return [{"rank": 0, **where(), "startup_s": self.startup_s}]
+        return [{"rank": 0, **where(), "startup_s": self.startup_s, "busy_s": self.busy_s}]
 
     def shutdown(self) -> None:
         self.role = None
@@ -423,6 +428,9 @@ class _Replica:
     def __init__(self, role: str, rank: int, world_size: int, num_cpus: float, threads: int = 0, alone: bool = False):
         self.role_name, self.rank, self.world_size = role, rank, world_size
         self.role = None
+        self.busy_s = 0.0
+        """Seconds spent inside the role's methods (after any forwarded argument arrived): what a call costs
+        beyond it is the driver's and Ray's (dispatch, transfer, (de)serialisation; `rlhf bench`)."""
         # Ray sets OMP_NUM_THREADS for the process; torch's intra-op pool is sized here explicitly so
         # that replicas sharing a node do not each grab every core (and a role alone in its job gets them).
         torch.set_num_threads(replica_threads("ray", num_cpus, threads, alone, world_size))
@@ -433,8 +441,8 @@ class _Replica:
         return f"{self.role_name}[{self.rank}]"
 
     def where(self) -> dict:
-        """This replica's node, process, devices and peak memory (`cluster.placement.where`)."""
-        return {"rank": self.rank, **where()}
+        """This replica's node, process, devices and peak memory (`cluster.placement.where`), and `busy_s`."""
+        return {"rank": self.rank, **where(), "busy_s": self.busy_s}
 
     def master_address(self) -> tuple[str, int]:
         """Rank 0 only: this node's IP and a free port for the torch.distributed rendezvous."""
@@ -463,7 +471,11 @@ class _Replica:
             except ray.exceptions.RayTaskError as err:
                 cause = getattr(err, "cause", None)
                 raise (cause if isinstance(cause, RoleError) else err) from None
-        return _invoke(self.role, self.role_name, self.rank, self.world_size, method, args, kwargs)
+        t0 = time.perf_counter()
+        try:
+            return _invoke(self.role, self.role_name, self.rank, self.world_size, method, args, kwargs)
+        finally:
+            self.busy_s += time.perf_counter() - t0
 
 
 @functools.lru_cache(maxsize=None)

@@ -142,16 +142,20 @@ def run(args: argparse.Namespace) -> int:
             extra["reference_pass_s"] = time.perf_counter() - t0
         records = []
         for step in range(args.warmup + args.steps):
+            if step == args.warmup:
+                busy0 = _busy(job)
             t0 = time.perf_counter()
             m = job.step(step)
             m["time/wall"] = time.perf_counter() - t0
             records.append(m)
         records = records[args.warmup:]
+        busy = {name: [(b - a) / args.steps for a, b in zip(busy0[name], after)] for name, after in _busy(job).items()}
         memory = {g.name: max(h.get("peak_memory_mb", 0.0) for h in g.hosts()) for g in job.groups}
         replicas = {g.name: g.world_size for g in job.groups}
     finally:
         job.shutdown()
     result = summarise(args, cfg, job, model_dir, records, extra, peak, cores)
+    result.update(_overhead(result, records, busy))
     result.update(startup_s=round(startup, 2), replicas=replicas, peak_memory_mb={k: round(v, 1) for k, v in memory.items()},
                   threads_per_replica=_threads(cfg, args.job))
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +164,25 @@ def run(args: argparse.Namespace) -> int:
     print_result(result)
     print(f"written {path}")
     return 0
+
+
+def _busy(job) -> dict[str, list[float]]:
+    """Seconds each replica of each role has spent inside its role's methods so far (`cluster.group`)."""
+    return {g.name: [h["busy_s"] for h in g.hosts()] for g in job.groups}
+
+
+def _overhead(result: dict, records: list[dict], busy: dict[str, list[float]]) -> dict:
+    """What a step costs outside the roles' methods and the driver's own timed phases: Ray's dispatch,
+    transfer and (de)serialisation, and the driver's glue (in local mode only the glue).
+
+    Each role's share is its slowest replica's time in its methods per step. PPO's phases run one after
+    another in the bench (`PPOJob.profile`), so the roles' shares add up to the step's compute; DPO, SFT and
+    the reward model have one role."""
+    roles = {name: max(per_rank) for name, per_rank in busy.items()}
+    driver = statistics.mean(sum(r.get(f"time/{k}", 0.0) for k in ("driver", "advantages")) for r in records)
+    outside = result["step_s"] - sum(roles.values()) - driver
+    return {"roles_s": {k: round(v, 4) for k, v in roles.items()}, "driver_s": round(driver, 4),
+            "overhead_s": round(outside, 4), "overhead_share": round(outside / result["step_s"], 4)}
 
 
 def _threads(cfg, job: str) -> dict:
@@ -281,6 +304,9 @@ def print_result(r: dict) -> None:
             ref = r["reference_pass"]
             print(f"reference pass (once, before training): {ref['pairs']} pairs in {ref['s']:.2f} s, {ref['pairs_per_s']:.1f} pairs/s, "
                   f"MFU {ref['mfu']:.1%}")
+    what = "Ray's dispatch, transfer and (de)serialisation, and the driver's glue" if r["mode"] == "ray" else "the driver's glue"
+    print(f"outside the roles' methods and the driver's phases: {r['overhead_s']:.4f} s per step ({r['overhead_share']:.1%}; {what}); "
+          "in the roles: " + ", ".join(f"{k} {v:.3f}" for k, v in r["roles_s"].items()) + " s")
     shared = " (local mode: one process hosts every role, so these are the same number)" if r["mode"] == "local" and len(r["peak_memory_mb"]) > 1 else ""
     print("peak memory per role (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_memory_mb"].items()) + shared
           + f"; role start-up {r['startup_s']:.1f} s")

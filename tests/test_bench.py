@@ -32,6 +32,13 @@ def test_bench_ppo_reports_every_phase(tmp_path, capsys):
     assert set(r["phase_mfu"]) == {"generate", "score", "reference", "old_logprobs", "values", "critic_update", "policy_update"}
     assert 0 < r["mfu"] < 1 and all(0 < v < 1 for v in r["phase_mfu"].values())
     assert set(r["peak_memory_mb"]) == {"policy", "reference", "critic", "reward"}
+    # the step = the roles' time in their methods + the driver's phases + what is outside both (local: glue only)
+    assert set(r["roles_s"]) == {"policy", "reference", "critic", "reward"}
+    assert r["step_s"] == pytest.approx(sum(r["roles_s"].values()) + r["driver_s"] + r["overhead_s"], abs=2e-4)
+    phases = r["phase_s"]
+    assert r["roles_s"]["policy"] == pytest.approx(phases["generate"] + phases["old_logprobs"] + phases["policy_update"], rel=0.05)
+    assert r["roles_s"]["reward"] <= phases["score"]
+    assert 0 <= r["overhead_s"] < 0.05 * r["step_s"]
     assert "episodes/s" in capsys.readouterr().out
 
 

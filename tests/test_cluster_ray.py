@@ -8,6 +8,7 @@ The test role lives in this module; the workers import it as `test_cluster_ray` 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -88,6 +89,10 @@ class TinyLM:
     def boom(self, batch: Tokens) -> None:
         if torch.distributed.get_rank() == 1:
             raise ValueError("boom on purpose")
+
+    def nap(self, seconds: float) -> int:
+        time.sleep(seconds * (1 + torch.distributed.get_rank()))
+        return torch.distributed.get_rank()
 
 
 def global_batch() -> tuple[Tokens, float]:
@@ -175,6 +180,22 @@ def test_broadcast_list_and_call_rank0(groups):
     assert get(group.broadcast(TinyLM.rank)) == [0, 1]  # undeclared gather mode: per-replica list
     assert get(group.broadcast(TinyLM.add, 1, y=2)) == [3, 4]  # shared args and kwargs
     assert get(group.call_rank0(TinyLM.rank)) == 0
+
+
+@pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
+def test_replicas_count_the_seconds_inside_role_methods(groups):
+    """`busy_s` (what `rlhf bench` subtracts from a step to get Ray's and the driver's overhead) grows by the
+    time a method ran on that replica, and a call's wall time at the driver covers its slowest replica."""
+    group = groups["critic"]
+    before = [h["busy_s"] for h in group.hosts()]
+    t0 = time.perf_counter()
+    assert get(group.broadcast(TinyLM.nap, 0.2)) == [0, 1]
+    wall = time.perf_counter() - t0
+    grew = [h["busy_s"] - b for h, b in zip(group.hosts(), before)]
+    assert 0.2 <= grew[0] < 0.3 and 0.4 <= grew[1] < 0.5  # rank r sleeps 0.2 * (r + 1) s
+    assert wall >= grew[1]
+    local = LocalGroup(Flaky, PlacementConfig(), name="reward")
+    assert local.hosts()[0]["busy_s"] == 0.0
 
 
 @pytest.mark.slow  # three 2-replica Ray groups (~45 s to start)
