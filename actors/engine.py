@@ -398,11 +398,41 @@ def _record_fp32_clip_norm(engine: DeepSpeedEngine) -> None:
         return
     from deepspeed.runtime.utils import clip_grad_norm_
 
+    engine._rlhf_keeps_norms = alone = engine.dp_world_size == 1
+
     def clip_fp32_gradients() -> None:
-        norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+        kept, engine._rlhf_kept_norms = getattr(engine, "_rlhf_kept_norms", None), None
+        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+        if alone and kept is not None and len(kept[0]) == len(grads) and all(a is b for a, b in zip(kept[0], grads)):
+            norm = _clip_one_replica(grads, kept[1], engine.gradient_clipping())
+        else:
+            norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu)
         engine._global_grad_norm = float(norm)
 
     engine.clip_fp32_gradients = clip_fp32_gradients
+
+
+def gradient_norms(engine: DeepSpeedEngine) -> list[torch.Tensor]:
+    """The L2 norm of each gradient this replica holds (one fused kernel on GPU), for the trainer's
+    finiteness check before `step`. A lone ZeRO-0 fp32 replica keeps them for that step's clipping
+    (`_record_fp32_clip_norm`), which then does not compute them a second time."""
+    grads = [p.grad for p in unwrap(engine).parameters() if p.grad is not None]
+    norms = list(torch._foreach_norm(grads)) if grads else []
+    if getattr(engine, "_rlhf_keeps_norms", False):
+        engine._rlhf_kept_norms = (grads, norms)
+    return norms
+
+
+def _clip_one_replica(grads: list[torch.Tensor], norms: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip `grads` in place to a global L2 norm of `max_norm` from their per-tensor `norms`; returns the
+    norm before clipping. The arithmetic of `deepspeed.runtime.utils.clip_grad_norm_` for one replica
+    (the same rounding: tested bitwise), without its per-tensor norms and its all-reduce over one rank."""
+    total = torch.stack(norms).pow(2.0).sum().float().pow(0.5)
+    coef = torch.tensor([float(max_norm)], device=total.device) / (total + 1e-6)
+    coef = torch.min(torch.tensor([1.0], device=total.device), coef)
+    for g in grads:
+        g.mul_(coef)
+    return total
 
 
 def _skip_single_replica_allreduce(engine: DeepSpeedEngine) -> None:

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, TypeVar
 
 import torch
 
-from actors.engine import any_replica, backward, step, unwrap
+from actors.engine import any_replica, backward, gradient_norms, step, unwrap
 from losses.ppo import aggregate
 
 
@@ -39,14 +39,14 @@ class NonFiniteError(FloatingPointError):
 def _grads_finite(engine) -> bool:
     """Whether every gradient this replica holds is finite (ZeRO 0: the whole gradient; at ZeRO 1-3 the
     gradients live in DeepSpeed's partitions, whose own overflow check skips a non-finite step)."""
-    grads = [p.grad for p in unwrap(engine).parameters() if p.grad is not None]
-    if not grads:
+    norms = gradient_norms(engine)  # (kept for the step's clipping at ZeRO-0 with one replica)
+    if not norms:
         return True
-    # one fused kernel, one device sync: every norm finite means every entry is
-    if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+    # one device sync: every norm finite means every entry is
+    if bool(torch.isfinite(torch.stack(norms)).all()):
         return True
     # a norm can overflow with finite entries (about 1e19 and up in fp32): then look at the entries
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return bool(torch.stack([torch.isfinite(p.grad).all() for p in unwrap(engine).parameters() if p.grad is not None]).all())
 
 __all__ = ["MicroLoss", "TrainStats", "merge_stats", "train_step"]
 

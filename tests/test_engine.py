@@ -485,3 +485,34 @@ def test_gradient_finiteness_check_by_entries_not_by_an_overflowing_norm():
         assert not _grads_finite(model)
     model.bias.grad = None
     assert _grads_finite(model)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping on, clipping a no-op
+def test_one_replica_clips_with_the_checks_norms_bitwise_as_deepspeed(max_norm):
+    """A lone ZeRO-0 fp32 replica clips with the per-tensor norms the finiteness check computed
+    (`gradient_norms`), once per step instead of twice: the same norm and gradients, bit for bit, as
+    DeepSpeed's own `clip_grad_norm_`; and an engine step takes that path."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    from actors.engine import _clip_one_replica, gradient_norms
+
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in ((64, 32), (32,), (7, 5, 3))]
+    grads = [torch.randn(p.shape, generator=g) * k for p, k in zip(params, (1.0, 1e-4, 30.0))]
+    for p, gr in zip(params, grads):
+        p.grad = gr.clone()
+    theirs = clip_grad_norm_(params, max_norm=max_norm)
+    mine_grads = [gr.clone() for gr in grads]
+    mine = _clip_one_replica(mine_grads, list(torch._foreach_norm(mine_grads)), max_norm)
+    assert torch.equal(mine.reshape(-1), theirs.reshape(-1))
+    assert all(torch.equal(a, p.grad) for a, p in zip(mine_grads, params))
+
+    engine = build_engine(tiny_llama(), train_cfg(0, 4), train=True, total_steps=10, minibatch_size=4)
+    ids, mask = minibatch()
+    backward(engine, nll_sum(engine, ids, mask) / mask.sum())
+    norms = gradient_norms(engine)
+    expected = torch.stack(norms).pow(2.0).sum().pow(0.5).item()
+    assert engine._rlhf_kept_norms is not None
+    stats = step(engine)
+    assert engine._rlhf_kept_norms is None  # used by this step's clip, then dropped
+    assert stats["grad_norm"] == expected
