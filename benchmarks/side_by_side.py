@@ -2,7 +2,7 @@
 and the ratios.
 
     pip install -e '.[bench]'        # trl==1.12.0 (its PPOTrainer is in trl.experimental.ppo up to 1.12)
-    python -m benchmarks.side_by_side ppo [--rounds 3] [--short 2] [--long 8] [--variants NAME-PREFIX ...]
+    python -m benchmarks.side_by_side ppo [--rounds 3] [--short 2] [--long 16] [--variants NAME-PREFIX ...]
     python -m benchmarks.side_by_side dpo
 
 Both systems run as whole commands (`rlhf ppo ...` / `rlhf dpo ...` and `python -m benchmarks.trl_run
@@ -58,8 +58,11 @@ def variants(job: str, model: str, data: str, held_out: str, out: Path) -> dict[
             "rlhf fp32, ray, rollout log-probs, one step off-policy": ([*ours, *rollout, *ahead, f"run.output_dir={out / 'rlhf_ray_ahead'}"], 32),
             "rlhf auto (bf16 here), ray, one step off-policy": ([*ours, *rollout, *auto, *ahead, f"run.output_dir={out / 'rlhf_ray_auto_ahead'}"], 32),
         }
+    # run.eval_every=0: DPO evaluates every 25 steps by default, which the long command would do once more than
+    # the short one (TRL's run evaluates nowhere); the evaluations at the start and the end are in both and cancel
     ours = [*rlhf, "dpo", f"policy.path={model}", f"data.path={data}", f"data.eval_path={held_out}", "dpo.batch_size=8",
-            "policy.micro_batch_size=8", "dpo.beta=0.1", "run.save_every=0", "run.resume=never", "run.steps={steps}"]
+            "policy.micro_batch_size=8", "dpo.beta=0.1", "run.save_every=0", "run.eval_every=0", "run.resume=never",
+            "run.steps={steps}"]
     return {
         "trl fp32, precomputed ref": ([*trl, "--batch", "8"], 8),
         "trl defaults (bf16 + grad ckpt), precomputed ref": ([*trl, "--batch", "8", "--bf16", "--gradient-checkpointing"], 8),
@@ -87,11 +90,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=SPEC, help="a size spec (orchestrator.synth) or a folder with reward/ inside")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--short", type=int, default=2, help="steps of the short command")
-    p.add_argument("--long", type=int, help="steps of the long command (default: 8 for ppo, 30 for dpo)")
+    p.add_argument("--long", type=int, help="steps of the long command (default: 16 for ppo, 100 for dpo: the difference "
+                                            "then lasts 15-30 s, against start-up times that vary by about a second)")
     p.add_argument("--variants", nargs="*", help="names (or unique prefixes) to run; default: all")
     p.add_argument("--out", default="runs/side_by_side")
     a = p.parse_args(argv)
-    a.long = a.long or (8 if a.job == "ppo" else 30)
+    a.long = a.long or (16 if a.job == "ppo" else 100)
     if a.long <= a.short:
         raise SystemExit("side_by_side: --long must be more than --short")
 
