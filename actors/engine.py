@@ -398,12 +398,12 @@ def _record_fp32_clip_norm(engine: DeepSpeedEngine) -> None:
         return
     from deepspeed.runtime.utils import clip_grad_norm_
 
-    engine._rlhf_keeps_norms = alone = engine.dp_world_size == 1
+    engine._rlhf_keeps_norms = engine.dp_world_size == 1  # `gradient_norms` keeps them for the clip below
 
     def clip_fp32_gradients() -> None:
         kept, engine._rlhf_kept_norms = getattr(engine, "_rlhf_kept_norms", None), None
         grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-        if alone and kept is not None and len(kept[0]) == len(grads) and all(a is b for a, b in zip(kept[0], grads)):
+        if kept is not None and len(kept[0]) == len(grads) and all(a is b for a, b in zip(kept[0], grads)):
             norm = _clip_one_replica(grads, kept[1], engine.gradient_clipping())
         else:
             norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu)
@@ -438,8 +438,8 @@ def _clip_one_replica(grads: list[torch.Tensor], norms: list[torch.Tensor], max_
 def _skip_single_replica_allreduce(engine: DeepSpeedEngine) -> None:
     """One replica at ZeRO-0 has nothing to all-reduce: DeepSpeed would still flatten every gradient into
     one buffer, scale it by 1/world, all-reduce it over a group of one and copy it back (four passes over
-    the gradients per optimizer step, 5% of a small model's DPO step on a CPU). The gradients are the same
-    without it. ZeRO 1-3 keep their reduction, which also moves gradients into their partitions."""
+    the gradients per optimizer step; about 10 ms of a 170 ms DPO step in a profile of the 7.4M-parameter
+    Llama of `rlhf bench` on a 2-core CPU). The gradients are the same without it. ZeRO 1-3 keep their reduction, which also moves gradients into their partitions."""
     if engine.dp_world_size == 1 and not engine.zero_optimization():
         engine.enable_backward_allreduce = False
 

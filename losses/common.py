@@ -86,8 +86,8 @@ class _LabelLogProb(torch.autograd.Function):
             block = logits[idx].to(lse.dtype) - lse[idx].unsqueeze(-1)  # (..., V), a new tensor
             block.exp_().mul_(-g)
             block.scatter_add_(-1, labels[idx].unsqueeze(-1), g)
-            if grad_logits is None and block.shape == logits.shape and block.dtype == logits.dtype:
-                return block, None, None  # one block: it is the gradient
+            if block.shape == logits.shape and block.dtype == logits.dtype:
+                return block, None, None  # the one block: it is the gradient
             if grad_logits is None:
                 grad_logits = torch.empty_like(logits)
             grad_logits[idx] = block.to(grad_logits.dtype)
