@@ -157,6 +157,8 @@ class TrainableConfig(ModelConfig):
     """Clip the global gradient norm to this value; 0 disables."""
     micro_batch_size: int = 8
     """Sequences per forward/backward on one replica; gradients accumulate up to the minibatch."""
+    micro_batch_tokens: int = 0
+    """0 = off. > 0: micro-batches by a token budget instead of micro_batch_size: each replica's rows sorted by length and grouped so that a micro-batch, cut to its own padding, holds at most this many padded tokens (a longer row alone); every forward and backward of the role (PPO: the policy's, the reference's and the critic's). Rows of very different lengths then stop paying for each other's padding; the update is the same up to float rounding (OpenRLHF's and verl's dynamic batch size)."""
     offload_optimizer: bool = False
     """ZeRO 1-3: keep optimizer state in CPU memory."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -172,6 +174,7 @@ class TrainableConfig(ModelConfig):
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
         check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+        check(self.micro_batch_tokens >= 0, "micro_batch_tokens", "must be >= 0 (0 = micro_batch_size rows)")
         check(not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer", "needs zero_stage >= 1")
 
 
@@ -324,5 +327,8 @@ class RewardModelConfig(TrainableConfig):
         check(self.head_init_scale > 0, "head_init_scale", "must be > 0")
         for key in ("variance_penalty", "entropy_coef", "odin_length_coef", "odin_orth_coef"):
             check(getattr(self, key) >= 0, key, "must be >= 0")
+        check(self.micro_batch_tokens == 0, "micro_batch_tokens",
+              "is not supported for reward models: ODIN's length decorrelation and the categorical entropy are "
+              "computed over each micro-batch, and length-sorted micro-batches would change them; use micro_batch_size")
 
 

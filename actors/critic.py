@@ -11,7 +11,7 @@ import os
 import torch
 
 from actors.engine import build_engine, gathered_params, load_checkpoint, save_checkpoint
-from actors.lm import ValueModel, forward_micro_batches
+from actors.lm import ValueModel, forward_micro_batches, micro_batches
 from actors.modeling import load_causal_lm, resolve_dtype
 from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, Rollout, Values
@@ -44,7 +44,9 @@ class CriticActor:
         def forward(micro: Rollout) -> torch.Tensor:
             return self._values(micro.sequences, micro.attention_mask, micro.prompt_len).float()
 
-        return Values(values=forward_micro_batches(self.engine, rollout, self.cfg.micro_batch_size, forward) * rollout.action_mask)
+        values = forward_micro_batches(self.engine, rollout, self.cfg.micro_batch_size, forward, tokens=self.cfg.micro_batch_tokens,
+                                       width=rollout.action_mask.shape[1])
+        return Values(values=values * rollout.action_mask)
 
     def train(self, exp: Experience, minibatch_rows: int) -> dict:
         """Clipped value updates: one optimizer step per minibatch of `minibatch_rows` rows of this replica
@@ -61,7 +63,8 @@ class CriticActor:
 
         stats = TrainStats()
         for mb in exp.chunks(minibatch_rows):
-            train_step(self.engine, mb.chunks(self.cfg.micro_batch_size), loss_fn, mb.mb_tokens[0].item(), "critic", stats)
+            micros = micro_batches(mb, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+            train_step(self.engine, micros, loss_fn, mb.mb_tokens[0].item(), "critic", stats)
         return stats.as_dict()
 
     def save_checkpoint(self, folder: str) -> None:

@@ -24,7 +24,7 @@ import contextlib
 import torch
 
 from actors.engine import unwrap
-from actors.lm import forward_micro_batches, sequence_token_logprobs
+from actors.lm import forward_micro_batches, micro_batches, sequence_token_logprobs
 from actors.pairs import PairLogProbs, Pairs
 from actors.policy import PolicyActor
 from actors.trainer import MicroLoss, train_step
@@ -67,7 +67,8 @@ class DPOActor(PolicyActor):
         adapters_off = unwrap(self.engine).disable_adapter if (reference and lora) else contextlib.nullcontext
         with adapters_off():
             both = forward_micro_batches(self.engine, pairs, self.cfg.micro_batch_size,
-                                         lambda micro: sequence_logprobs(self.engine, micro, self.pad_id))
+                                         lambda micro: sequence_logprobs(self.engine, micro, self.pad_id),
+                                         tokens=self.cfg.micro_batch_tokens)
         return PairLogProbs(chosen=both[:, 0].contiguous(), rejected=both[:, 1].contiguous())
 
     def train_step(self, pairs: Pairs, global_pairs: int, loss_args: dict) -> dict:
@@ -93,7 +94,8 @@ class DPOActor(PolicyActor):
             }
             return MicroLoss(losses, torch.ones_like(losses), metrics)
 
-        stats = train_step(self.engine, pairs.chunks(self.cfg.micro_batch_size), loss_fn, global_pairs, "dpo",
+        micros = micro_batches(pairs, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+        stats = train_step(self.engine, micros, loss_fn, global_pairs, "dpo",
                            model_prefix="policy")
         self.updates += 1
         return stats.as_dict()

@@ -470,14 +470,19 @@ def step(engine: DeepSpeedEngine) -> dict[str, float]:
 def any_replica(flag: bool) -> bool:
     """True when `flag` is true on any replica of this role's process group (every replica must call it:
     all of them then raise together instead of one waiting for the others in a collective)."""
+    return replica_max(1 if flag else 0) > 0
+
+
+def replica_max(value: int) -> int:
+    """The largest `value` over the replicas of this role's process group (every replica must call it)."""
     import torch.distributed as tdist
 
     if tdist.is_initialized() and tdist.get_world_size() > 1:
         device = torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        t = torch.tensor([float(value)], device=device)
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-    return flag
+        return int(t.item())
+    return value
 
 
 def unwrap(engine_or_model: DeepSpeedEngine | nn.Module) -> nn.Module:

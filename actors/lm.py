@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from typing import Iterator
 
 import torch
 from torch import nn
 
-from actors.engine import unwrap
+from actors.engine import replica_max, unwrap
+from cluster.batch import plan_micro_batches
 from losses import entropy_from_logits, log_probs_from_logits
 
 
@@ -123,22 +125,63 @@ class ValueModel(nn.Module):
         save_file(head, os.path.join(folder, self.HEAD_FILE))
 
 
+def micro_batches(batch, rows: int, tokens: int = 0) -> Iterator:
+    """This replica's micro-batches of `batch` (a `cluster.batch.Batch`), for one forward/backward each.
+
+    tokens = 0: consecutive slices of `rows` rows, in order, as they are.
+    tokens > 0 (a role's ``micro_batch_tokens``): rows sorted by length and grouped so that each
+    micro-batch, cut to its own padding (`batch.trimmed()`), holds at most `tokens` padded tokens
+    (`token_groups`); `rows` is then unused. Which rows share a micro-batch changes only the float
+    rounding of a sum, never what is computed: a minibatch's loss is a sum over its items divided by
+    their global count (`actors.trainer`).
+    """
+    if tokens <= 0:
+        return batch.chunks(rows)
+    groups = token_groups(batch, tokens)  # now: a collective, which every replica reaches at the same point
+    return (batch.select(g).trimmed() for g in groups)
+
+
+def token_groups(batch, tokens: int) -> list[list[int]]:
+    """The rows of each token-budget micro-batch of this replica (`cluster.batch.plan_micro_batches` over
+    `batch.extents()`), as many on every replica of the role: a collective, since every forward under
+    ZeRO-3 and every micro-step's finiteness check is one, so a replica with fewer splits some."""
+    extents = batch.extents()
+    forward_rows = getattr(batch, "forward_rows", 1)
+    groups = plan_micro_batches(extents, tokens, forward_rows=forward_rows)
+    count = replica_max(len(groups))
+    if count > len(groups):
+        groups = plan_micro_batches(extents, tokens, forward_rows=forward_rows, count=count)
+    return groups
+
+
 @torch.no_grad()
-def forward_micro_batches(engine, batch, size: int, fn) -> torch.Tensor:
-    """``fn(micro)`` for each micro-batch of `size` rows of `batch` (a `cluster.batch.Batch`), moved to the
-    engine's device, in eval mode and without gradients; the results concatenated row-wise on the CPU.
+def forward_micro_batches(engine, batch, size: int, fn, *, tokens: int = 0, width: int | None = None) -> torch.Tensor:
+    """``fn(micro)`` for each micro-batch of `batch` (a `cluster.batch.Batch`; `micro_batches` of `size`
+    rows or of `tokens` padded tokens), moved to the engine's device, in eval mode and without gradients;
+    the results row-wise on the CPU, in the batch's row order.
 
     The inference loop of every role (old, reference and DPO log-probs, values, reward-model outputs):
     the engine's train/eval mode is restored afterwards. Under ZeRO-3 every replica must make the
     same number of calls (each forward is a collective), which equal shards of a scatter give.
+    width: the results are (b, t) per response token and a trimmed micro-batch's t is its own; they
+    are right-padded with zeros to `width` (the batch's T).
     """
     was_training = engine.training
     engine.eval()
     device = next(unwrap(engine).parameters()).device
+    groups = token_groups(batch, tokens) if tokens > 0 else None
+    micros = batch.chunks(size) if groups is None else (batch.select(g).trimmed() for g in groups)
     try:
-        return torch.cat([fn(micro.to(device)).cpu() for micro in batch.chunks(size)])
+        outs = [fn(micro.to(device)).cpu() for micro in micros]
     finally:
         engine.train(was_training)
+    if width is not None:
+        outs = [torch.nn.functional.pad(o, (0, width - o.shape[1])) for o in outs]
+    out = torch.cat(outs)
+    if groups is None:
+        return out
+    order = torch.tensor([i for g in groups for i in g])
+    return torch.empty_like(out).index_copy_(0, order, out)
 
 
 def sequence_token_logprobs(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:

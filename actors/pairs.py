@@ -36,6 +36,16 @@ class Pairs(Batch):
     ref_chosen: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) DPO: log pi_ref(chosen | prompt)
     ref_rejected: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) DPO: log pi_ref(rejected | prompt)
 
+    forward_rows = 2  # chosen and rejected of a pair run in one forward (`stacked`)
+
+    def extents(self) -> torch.Tensor:
+        """(B, 1) the longer of chosen and rejected per pair (`cluster.batch.plan_micro_batches`)."""
+        return torch.maximum(self.chosen_mask.sum(-1), self.rejected_mask.sum(-1)).unsqueeze(1)
+
+    def trimmed(self) -> "Pairs":
+        """Itself: `stacked` cuts a micro-batch to its longest pair."""
+        return self
+
     def stacked(self, pad_id: int) -> Sequences:
         """Chosen then rejected as one (2b, T) batch for a single forward, T the longest real sequence here:
         rows 0..b-1 chosen, rows b..2b-1 rejected (row i and row b+i are one pair; do not cut it by rows,

@@ -10,7 +10,7 @@ import contextlib
 import torch
 
 from actors.engine import build_engine, export_pretrained, gathered_params, load_checkpoint, save_checkpoint, unwrap
-from actors.lm import forward_micro_batches, response_logprobs
+from actors.lm import forward_micro_batches, micro_batches, response_logprobs
 from actors.modeling import load_causal_lm, load_tokenizer
 from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, LogProbs, PromptBatch, Rollout
@@ -144,7 +144,8 @@ class PolicyActor:
         def forward(micro: Rollout) -> torch.Tensor:
             return response_logprobs(self.engine, micro.sequences, micro.attention_mask, micro.prompt_len, self.cfg.temperature)
 
-        return forward_micro_batches(self.engine, rollout, self.cfg.micro_batch_size, forward) * rollout.action_mask
+        return forward_micro_batches(self.engine, rollout, self.cfg.micro_batch_size, forward, tokens=self.cfg.micro_batch_tokens,
+                                     width=rollout.action_mask.shape[1]) * rollout.action_mask
 
     # ---------------------------------------------------------------- update
     def train(self, exp: Experience, minibatch_rows: int, aggregation: str = "token_mean", kl_coef: float = 0.0,
@@ -171,7 +172,8 @@ class PolicyActor:
 
         stats = TrainStats()
         for mb in exp.chunks(minibatch_rows):
-            train_step(self.engine, mb.chunks(cfg.micro_batch_size), loss_fn, mb.mb_tokens[0].item(), "policy", stats)
+            micros = micro_batches(mb, cfg.micro_batch_size, cfg.micro_batch_tokens)
+            train_step(self.engine, micros, loss_fn, mb.mb_tokens[0].item(), "policy", stats)
         return stats.as_dict()
 
     # ---------------------------------------------------------------- weight sync

@@ -17,10 +17,11 @@ from cluster.group import gather_as
 
 
 class ReferenceActor:
-    def __init__(self, cfg, *, model_path: str, temperature: float, micro_batch_size: int):
+    def __init__(self, cfg, *, model_path: str, temperature: float, micro_batch_size: int, micro_batch_tokens: int = 0):
         self.cfg = cfg
         self.temperature = temperature
         self.micro_batch_size = micro_batch_size
+        self.micro_batch_tokens = micro_batch_tokens
         model = load_causal_lm(model_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.engine = build_engine(model, cfg, train=False)
 
@@ -31,4 +32,5 @@ class ReferenceActor:
         def forward(micro: Rollout) -> torch.Tensor:
             return response_logprobs(self.engine, micro.sequences, micro.attention_mask, micro.prompt_len, self.temperature)
 
-        return LogProbs(logprobs=forward_micro_batches(self.engine, rollout, self.micro_batch_size, forward) * rollout.action_mask)
+        return LogProbs(logprobs=forward_micro_batches(self.engine, rollout, self.micro_batch_size, forward, tokens=self.micro_batch_tokens,
+                                                         width=rollout.action_mask.shape[1]) * rollout.action_mask)

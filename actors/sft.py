@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.lm import forward_micro_batches, sequence_token_logprobs
+from actors.lm import forward_micro_batches, micro_batches, sequence_token_logprobs
 from actors.policy import PolicyActor
 from actors.trainer import MicroLoss, train_step
 from actors.types import Sequences
@@ -52,7 +52,7 @@ class SFTActor(PolicyActor):
 
         if self.pack_length:
             batch = batch.packed(self.pack_length, self.pad_id)
-        micros = (micro.trimmed() for micro in batch.chunks(self.cfg.micro_batch_size))
+        micros = (micro.trimmed() for micro in micro_batches(batch, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens))
         return train_step(self.engine, micros, loss_fn, global_tokens, "sft", model_prefix="policy").as_dict()
 
     @gather_as("cat")
@@ -63,5 +63,5 @@ class SFTActor(PolicyActor):
             nll = torch.where(response, -token_lp, torch.zeros_like(token_lp)).sum(-1)
             return torch.stack([nll, response.sum(-1).float()], dim=1)  # (b, 2)
 
-        out = forward_micro_batches(self.engine, batch, self.cfg.micro_batch_size, forward)
+        out = forward_micro_batches(self.engine, batch, self.cfg.micro_batch_size, forward, tokens=self.cfg.micro_batch_tokens)
         return TokenLoss(nll=out[:, 0].contiguous(), tokens=out[:, 1].contiguous())

@@ -15,6 +15,21 @@ import torch
 from cluster.batch import Batch, spec
 
 
+def _prompt_response_extents(batch) -> torch.Tensor:
+    """(B, 2): real prompt tokens (the prompt is left-padded to P) and response tokens (right-padded to T) per row."""
+    P = batch.prompt_len
+    return torch.stack([batch.attention_mask[:, :P].sum(-1), batch.action_mask.sum(-1)], dim=1)
+
+
+def _prompt_response_trimmed(batch):
+    """The rows cut to their own padding: the prompt columns no row uses (left) and the response columns
+    after the longest response (right). Every real token keeps its position (`actors.lm.position_ids`)."""
+    extents = _prompt_response_extents(batch)
+    P = batch.prompt_len
+    prompt, response = int(extents[:, 0].max()), max(1, int(extents[:, 1].max()))
+    return batch.cut(L=slice(P - prompt, P + response), T=slice(0, response))
+
+
 @dataclass
 class PromptBatch(Batch):
     input_ids: torch.Tensor = spec("B P", torch.long)  # (B, P) prompt tokens, left-padded
@@ -42,6 +57,14 @@ class Rollout(Batch):
     def prompt_len(self) -> int:
         return self.sequences.shape[1] - self.action_mask.shape[1]
 
+    def extents(self) -> torch.Tensor:
+        """(B, 2) real prompt and response tokens per row (`cluster.batch.plan_micro_batches`)."""
+        return _prompt_response_extents(self)
+
+    def trimmed(self):
+        """These rows without the padding none of them needs (a micro-batch of a token budget)."""
+        return _prompt_response_trimmed(self)
+
 
 @dataclass
 class Scores(Batch):
@@ -66,6 +89,14 @@ class Experience(Batch):
     def prompt_len(self) -> int:
         return self.sequences.shape[1] - self.action_mask.shape[1]
 
+    def extents(self) -> torch.Tensor:
+        """(B, 2) real prompt and response tokens per row (`cluster.batch.plan_micro_batches`)."""
+        return _prompt_response_extents(self)
+
+    def trimmed(self):
+        """These rows without the padding none of them needs (a micro-batch of a token budget)."""
+        return _prompt_response_trimmed(self)
+
 
 @dataclass
 class Sequences(Batch):
@@ -76,6 +107,10 @@ class Sequences(Batch):
     attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, L) 1 on tokens, 0 on padding
     response_mask: torch.Tensor = spec("B L", torch.long)  # (B, L) 1 on response tokens (positions of input_ids, not shifted)
     position_ids: torch.Tensor = spec("B L", torch.long, optional=True)  # (B, L) packed rows only: positions restart at 0 for each example
+
+    def extents(self) -> torch.Tensor:
+        """(B, 1) real tokens per row (`cluster.batch.plan_micro_batches`)."""
+        return self.attention_mask.sum(-1, keepdim=True)
 
     def trimmed(self) -> "Sequences":
         """The same rows cut to their longest real sequence (a micro-batch carries no padding beyond its own)."""

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover
 
 import torch
 
-__all__ = ["Batch", "BatchError", "spec"]
+__all__ = ["Batch", "BatchError", "plan_micro_batches", "spec"]
 
 _SPEC_KEY = "batch_spec"
 _DIM_RE = re.compile(r"^(?:(?P<int>\d+)|(?P<name>[A-Za-z_]\w*)(?:(?P<sign>[+-])(?P<off>\d+))?)$")
@@ -197,6 +197,23 @@ class Batch:
         size = rows // n
         return [self.select(slice(i * size, (i + 1) * size)) for i in range(n)]
 
+    def cut(self, **dims: slice) -> Self:
+        """The same rows with the named dims of `spec` fields sliced, e.g. ``cut(L=slice(3, 40), T=slice(0, 8))``
+        (a dim with an offset, ``T-1``, is sliced as its base); fields without a spec and lists are kept. A copy."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            declared = f.metadata.get(_SPEC_KEY)
+            if isinstance(value, torch.Tensor) and declared is not None:
+                index = [slice(None)] * value.dim()
+                for axis, d in enumerate(declared[0][1:], start=1):
+                    name, _ = _parse_dim(d)
+                    if name in dims:
+                        index[axis] = dims[name]
+                value = value[tuple(index)].contiguous()
+            out[f.name] = value
+        return type(self)(**out)
+
     def chunks(self, size: int) -> Iterator[Self]:
         """Consecutive row slices of `size` rows (the last may be shorter): micro-batches, in order."""
         if size < 1:
@@ -237,3 +254,41 @@ class Batch:
             else:
                 raise BatchError(f"{cls.__name__}.cat: field {f.name} mixes {sorted(k.__name__ for k in kinds)}")
         return cls(**out)
+
+
+def plan_micro_batches(extents: torch.Tensor, tokens: int, *, forward_rows: int = 1, count: int = 0) -> list[list[int]]:
+    """Rows grouped into micro-batches of at most `tokens` padded tokens each, longest rows first.
+
+    extents: (B, k) real tokens of each row in each of k padded segments (a rollout's prompt and
+    response; one segment for right-padded rows): a micro-batch, cut to its own padding, is as wide as
+    the sum over segments of its rows' longest extent, and costs forward_rows x rows x width tokens
+    (forward_rows = 2 for preference pairs, whose chosen and rejected rows run in one forward). Rows are
+    taken in order of their total extent, longest first (ties by row), and a micro-batch is closed
+    when the next row would take it over `tokens`; a row over `tokens` on its own is a micro-batch
+    alone. count > 0: split the micro-batches with the most rows in two until there are `count` (every
+    replica of a role must make the same number of forward calls), at most one per row.
+    Returns the row indices of each micro-batch.
+    """
+    rows = extents.shape[0]
+    if tokens < 1:
+        raise ValueError(f"plan_micro_batches: tokens must be >= 1, got {tokens}")
+    if count > rows:
+        raise ValueError(f"plan_micro_batches: {count} micro-batches of {rows} rows")
+    ext = extents.long().reshape(rows, -1).tolist()
+    order = sorted(range(rows), key=lambda i: (-sum(ext[i]), i))
+    groups: list[list[int]] = []
+    widest: list[int] = []
+    for i in order:
+        if groups:
+            grown = [max(a, b) for a, b in zip(widest, ext[i])]
+            if forward_rows * (len(groups[-1]) + 1) * sum(grown) <= tokens:
+                groups[-1].append(i)
+                widest = grown
+                continue
+        groups.append([i])
+        widest = list(ext[i])
+    while len(groups) < count:
+        k = max(range(len(groups)), key=lambda j: (len(groups[j]), -j))
+        g = groups[k]
+        groups[k:k + 1] = [g[: (len(g) + 1) // 2], g[(len(g) + 1) // 2:]]
+    return groups

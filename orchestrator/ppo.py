@@ -102,6 +102,7 @@ def start_roles(cfg: PPOConfig, policy_path: str, total_optimizer_steps: int) ->
                 model_path=cfg.reference.path or policy_path,
                 temperature=cfg.policy.temperature,
                 micro_batch_size=cfg.policy.micro_batch_size,
+                micro_batch_tokens=cfg.policy.micro_batch_tokens,
             ),
         )
     if "generator" in hosted:

@@ -59,6 +59,20 @@ def test_zero_stages_at_two_replicas_equal_one_replica(model_dir, tmp_path, ray_
     _assert_same(_first_step(one), _first_step(two))
 
 
+@pytest.mark.slow  # two PPO runs, one in ray mode
+def test_token_budget_at_two_zero3_replicas_equals_one_local_replica(model_dir, tmp_path, ray_cluster):
+    """micro_batch_tokens on the policy (and so the reference) and the critic, each sharded over two ZeRO-3
+    replicas whose rows differ in length: every replica makes as many forward calls (else a collective
+    would hang), and the step is the one-process step."""
+    from orchestrator.ppo import train
+
+    budget = ("policy.micro_batch_tokens=40", "critic.micro_batch_tokens=40")
+    train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *DETERMINISTIC, *budget))
+    train(tiny_ppo_config(model_dir, str(tmp_path / "ray"), *DETERMINISTIC, *budget, "run.mode=ray", "policy.replicas=2",
+                          "critic.replicas=2", "policy.zero_stage=3", "critic.zero_stage=3", "reference.zero_stage=3"))
+    _assert_same(_first_step(tmp_path / "local"), _first_step(tmp_path / "ray"))
+
+
 def test_critic_free_local_and_ray_give_the_same_run_with_three_roles(model_dir, tmp_path, ray_cluster):
     """GRPO with 4 sampled responses per prompt and the KL in the loss: two steps (sampling on, one policy
     replica, so both modes draw the same responses) give the same metrics, and ray mode starts no critic."""
