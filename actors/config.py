@@ -123,7 +123,7 @@ class ModelConfig(PlacementConfig):
     path: str = "builtin:tiny"
     """Hugging Face model name or local folder; 'builtin:tiny' (or builtin:small, builtin:50m) builds a Llama model locally, no download."""
     dtype: Dtype = "fp32"
-    """Parameter and compute dtype: fp32, bf16 (trained roles keep fp32 master weights and AdamW state; log-probs are reduced in fp32), or auto: bf16 where the replica's hardware computes it natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else fp32."""
+    """Parameter and compute dtype: fp32, bf16 (trained roles keep fp32 master weights and AdamW state and accumulate and all-reduce gradients in fp32, through DeepSpeed's bf16 optimizer, which runs from ZeRO stage 1, so zero_stage=0 trains at 1; log-probs are reduced in fp32), or auto: bf16 where the replica's hardware computes it natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else fp32."""
     trust_remote_code: bool = False
     """Allow model code from the model's repository to run. Off unless you trust the source."""
     zero_stage: int = 0

@@ -158,8 +158,8 @@ def deepspeed_config(
     train=True needs a `TrainableConfig` and `minibatch_size`, the GLOBAL number of sequences per
     optimizer step (e.g. ``ppo.minibatch_size``); it must be divisible by ``world_size *
     cfg.micro_batch_size`` and gives ``gradient_accumulation_steps = minibatch_size / (world_size *
-    micro_batch_size)``. Sets: ZeRO stage, optimizer/parameter CPU offload, bf16 (with fp32 gradient
-    accumulation at ZeRO >= 1), torch AdamW with its fused kernel
+    micro_batch_size)``. Sets: ZeRO stage, optimizer/parameter CPU offload, bf16 (fp32 master weights and
+    fp32 gradient accumulation, so a bf16 role asking for stage 0 trains at stage 1), torch AdamW with its fused kernel
     (``torch_adam``: never FusedAdam or DeepSpeedCPUAdam, which compile; DeepSpeed picks torch AdamW
     even with optimizer offload, and then runs it on the offloaded fp32 CPU copies), gradient
     clipping, and the caller-owned accumulation boundary (module docstring).
@@ -175,6 +175,12 @@ def deepspeed_config(
     rank in ZeRO-3, which tests set to 0 to partition a tiny model).
     """
     zero_stage = cfg.zero_stage
+    bf16 = resolve_dtype(cfg.dtype) == "bf16"
+    if train and bf16 and zero_stage == 0:
+        # DeepSpeed's ZeRO-0 bf16 wrapper accumulates micro-batch gradients in bf16 (8 bits of mantissa);
+        # its bf16 optimizer at stage 1 accumulates them in fp32. With one replica stage 1 shards nothing;
+        # with several it shards the optimizer state, which only saves memory.
+        zero_stage = 1
     offload_params = cfg.offload_params and zero_stage == 3
     pin = torch.cuda.is_available()  # pinned host memory speeds up H2D copies; meaningless on CPU
     zero: dict[str, Any] = {"stage": zero_stage if (train or zero_stage == 3) else 0}
@@ -216,13 +222,14 @@ def deepspeed_config(
                         "fused": True,
                     },
                 },
-                "bf16": {"enabled": resolve_dtype(cfg.dtype) == "bf16"},
+                "bf16": {"enabled": bf16},
             }
         )
-        if resolve_dtype(cfg.dtype) == "bf16" and zero_stage >= 1:
-            # Accumulate micro-batch gradients in fp32 (bf16 keeps 8 bits of mantissa). DeepSpeed
-            # supports this for ZeRO 1-3 only; at ZeRO-0 bf16 gradients accumulate in bf16.
+        if bf16:
+            # micro-batch gradients accumulate in fp32 (stage >= 1, above), and replicas reduce them in fp32:
+            # DeepSpeed's default for a bf16 model casts them to bf16 to communicate, even over one replica
             ds["data_types"] = {"grad_accum_dtype": "fp32"}
+            ds["communication_data_type"] = "fp32"
     else:
         # DeepSpeed validates batch sizes even without an optimizer.
         ds.update(
@@ -335,8 +342,10 @@ def build_engine(
     ds_cfg = deepspeed_config(cfg, train=train, world_size=world_size, minibatch_size=minibatch_size, overrides=overrides)
     zero = ds_cfg["zero_optimization"]
     log.info(
-        "DeepSpeed engine: %s, ZeRO-%d, %s, %d replica(s), micro-batch %s x %s accumulation, offload %s",
-        "train" if train else "frozen", zero["stage"], resolve_dtype(cfg.dtype), world_size, ds_cfg["train_micro_batch_size_per_gpu"],
+        "DeepSpeed engine: %s, ZeRO-%d%s, %s, %d replica(s), micro-batch %s x %s accumulation, offload %s",
+        "train" if train else "frozen", zero["stage"],
+        " (zero_stage=0 in bf16: DeepSpeed accumulates gradients in fp32 from stage 1)" if zero["stage"] > cfg.zero_stage else "",
+        resolve_dtype(cfg.dtype), world_size, ds_cfg["train_micro_batch_size_per_gpu"],
         ds_cfg["gradient_accumulation_steps"], [k for k in ("offload_optimizer", "offload_param") if k in zero] or "none",
     )
     if train:
@@ -439,8 +448,12 @@ def _skip_single_replica_allreduce(engine: DeepSpeedEngine) -> None:
     """One replica at ZeRO-0 has nothing to all-reduce: DeepSpeed would still flatten every gradient into
     one buffer, scale it by 1/world, all-reduce it over a group of one and copy it back (four passes over
     the gradients per optimizer step; about 10 ms of a 170 ms DPO step in a profile of the 7.4M-parameter
-    Llama of `rlhf bench` on a 2-core CPU). The gradients are the same without it. ZeRO 1-3 keep their reduction, which also moves gradients into their partitions."""
-    if engine.dp_world_size == 1 and not engine.zero_optimization():
+    Llama of `rlhf bench` on a 2-core CPU). The gradients are the same without it. The same holds for
+    DeepSpeed's bf16 optimizer (a lone bf16 replica trains at stage 1), whose reduction is an all-reduce of
+    its fp32 gradients. ZeRO 1-3 otherwise keep their reduction, which also moves gradients into their partitions."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    if engine.dp_world_size == 1 and (not engine.zero_optimization() or isinstance(engine.optimizer, BF16_Optimizer)):
         engine.enable_backward_allreduce = False
 
 

@@ -256,6 +256,10 @@ def test_deepspeed_config_batch_arithmetic_and_frozen_stages():
     assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert off["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert off["bf16"]["enabled"] and off["data_types"]["grad_accum_dtype"] == "fp32"
+    assert off["communication_data_type"] == "fp32"  # replicas add up fp32 gradients
+    lone = deepspeed_config(train_cfg(0, 4, dtype="bf16"), train=True, world_size=1, minibatch_size=4)
+    assert lone["zero_optimization"]["stage"] == 1 and lone["data_types"]["grad_accum_dtype"] == "fp32"
+    assert deepspeed_config(train_cfg(0, 4), train=True, world_size=1, minibatch_size=4)["zero_optimization"]["stage"] == 0
     frozen = deepspeed_config(ModelConfig(zero_stage=2), train=False, world_size=2)
     assert frozen["zero_optimization"]["stage"] == 0 and "optimizer" not in frozen
     assert deepspeed_config(ModelConfig(zero_stage=3), train=False, world_size=2)["zero_optimization"]["stage"] == 3
@@ -516,3 +520,32 @@ def test_one_replica_clips_with_the_checks_norms_bitwise_as_deepspeed(max_norm):
     stats = step(engine)
     assert engine._rlhf_kept_norms is None  # used by this step's clip, then dropped
     assert stats["grad_norm"] == expected
+
+
+def test_bf16_accumulates_micro_batch_gradients_in_fp32_at_every_stage():
+    """bf16 training at zero_stage=0 (where DeepSpeed would accumulate micro-batch gradients in bf16)
+    runs DeepSpeed's bf16 optimizer at stage 1: the step's gradient is the fp32 sum of each micro-batch's
+    bf16 gradient, as at ZeRO 1-3. Reference: the engine's own bf16 module, 4 micro-batches of one row,
+    each backward alone in plain PyTorch, summed in fp32; their bf16 sum (8 bits of mantissa) is
+    detectably off."""
+    ids, mask = minibatch()
+    n_global = mask.sum()
+    engine = build_engine(tiny_llama(), train_cfg(0, 1, dtype="bf16"), train=True, minibatch_size=4)
+    assert engine.zero_optimization_stage() == 1 and engine.bfloat16_enabled()
+    module = engine.module
+    fp32_sum = [torch.zeros_like(p, dtype=torch.float32) for p in module.parameters()]
+    bf16_sum = [torch.zeros_like(p) for p in module.parameters()]
+    for k in range(4):
+        (nll_sum(module, ids[k:k + 1], mask[k:k + 1]) / n_global).backward()
+        for a, b, p in zip(fp32_sum, bf16_sum, module.parameters()):
+            a += p.grad.float()
+            b += p.grad
+            p.grad = None
+    fp32_norm = torch.cat([g.flatten() for g in fp32_sum]).norm().item()
+    bf16_norm = torch.cat([g.float().flatten() for g in bf16_sum]).norm().item()
+    assert abs(bf16_norm - fp32_norm) > 2e-5 * fp32_norm  # what a bf16 accumulation reports
+
+    for k in range(4):
+        backward(engine, nll_sum(engine, ids[k:k + 1], mask[k:k + 1]) / n_global)
+    stats = step(engine)
+    assert stats["grad_norm"] == pytest.approx(fp32_norm, rel=1e-6)

@@ -61,6 +61,22 @@ def test_resume_equals_uninterrupted(model_dir, tmp_path):
             assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), (ra["step"], key)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_bf16_roles_resume_exactly(model_dir, tmp_path, lora):
+    """bf16 policy, critic and reference: the trained roles run DeepSpeed's bf16 optimizer (fp32 master
+    weights, fp32 gradient accumulation; stage 1 even at zero_stage=0), whose checkpoint resumes exactly."""
+    from orchestrator.ppo import train
+
+    bf16 = ["policy.dtype=bf16", "critic.dtype=bf16", "reference.dtype=bf16", *(["policy.lora.enabled=true"] if lora else [])]
+    train(tiny_ppo_config(model_dir, str(tmp_path / "full"), *bf16, "run.steps=3"))
+    train(tiny_ppo_config(model_dir, str(tmp_path / "split"), *bf16, "run.steps=2"))
+    train(tiny_ppo_config(model_dir, str(tmp_path / "split"), *bf16, "run.steps=3"))
+    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "split")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):  # (the split run also evaluates at its first end, step 2)
+        assert {k: v for k, v in ra.items() if not k.startswith("time/")} == {k: rb[k] for k in ra if not k.startswith("time/")}
+
+
 def test_update_changes_every_trainable_param_and_not_the_reference(model_dir):
     import cluster
     from actors.critic import CriticActor
