@@ -253,7 +253,10 @@ def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
     phase_s = {p: statistics.mean(r[f"time/{p}"] for r in records) for p in phases}
     prompt = statistics.mean(r["length/prompt_padded"] for r in records)
     response = statistics.mean(r["length/response_padded"] for r in records)
-    w = workload_of_config(cfg, prompt_len=round(prompt), response_len=round(response))
+    # model FLOPs count the real tokens, not the padding (which micro_batch_tokens does not compute)
+    real_prompt = statistics.mean(r["length/prompt_mean"] for r in records)
+    real_response = statistics.mean(r["length/mean"] for r in records)
+    w = workload_of_config(cfg, prompt_len=real_prompt, response_len=real_response)
     flops: dict[str, float] = {}
     dtype = {}
     for name, role in w.roles.items():
@@ -272,6 +275,7 @@ def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
     response_tokens = statistics.mean(r["length/mean"] for r in records) * n
     return {"rollout_batch_size": n, "samples_per_prompt": cfg.ppo.samples_per_prompt, "max_new_tokens": cfg.policy.max_new_tokens,
             "advantage_estimator": cfg.ppo.advantage_estimator, "padded_prompt_len": prompt, "padded_response_len": response,
+            "prompt_len_mean": round(real_prompt, 2), "response_len_mean": round(real_response, 2),
             "phase_s": {p: round(s, 4) for p, s in phase_s.items()},
             "phase_mfu": {p: round(flops[p] / s / peak[dtype[p]], 4) for p, s in phase_s.items() if p in flops},
             "samples_per_s": round(n / step_s, 2), "response_tokens_per_step": round(response_tokens, 1),

@@ -387,10 +387,11 @@ def workload_of_point(row: dict, run_dir: Path) -> Workload:
                               response_len=round(row.get("response_len") or cfg.policy.max_new_tokens))
 
 
-def workload_of_config(cfg, prompt_len: int, response_len: int) -> Workload:
+def workload_of_config(cfg, prompt_len: float, response_len: float) -> Workload:
     """The `Workload` of a PPO config: the roles it hosts (`orchestrator.ppo.hosted_roles`; a reward that
     is not a model has none), their models' config.json, colocation as `cluster.placement.plan_resources`
-    resolves it, at the given padded lengths."""
+    resolves it, at the given lengths (padded for a cost prediction; `rlhf bench` gives the mean real
+    lengths, for model FLOPs)."""
     from actors.modeling import resolve_dtype
     from cluster.placement import plan_resources
     from orchestrator.builtin import resolve_model_path

@@ -396,6 +396,7 @@ def ppo_step(roles: Roles, cfg: PPOConfig, next_prompts, kl_ctl: KLController, m
     # the widths the models compute on (padding included), for the cost model (`orchestrator.costmodel`)
     metrics["length/prompt_padded"] = float(rollout.prompt_len)
     metrics["length/response_padded"] = float(rollout.action_mask.shape[1])
+    metrics["length/prompt_mean"] = float(rollout.attention_mask[:, :rollout.prompt_len].sum(-1).float().mean())
     return metrics
 
 

@@ -25,6 +25,8 @@ def test_bench_ppo_reports_every_phase(tmp_path, capsys):
                  "--out", str(tmp_path), "run.mode=local", "ppo.rollout_batch_size=8", "ppo.minibatch_size=8"]) == 0
     r = json.loads((tmp_path / "bench_ppo_local.json").read_text())
     assert r["steps_measured"] == 1 and r["max_new_tokens"] == 5 and r["padded_prompt_len"] == 6
+    # model FLOPs count real tokens: the spec's word-level prompts are exact, responses may stop at EOS
+    assert r["prompt_len_mean"] == 6 and 1 <= r["response_len_mean"] <= 5
     assert set(r["phase_s"]) == {"generate", "score", "reference", "old_logprobs", "values", "advantages",
                                  "critic_update", "policy_update", "driver"}
     assert r["step_s"] == pytest.approx(sum(r["phase_s"].values()), rel=0.05)
