@@ -327,8 +327,10 @@ class RewardModelConfig(TrainableConfig):
         check(self.head_init_scale > 0, "head_init_scale", "must be > 0")
         for key in ("variance_penalty", "entropy_coef", "odin_length_coef", "odin_orth_coef"):
             check(getattr(self, key) >= 0, key, "must be >= 0")
-        check(self.micro_batch_tokens == 0, "micro_batch_tokens",
-              "is not supported for reward models: ODIN's length decorrelation and the categorical entropy are "
-              "computed over each micro-batch, and length-sorted micro-batches would change them; use micro_batch_size")
+        batch_terms = self.objective == "odin" or (self.objective == "categorical" and self.entropy_coef > 0)
+        check(self.micro_batch_tokens == 0 or not batch_terms, "micro_batch_tokens",
+              f"is not supported with objective={self.objective}: ODIN's length decorrelation and the categorical "
+              "entropy bonus are computed over each micro-batch, and length-sorted micro-batches would change them; "
+              "use micro_batch_size")
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from actors.engine import build_engine, export_pretrained, load_checkpoint, save_checkpoint
-from actors.lm import forward_micro_batches
+from actors.lm import forward_micro_batches, micro_batches
 from actors.pairs import Pairs
 from actors.reward_head import RewardHead
 from actors.scoring import sequence_outputs
@@ -53,11 +53,13 @@ def _forward(model, pairs: Pairs, pad_id: int, pooling: str) -> tuple[torch.Tens
     return out[:b], out[b:]
 
 
-def pair_outputs(model, pairs: Pairs, pad_id: int, pooling: str, micro_batch_size: int) -> PairOutputs:
-    """Head outputs of every pair in eval mode, `micro_batch_size` pairs per forward, pooled per `pooling`
-    (`actors.scoring`); `model` is a Hugging Face sequence classifier or a DeepSpeed engine around one."""
+def pair_outputs(model, pairs: Pairs, pad_id: int, pooling: str, micro_batch_size: int, tokens: int = 0) -> PairOutputs:
+    """Head outputs of every pair in eval mode, `micro_batch_size` pairs (or `tokens` padded tokens,
+    `actors.lm.micro_batches`) per forward, pooled per `pooling` (`actors.scoring`); `model` is a Hugging
+    Face sequence classifier or a DeepSpeed engine around one."""
     both = forward_micro_batches(model, pairs, micro_batch_size,
-                                 lambda micro: torch.stack(_forward(model, micro, pad_id, pooling), dim=1))  # (B, 2, K)
+                                 lambda micro: torch.stack(_forward(model, micro, pad_id, pooling), dim=1),  # (B, 2, K)
+                                 tokens=tokens)
     return PairOutputs(chosen=both[:, 0].contiguous(), rejected=both[:, 1].contiguous())
 
 
@@ -138,12 +140,13 @@ class RewardModelActor:
                            "margin": (mean_c - mean_r).mean(), **terms.parts}
             return MicroLoss(terms.pair, torch.ones_like(terms.pair), metrics, batch_term=terms.batch)
 
-        return train_step(self.engine, pairs.chunks(self.cfg.micro_batch_size), loss_fn, global_pairs, "rm").as_dict()
+        micros = micro_batches(pairs, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+        return train_step(self.engine, micros, loss_fn, global_pairs, "rm").as_dict()
 
     @gather_as("cat")
     def outputs(self, pairs: Pairs) -> PairOutputs:
         """Head outputs (eval mode, no gradients) of this replica's pairs."""
-        return pair_outputs(self.engine, pairs, self.pad_id, self.head.pooling, self.cfg.micro_batch_size)
+        return pair_outputs(self.engine, pairs, self.pad_id, self.head.pooling, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
 
     def save_checkpoint(self, folder: str) -> None:
         save_checkpoint(self.engine, folder, tag="reward_model")

@@ -153,30 +153,36 @@ def gpt2(tmp_path_factory):
     return fam
 
 
-@pytest.mark.parametrize("job", ["sft", "dpo", "ppo"])
+@pytest.mark.parametrize("job", ["sft", "dpo", "ppo", "rm"])
 def test_a_run_with_a_token_budget_equals_one_with_row_micro_batches(job, gpt2, tmp_path):
-    """GPT-2 (learned positions, pad == eos): SFT, DPO and PPO with its critic, 2 steps each, with
-    micro_batch_tokens and with micro_batch_size: every logged number agrees to float rounding."""
+    """GPT-2 (learned positions, pad == eos): SFT, DPO, PPO with its critic and a Bradley-Terry reward
+    model, 2 steps each, with micro_batch_tokens and with micro_batch_size: every logged number agrees
+    to float rounding."""
     from families import run_job
 
     fam = gpt2
     common = {
         "sft": [f"data.path={fam['sft']}", f"data.eval_path={fam['sft']}", "sft.batch_size=8"],
         "dpo": [f"data.path={fam['prefs']}", f"data.eval_path={fam['prefs']}", "dpo.batch_size=8"],
+        "rm": [f"data.path={fam['prefs']}", f"data.eval_path={fam['prefs']}", "rm.batch_size=8", "model.head_init_scale=1.0"],
         "ppo": [f"data.path={fam['prompts']}", f"data.eval_path={fam['prompts']}", "ppo.rollout_batch_size=8",
                 "ppo.minibatch_size=4", "critic.micro_batch_size=2", "reward.kind=function",
                 "reward.function=ppo_helpers:length_reward"],
     }[job]
-    base = ["run.mode=local", f"policy.path={fam['model']}", "policy.max_new_tokens=8", "policy.micro_batch_size=2",
-            "policy.warmup_steps=0", *common]
-    budget = ["policy.micro_batch_tokens=48"] + (["critic.micro_batch_tokens=48"] if job == "ppo" else [])
+    role = "model" if job == "rm" else "policy"
+    base = ["run.mode=local", f"{role}.path={fam['model']}", f"{role}.micro_batch_size=2", f"{role}.warmup_steps=0", *common,
+            *(["policy.max_new_tokens=8"] if job != "rm" else [])]
+    budget = [f"{role}.micro_batch_tokens=48"] + (["critic.micro_batch_tokens=48"] if job == "ppo" else [])
     run_job(job, tmp_path / "rows", *base)
     run_job(job, tmp_path / "tokens", *base, *budget)
     _same_run(tmp_path / "rows", tmp_path / "tokens")
 
 
-def test_a_reward_model_refuses_a_token_budget():
+def test_a_reward_model_with_batch_terms_refuses_a_token_budget():
     from orchestrator.config import ConfigError, load_job_config
 
-    with pytest.raises(ConfigError, match=r"model\.micro_batch_tokens.*not supported for reward models"):
-        load_job_config("rm", None, ["model.micro_batch_tokens=512"])
+    for objective in ("odin", "categorical"):
+        with pytest.raises(ConfigError, match=rf"model\.micro_batch_tokens.*not supported with objective={objective}"):
+            load_job_config("rm", None, ["model.micro_batch_tokens=512", f"model.objective={objective}",
+                                         "model.entropy_coef=0.1"])
+    load_job_config("rm", None, ["model.micro_batch_tokens=512", "model.objective=categorical", "model.entropy_coef=0"])
