@@ -39,15 +39,36 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="builtin:tiny-base",
                    help="builtin:<size>[-base], a model folder or hub name, or a size spec family:key=value,... "
                         "(e.g. llama:vocab=8192,hidden=256,intermediate=704,layers=4,heads=4)")
-    p.add_argument("--prompt-len", type=int, default=32, help="tokens per synthesised prompt")
-    p.add_argument("--response-len", type=int, default=32,
-                   help="tokens per synthesised response (PPO: policy.max_new_tokens unless overridden)")
+    p.add_argument("--prompt-len", type=_length, default=32,
+                   help="tokens per synthesised prompt: N, or LO:HI for lengths drawn uniformly per row")
+    p.add_argument("--response-len", type=_length, default=32,
+                   help="tokens per synthesised response, N or LO:HI (PPO: N, policy.max_new_tokens unless overridden)")
     p.add_argument("--rows", type=int, default=256, help="synthesised training rows")
     p.add_argument("--steps", type=int, default=3, help="measured steps")
     p.add_argument("--warmup", type=int, default=1, help="steps run before the measured ones")
     p.add_argument("--out", default="runs/bench", help="folder for bench_<job>_<mode>.json and the synthesised data")
     p.add_argument("--config", help="YAML file with config values")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. run.mode=local policy.dtype=bf16")
+
+
+def _length(text: str) -> int | tuple[int, int]:
+    """--prompt-len / --response-len: "N" or "LO:HI" tokens (1 <= LO <= HI)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        lo_n, hi_n = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N or LO:HI tokens") from None
+    if not 1 <= lo_n <= hi_n:
+        raise argparse.ArgumentTypeError(f"{text!r}: lengths must be >= 1 and LO <= HI")
+    return lo_n if lo_n == hi_n else (lo_n, hi_n)
+
+
+def _longest(length: int | tuple[int, int]) -> int:
+    return length if isinstance(length, int) else length[1]
+
+
+def _shown(length, sep: str = "-") -> str:
+    return str(length) if isinstance(length, int) else f"{length[0]}{sep}{length[1]}"
 
 
 def resolve_model(model: str) -> str:
@@ -68,8 +89,10 @@ def resolve_model(model: str) -> str:
     return path
 
 
-def bench_data(job: str, model_dir: str, out: Path, rows: int, prompt_len: int, response_len: int) -> list[str]:
-    """Synthesised train and held-out files for `job` and the overrides that point the job at them."""
+def bench_data(job: str, model_dir: str, out: Path, rows: int, prompt_len: int | tuple[int, int],
+               response_len: int | tuple[int, int]) -> list[str]:
+    """Synthesised train and held-out files for `job` and the overrides that point the job at them (a length
+    is N tokens or (lo, hi), `orchestrator.synth.synth_rows`)."""
     from actors.modeling import load_tokenizer
     from orchestrator.synth import synth_rows, write_rows
 
@@ -77,9 +100,10 @@ def bench_data(job: str, model_dir: str, out: Path, rows: int, prompt_len: int, 
     tokenizer = load_tokenizer(model_dir)
     data = synth_rows(kind, tokenizer, rows + EVAL_ROWS, prompt_len, response_len, seed=0)
     folder = out / "data"
-    train = write_rows(folder / f"{kind}-{prompt_len}-{response_len}.jsonl", data[:rows])
-    held_out = write_rows(folder / f"{kind}-{prompt_len}-{response_len}-eval.jsonl", data[rows:])
-    limits = [f"data.max_prompt_tokens={4 * prompt_len + 8}", f"data.max_response_tokens={4 * response_len + 8}"]
+    name = f"{kind}-{_shown(prompt_len, '_')}-{_shown(response_len, '_')}"
+    train = write_rows(folder / f"{name}.jsonl", data[:rows])
+    held_out = write_rows(folder / f"{name}-eval.jsonl", data[rows:])
+    limits = [f"data.max_prompt_tokens={4 * _longest(prompt_len) + 8}", f"data.max_response_tokens={4 * _longest(response_len) + 8}"]
     return [f"data.path={train}", f"data.eval_path={held_out}", *limits]
 
 
@@ -119,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.warmup < 0 or args.rows < 1:
         raise SystemExit("rlhf bench: --steps and --rows must be >= 1 and --warmup >= 0")
+    if args.job == "ppo" and not isinstance(args.response_len, int):
+        raise SystemExit("rlhf bench ppo: --response-len is policy.max_new_tokens (a sampled response ends at EOS "
+                         "or there): give one number")
     model_dir = resolve_model(args.model)
     out = Path(args.out)
     overrides = [*job_overrides(args.job, model_dir, out),
@@ -287,7 +314,7 @@ def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
 def print_result(r: dict) -> None:
     lora = ", LoRA" if r["lora"] else ""
     print(f"\nrlhf bench {r['job']}: {r['model']} ({r['parameters']:,} params), {r['mode']} mode, {r['dtype']}, "
-          f"ZeRO-{r['zero_stage']}{lora}, prompts {r['prompt_len']} + responses {r['response_len']} tokens, "
+          f"ZeRO-{r['zero_stage']}{lora}, prompts {_shown(r['prompt_len'], '..')} + responses {_shown(r['response_len'], '..')} tokens, "
           f"mean of {r['steps_measured']} steps after {r['warmup_steps']} warm-up")
     print(f"machine peak ({r['cores']} cores, measured): fp32 {r['peak_flops']['fp32']:.0f} GFLOP/s, bf16 {r['peak_flops']['bf16']:.0f} GFLOP/s; "
           f"threads per replica: " + ", ".join(f"{k} {v}" for k, v in r["threads_per_replica"].items()))

@@ -127,15 +127,20 @@ def spec_model_dir(spec: str, cache_dir: Optional[str] = None, seed: int = 0) ->
     return str(_build_atomically(cache_root(cache_dir) / "spec" / f"{family}-{key}", build))
 
 
-def synth_rows(kind: str, tokenizer, n: int, prompt_len: int, response_len: int, seed: int = 0) -> list[dict]:
-    """`n` rows of `kind` (prompts | preferences | sft) of random non-special tokens, decoded to text."""
+def synth_rows(kind: str, tokenizer, n: int, prompt_len: int | tuple[int, int], response_len: int | tuple[int, int],
+               seed: int = 0) -> list[dict]:
+    """`n` rows of `kind` (prompts | preferences | sft) of random non-special tokens, decoded to text. A
+    length is a number of tokens, or (lo, hi): each prompt and each response draws its own, uniform in
+    lo..hi (chosen and rejected each their own)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rng = random.Random(seed)
     special = set(tokenizer.all_special_ids)
     ids = [i for i in range(len(tokenizer)) if i not in special]
 
-    def text(length: int) -> str:
+    def text(length: int | tuple[int, int]) -> str:
+        if not isinstance(length, int):  # (a fixed length draws nothing here: the same rows as ever)
+            length = rng.randint(*length)
         return tokenizer.decode([rng.choice(ids) for _ in range(length)], skip_special_tokens=True)
 
     rows = []

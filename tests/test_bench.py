@@ -153,3 +153,19 @@ def test_side_by_side_runs_whole_commands_and_rates_them_by_difference(tmp_path)
     for v in r["variants"].values():  # 2 more steps of 8 pairs over the time difference (its sign is noise at this size)
         (short, long_), = v["seconds_short_long"]
         assert v["rates"] == [pytest.approx((3 - 1) * 8 / (long_ - short))]
+
+
+def test_bench_takes_length_ranges_and_a_token_budget(tmp_path, capsys):
+    """--prompt-len / --response-len LO:HI synthesise rows of varied lengths (DPO here, with a token
+    budget); PPO refuses a response range (its responses are sampled up to max_new_tokens)."""
+    from orchestrator.cli import main
+
+    assert main(["bench", "dpo", "--model", SPEC, "--steps", "1", "--rows", "8", "--prompt-len", "2:6", "--response-len", "1:9",
+                 "--out", str(tmp_path), "run.mode=local", "dpo.batch_size=4", "policy.micro_batch_size=4",
+                 "policy.micro_batch_tokens=40"]) == 0
+    r = json.loads((tmp_path / "bench_dpo_local.json").read_text())
+    assert r["prompt_len"] == [2, 6] and r["response_len"] == [1, 9]
+    assert 3 <= r["tokens_per_step"] / 8 <= 15  # mean real tokens per sequence, prompt + response (+ EOS)
+    assert "prompts 2..6 + responses 1..9 tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--response-len is policy.max_new_tokens"):
+        main(["bench", "ppo", "--model", SPEC, "--response-len", "4:8", "--out", str(tmp_path)])

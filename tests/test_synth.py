@@ -48,3 +48,12 @@ def test_synthesised_rows_have_the_asked_lengths_and_round_trip():
         assert tok.decode(tok(r["prompt"] + r["chosen"])["input_ids"]) == r["prompt"] + r["chosen"]
     assert set(synth_rows("sft", tok, 2, 3, 4)[0]) == {"prompt", "response"}
     assert set(synth_rows("prompts", tok, 2, 3, 4)[0]) == {"prompt"}
+
+
+def test_length_ranges_draw_each_length_and_leave_fixed_rows_as_they_were():
+    tok = word_tokenizer(300)
+    rows = synth_rows("preferences", tok, 200, prompt_len=(2, 9), response_len=(1, 4), seed=3)
+    n = lambda text: len(tok(text)["input_ids"])  # noqa: E731
+    prompts, chosen, rejected = ([n(r[k]) for r in rows] for k in ("prompt", "chosen", "rejected"))
+    assert set(prompts) == set(range(2, 10)) and set(chosen) == set(rejected) == set(range(1, 5))
+    assert chosen != rejected  # each response draws its own length
