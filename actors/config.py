@@ -158,7 +158,7 @@ class TrainableConfig(ModelConfig):
     micro_batch_size: int = 8
     """Sequences per forward/backward on one replica; gradients accumulate up to the minibatch."""
     micro_batch_tokens: int = 0
-    """0 = off. > 0: micro-batches by a token budget instead of micro_batch_size: each replica's rows sorted by length and grouped so that a micro-batch, cut to its own padding, holds at most this many padded tokens (a longer row alone); every forward and backward of the role (PPO: the policy's, the reference's and the critic's). Rows of very different lengths then stop paying for each other's padding; the update is the same up to float rounding (OpenRLHF's and verl's dynamic batch size)."""
+    """0 = off. > 0: micro-batches by a token budget instead of micro_batch_size: each replica's rows sorted by length and grouped so that a micro-batch, cut to its own padding, holds at most this many padded tokens (a longer row alone; preference pairs count both sequences); every forward and backward of the role (PPO: the policy's, which the reference follows, and the critic's). Rows of very different lengths then stop paying for each other's padding; the update is the same up to float rounding (OpenRLHF's and verl's dynamic batch size). micro_batch_size x the padded length keeps peak memory where it was. Reward models: not with objective=odin or a categorical entropy bonus."""
     offload_optimizer: bool = False
     """ZeRO 1-3: keep optimizer state in CPU memory."""
     lora: LoraConfig = field(default_factory=LoraConfig)
