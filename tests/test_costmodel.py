@@ -175,6 +175,10 @@ def test_a_sweep_point_becomes_a_workload(tmp_path):
     assert (w.samples, w.prompt_len, w.response_len) == (16, 21, 8)
     config = json.loads((tmp_path / "cache").joinpath(model, "config.json").read_text())
     assert (w.roles["policy"].model.hidden, w.roles["policy"].model.layers) == (config["hidden_size"], config["num_hidden_layers"])
+    # a token budget computes less than the padded widths: not modelled, said instead of mispredicted
+    (run / "config.yaml").write_text(to_yaml(load_job_config("ppo", None, [f"policy.path={model}", "policy.micro_batch_tokens=256"])))
+    with pytest.raises(ValueError, match="micro_batch_tokens > 0 is not modelled"):
+        cm.workload_of_point({"prompt_len": 21.0, "response_len": 8.0}, run)
 
 
 def test_one_step_off_policy_overlaps_sampling_with_the_rest_of_the_step(tmp_path):
