@@ -329,8 +329,8 @@ class RewardModelConfig(TrainableConfig):
             check(getattr(self, key) >= 0, key, "must be >= 0")
         batch_terms = self.objective == "odin" or (self.objective == "categorical" and self.entropy_coef > 0)
         check(self.micro_batch_tokens == 0 or not batch_terms, "micro_batch_tokens",
-              f"is not supported with objective={self.objective}: ODIN's length decorrelation and the categorical "
-              "entropy bonus are computed over each micro-batch, and length-sorted micro-batches would change them; "
-              "use micro_batch_size")
+              f"is not supported with objective={self.objective}{' and entropy_coef > 0' if self.objective == 'categorical' else ''}: "
+              "ODIN's length decorrelation and the categorical entropy bonus are computed over each micro-batch, and "
+              "length-sorted micro-batches would change them; use micro_batch_size")
 
 

@@ -341,12 +341,15 @@ def build_engine(
     world_size = tdist.get_world_size()
     ds_cfg = deepspeed_config(cfg, train=train, world_size=world_size, minibatch_size=minibatch_size, overrides=overrides)
     zero = ds_cfg["zero_optimization"]
+    budget = getattr(cfg, "micro_batch_tokens", 0)
     log.info(
-        "DeepSpeed engine: %s, ZeRO-%d%s, %s, %d replica(s), micro-batch %s x %s accumulation, offload %s",
+        "DeepSpeed engine: %s, ZeRO-%d%s, %s, %d replica(s), %s, offload %s",
         "train" if train else "frozen", zero["stage"],
         " (zero_stage=0 in bf16: DeepSpeed accumulates gradients in fp32 from stage 1)" if zero["stage"] > cfg.zero_stage else "",
-        resolve_dtype(cfg.dtype), world_size, ds_cfg["train_micro_batch_size_per_gpu"],
-        ds_cfg["gradient_accumulation_steps"], [k for k in ("offload_optimizer", "offload_param") if k in zero] or "none",
+        resolve_dtype(cfg.dtype), world_size,
+        f"micro-batches of up to {budget} padded tokens" if budget else
+        f"micro-batch {ds_cfg['train_micro_batch_size_per_gpu']} x {ds_cfg['gradient_accumulation_steps']} accumulation",
+        [k for k in ("offload_optimizer", "offload_param") if k in zero] or "none",
     )
     if train:
         lora = getattr(cfg, "lora", None)

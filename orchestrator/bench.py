@@ -140,12 +140,13 @@ def run(args: argparse.Namespace) -> int:
 
     from orchestrator.config import load_job_config
     from orchestrator.costmodel import measure_peak
+    from orchestrator.configtree import ConfigError
 
     if args.steps < 1 or args.warmup < 0 or args.rows < 1:
-        raise SystemExit("rlhf bench: --steps and --rows must be >= 1 and --warmup >= 0")
+        raise ConfigError("rlhf bench: --steps and --rows must be >= 1 and --warmup >= 0")
     if args.job == "ppo" and not isinstance(args.response_len, int):
-        raise SystemExit("rlhf bench ppo: --response-len is policy.max_new_tokens (a sampled response ends at EOS "
-                         "or there): give one number")
+        raise ConfigError("rlhf bench ppo: --response-len is policy.max_new_tokens (a sampled response ends at EOS "
+                          "or there): give one number")
     model_dir = resolve_model(args.model)
     out = Path(args.out)
     overrides = [*job_overrides(args.job, model_dir, out),
@@ -245,7 +246,8 @@ def summarise(args, cfg, job, model_dir: str, records: list[dict], extra: dict, 
                                                           round(max(r["time/wall"] for r in records), 4)]}
     role = cfg.model if args.job == "rm" else cfg.policy
     dtype = resolve_dtype(role.dtype)
-    res.update(dtype=dtype, zero_stage=role.zero_stage, lora=role.lora.enabled, micro_batch_size=role.micro_batch_size)
+    res.update(dtype=dtype, zero_stage=role.zero_stage, lora=role.lora.enabled, micro_batch_size=role.micro_batch_size,
+               micro_batch_tokens=role.micro_batch_tokens)
     shape = _shape(model_dir)
     if args.job == "ppo":
         res.update(_ppo(cfg, job, records, peak, step_s))
@@ -313,8 +315,9 @@ def _ppo(cfg, job, records: list[dict], peak: dict, step_s: float) -> dict:
 
 def print_result(r: dict) -> None:
     lora = ", LoRA" if r["lora"] else ""
+    budget = f", micro-batches of up to {r['micro_batch_tokens']} tokens" if r.get("micro_batch_tokens") else ""
     print(f"\nrlhf bench {r['job']}: {r['model']} ({r['parameters']:,} params), {r['mode']} mode, {r['dtype']}, "
-          f"ZeRO-{r['zero_stage']}{lora}, prompts {_shown(r['prompt_len'], '..')} + responses {_shown(r['response_len'], '..')} tokens, "
+          f"ZeRO-{r['zero_stage']}{lora}{budget}, prompts {_shown(r['prompt_len'], '..')} + responses {_shown(r['response_len'], '..')} tokens, "
           f"mean of {r['steps_measured']} steps after {r['warmup_steps']} warm-up")
     print(f"machine peak ({r['cores']} cores, measured): fp32 {r['peak_flops']['fp32']:.0f} GFLOP/s, bf16 {r['peak_flops']['bf16']:.0f} GFLOP/s; "
           f"threads per replica: " + ", ".join(f"{k} {v}" for k, v in r["threads_per_replica"].items()))

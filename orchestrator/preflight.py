@@ -122,11 +122,14 @@ def model_fingerprint(given: str, info: ModelInfo) -> dict:
 
 
 def layout_fingerprint(cfg) -> dict:
-    """The part of a trained role's config that its DeepSpeed checkpoint depends on: LoRA layout, and the
-    ZeRO partitioning (stage and replicas; at stage 0 every replica holds everything)."""
+    """The part of a trained role's config that its DeepSpeed checkpoint depends on: LoRA layout, the
+    ZeRO partitioning (stage and replicas; at stage 0 every replica holds everything), and a dtype other
+    than fp32 (bf16 trains through DeepSpeed's bf16 optimizer, whose checkpoint files differ)."""
     out = {"lora": [cfg.lora.r, sorted(cfg.lora.target_modules)] if cfg.lora.enabled else None}
     if cfg.zero_stage > 0:
         out["zero"] = [cfg.zero_stage, cfg.replicas]
+    if cfg.dtype != "fp32":
+        out["dtype"] = cfg.dtype
     return out
 
 

@@ -51,6 +51,10 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         keys[ALIASES.get(key.strip(), key.strip())] = _value(value.strip())
     if "vocab_size" not in keys:
         raise SpecError(f"size spec {spec!r}: needs vocab=<size> (the word-level tokenizer is built with exactly that many tokens)")
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "n_embd", "n_layer", "n_head", "max_position_embeddings", "n_positions"):
+        if key in keys and (not isinstance(keys[key], int) or isinstance(keys[key], bool) or keys[key] < 1):
+            raise SpecError(f"size spec {spec!r}: {key}={keys[key]!r} must be a whole number >= 1")
     if keys["vocab_size"] < len(SPECIALS) + 16:
         raise SpecError(f"size spec {spec!r}: vocab={keys['vocab_size']} is too small (at least {len(SPECIALS) + 16})")
     return family.strip(), keys
@@ -80,7 +84,11 @@ def spec_config(spec: str):
     if unknown:
         raise SpecError(f"size spec {spec!r}: {', '.join(unknown)} is not a key of {config_cls.__name__} "
                         f"(short names: {', '.join(ALIASES)})")
-    return config_cls(**{**dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False), **keys})
+    try:
+        return config_cls(**{**dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False), **keys})
+    except Exception as e:  # transformers' own validation (e.g. hidden not a multiple of heads), whatever its class
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise SpecError(f"size spec {spec!r}: {config_cls.__name__} refuses it: {reason}") from None
 
 
 def word_tokenizer(vocab_size: int):

@@ -166,6 +166,7 @@ def test_bench_takes_length_ranges_and_a_token_budget(tmp_path, capsys):
     r = json.loads((tmp_path / "bench_dpo_local.json").read_text())
     assert r["prompt_len"] == [2, 6] and r["response_len"] == [1, 9]
     assert 3 <= r["tokens_per_step"] / 8 <= 15  # mean real tokens per sequence, prompt + response (+ EOS)
-    assert "prompts 2..6 + responses 1..9 tokens" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--response-len is policy.max_new_tokens"):
-        main(["bench", "ppo", "--model", SPEC, "--response-len", "4:8", "--out", str(tmp_path)])
+    assert r["micro_batch_tokens"] == 40
+    assert "micro-batches of up to 40 tokens, prompts 2..6 + responses 1..9 tokens" in capsys.readouterr().out
+    assert main(["bench", "ppo", "--model", SPEC, "--response-len", "4:8", "--out", str(tmp_path)]) == 2
+    assert "rlhf: error: rlhf bench ppo: --response-len is policy.max_new_tokens" in capsys.readouterr().err

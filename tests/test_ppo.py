@@ -77,6 +77,17 @@ def test_bf16_roles_resume_exactly(model_dir, tmp_path, lora):
         assert {k: v for k, v in ra.items() if not k.startswith("time/")} == {k: rb[k] for k in ra if not k.startswith("time/")}
 
 
+def test_a_checkpoint_resumes_only_in_its_dtype(model_dir, tmp_path):
+    """A bf16 role checkpoints DeepSpeed's bf16 optimizer, an fp32 one its plain optimizer: resuming in the
+    other dtype is refused before any role starts, by the keys that differ."""
+    from orchestrator.configtree import ConfigError
+    from orchestrator.ppo import train
+
+    train(tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=1"))
+    with pytest.raises(ConfigError, match=r"run\.resume.*policy_layout.*\"dtype\": \"bf16\""):
+        train(tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=2", "policy.dtype=bf16"))
+
+
 def test_update_changes_every_trainable_param_and_not_the_reference(model_dir):
     import cluster
     from actors.critic import CriticActor

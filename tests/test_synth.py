@@ -19,7 +19,9 @@ def test_spec_parsing_and_one_line_errors():
     assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.vocab_size) == (64, 2, 2, 128, 100)
     for bad, words in [("llama:hidden=64", "needs vocab"), ("llama:vocab=100,foo=3", "foo is not a key of LlamaConfig"),
                        ("nope:vocab=100", "'nope' is not a transformers model_type"), ("llama:vocab=100,layers", "not key=value"),
-                       ("llama:vocab=8", "too small")]:
+                       ("llama:vocab=8", "too small"), ("llama:vocab=abc", "vocab_size='abc' must be a whole number"),
+                       ("llama:vocab=100,hidden=-3", "hidden_size=-3 must be a whole number"),
+                       ("llama:vocab=100,hidden=30,heads=4", "LlamaConfig refuses it: .*not a multiple")]:
         with pytest.raises(SpecError, match=words):
             spec_config(bad)
 
