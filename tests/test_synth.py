@@ -59,3 +59,5 @@ def test_length_ranges_draw_each_length_and_leave_fixed_rows_as_they_were():
     prompts, chosen, rejected = ([n(r[k]) for r in rows] for k in ("prompt", "chosen", "rejected"))
     assert set(prompts) == set(range(2, 10)) and set(chosen) == set(rejected) == set(range(1, 5))
     assert chosen != rejected  # each response draws its own length
+    # a fixed length draws no length: the rows the code gave before ranges existed (pinned from commit a0f6d93)
+    assert synth_rows("sft", tok, 1, 3, 2, seed=1) == [{"prompt": "w72 w295 w36", "response": " w134 w64"}]
