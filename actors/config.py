@@ -2,7 +2,7 @@
 
 Each role class receives only its own section (a `PolicyConfig`, a `CriticConfig`, ...), never the
 whole tree. The job configs of `orchestrator.config` are built from these sections and re-export
-them; `orchestrator.configtree` reads them from YAML and dotted overrides, and calls each section's
+them; `orchestrator.config.tree` reads them from YAML and dotted overrides, and calls each section's
 `validate(check)` before anything starts (`check(cond, field, message)` raises a `ConfigError`
 naming the dotted key).
 

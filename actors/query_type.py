@@ -12,9 +12,9 @@ row has one; this classifier decides otherwise. It is rule-based, on the prompt'
    (count, name, calculate, compute, spell, translate, convert, list) (CLOSED_STARTS);
 3. else 'open' (an instruction without a question).
 
-Accuracy on the labelled built-in prompts (both splits): `python -m orchestrator.task query-type`.
+Accuracy on the labelled built-in prompts (both splits): `python -m orchestrator.builtin.world query-type`.
 Accuracy on prompts it was not written for (`HELD_OUT`: questions and requests of everyday topics,
-phrased in ways the rules did not see): `python -m actors.query_type`; the README states the number.
+phrased in ways the rules did not see): `python -m actors.query_type`; docs/reward-models.md states the number.
 
 The R^3 paper classifies with an LLM; `reward.query_classifier` plugs in any classifier
 (`load_classifier`): builtin:rules (this module), a Python function 'module:function' called as

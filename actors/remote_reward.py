@@ -4,7 +4,7 @@
 (`scorer(prompts, responses, references, query_types) -> Scores`); PPO uses it as
 `reward.kind=remote reward.url=...`.
 
-Wire format (the server side is `orchestrator.serve`); a prompt is a string or the whole chat::
+Wire format (the server side is `orchestrator.tools.serve`); a prompt is a string or the whole chat::
 
     POST <url>  {"prompts": [str | [{"role", "content"}, ...]], "responses": [str],
                  "references": [str|null] | null, "query_types": ["open"|"closed"|null] | null}

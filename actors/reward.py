@@ -6,7 +6,8 @@ whole chat list (`actors.rendering.Prompt`). `build_scorer(cfg)` makes one from 
 `RewardActor` (the PPO role) and `rlhf serve reward` both use it.
 
 Kinds (config `reward.kind`):
-- `function`: a Python callable named 'module:function', called as
+- `function`: a Python callable named 'module:function' (or a function the driver hands over, the way
+  the built-in world's `builtin:<name>` rewards arrive: `functions=`), called as
   f(prompts, responses, references) -> list of floats (one per response), prompts as plain text
   (the string, or a chat's last user turn); a function that also takes a `messages` argument (or
   **kwargs) gets the whole conversation of each prompt as well: a chat list [{"role", "content"}, ...]
@@ -44,11 +45,20 @@ Scorer = Callable[[list, list, list, list], Scores]
 string or a chat list (`actors.rendering.Prompt`)."""
 
 
+HIGHER_LAYERS = ("orchestrator",)
+"""Packages above this layer (docs/architecture.md): a role never imports them, not even by a name it is given."""
+
+
 def load_function(spec: str):
-    """'package.module:function' -> the callable; a clear error when either part is missing."""
+    """'package.module:function' -> the callable; a clear error when either part is missing. A role
+    imports only the user's modules by name: `builtin:<name>` and the orchestrator's modules are the
+    driver's, which hands their functions over (`functions=` of `build_scorer`)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"reward.function {spec!r} must look like 'module:function'")
+    if module_name == "builtin" or module_name.split(".")[0] in HIGHER_LAYERS:
+        raise ValueError(f"reward.function {spec!r} is the driver's to resolve (a built-in reward, or a module above the "
+                         "roles' layer); the role receives the function itself (build_scorer(..., functions=...))")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -67,12 +77,14 @@ def load_function(spec: str):
     return fn
 
 
-def build_scorer(cfg, *, max_new_tokens: int = 0) -> Scorer:
+def build_scorer(cfg, *, max_new_tokens: int = 0, functions: dict | None = None) -> Scorer:
     """The scorer of a `RewardConfig`. `max_new_tokens`: the policy's generation budget, used by
-    kind=relevance when `reward.max_new_tokens` is 0 (PPO passes policy.max_new_tokens; else 512)."""
+    kind=relevance when `reward.max_new_tokens` is 0 (PPO passes policy.max_new_tokens; else 512).
+    `functions`: {spec: callable} for kind=function specs the driver resolved (the built-in rewards);
+    any other spec is imported here (`load_function`)."""
     kind = cfg.kind
     if kind == "function":
-        return FunctionScorer(cfg.function)
+        return FunctionScorer(cfg.function, (functions or {}).get(cfg.function))
     if kind == "model":
         return ModelScorer.from_config(cfg)
     if kind == "relevance":
@@ -84,7 +96,8 @@ def build_scorer(cfg, *, max_new_tokens: int = 0) -> Scorer:
 
         return RemoteScorer(cfg.url, cfg.timeout_s, cfg.batch_size, retries=cfg.retries)
     if kind == "weighted":
-        return WeightedScorer([(c.weight, build_scorer(c, max_new_tokens=max_new_tokens)) for c in cfg.components])
+        return WeightedScorer([(c.weight, build_scorer(c, max_new_tokens=max_new_tokens, functions=functions))
+                               for c in cfg.components])
     raise ValueError(f"reward.kind={kind!r} is not one of function, model, relevance, remote, weighted")
 
 
@@ -106,16 +119,16 @@ def reward_parts(cfg) -> list:
     return list(cfg.components) if cfg.kind == "weighted" else [cfg]
 
 
-def check_reward_config(cfg) -> None:
+def check_reward_config(cfg, functions: dict | None = None) -> None:
     """Checks run by the driver before any actor starts: a kind=model folder is a reward model whose head
-    supports `reward.statistic` / `reward.alpha`; a kind=function imports and takes (prompts, responses,
-    references); a kind=remote endpoint answers its health check; a kind=relevance query classifier
+    supports `reward.statistic` / `reward.alpha`; a kind=function imports (unless `functions` holds it) and
+    takes (prompts, responses, references); a kind=remote endpoint answers its health check; a kind=relevance query classifier
     loads."""
     for i, part in enumerate(reward_parts(cfg)):
         key = f"reward.components.{i}." if cfg.kind == "weighted" else "reward."
         if part.kind == "model":
             read_head(part, key=key)
-        elif part.kind == "function":
+        elif part.kind == "function" and part.function not in (functions or {}):
             try:
                 load_function(part.function)
             except ValueError as e:
@@ -172,8 +185,8 @@ def _takes_messages(fn) -> bool:
 class FunctionScorer:
     """kind=function: f(prompts, responses, references[, messages=]) -> N floats (module docstring)."""
 
-    def __init__(self, spec: str):
-        self.spec, self.fn = spec, load_function(spec)
+    def __init__(self, spec: str, fn=None):
+        self.spec, self.fn = spec, fn if fn is not None else load_function(spec)
         self.with_messages = _takes_messages(self.fn)
 
     def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
@@ -251,12 +264,13 @@ class WeightedScorer:
 
 
 class RewardActor:
-    """The PPO reward role: a thin shell around `build_scorer`. Receives only its `RewardConfig` slice."""
+    """The PPO reward role: a thin shell around `build_scorer`. Receives only its `RewardConfig` slice and
+    the functions the driver resolved (`functions`, see `build_scorer`)."""
 
-    def __init__(self, cfg, *, seed: int = 0, max_new_tokens: int = 0):
+    def __init__(self, cfg, *, seed: int = 0, max_new_tokens: int = 0, functions: dict | None = None):
         self.cfg = cfg
         torch.manual_seed(seed)
-        self.scorer = build_scorer(cfg, max_new_tokens=max_new_tokens)
+        self.scorer = build_scorer(cfg, max_new_tokens=max_new_tokens, functions=functions)
 
     @gather_as("cat")
     def score(self, rollout: Rollout) -> Scores:

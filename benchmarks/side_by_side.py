@@ -6,7 +6,7 @@ and the ratios.
     python -m benchmarks.side_by_side dpo
 
 Both systems run as whole commands (`rlhf ppo ...` / `rlhf dpo ...` and `python -m benchmarks.trl_run
-...`) on the same model folder (a size spec built by `orchestrator.synth`, random init) and the same
+...`) on the same model folder (a size spec built by `orchestrator.tools.synth`, random init) and the same
 synthesised data. Each variant runs a short and a long command; its rate is the difference of steps x
 batch over the difference of wall times, so start-up, the reference pre-computation over the dataset
 and the first/last evaluations cancel. Every round runs every variant once, in an order rotated per
@@ -87,7 +87,7 @@ def timed(cmd: list[str], steps: int, log: Path) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("job", choices=["ppo", "dpo"])
-    p.add_argument("--model", default=SPEC, help="a size spec (orchestrator.synth) or a folder with reward/ inside")
+    p.add_argument("--model", default=SPEC, help="a size spec (orchestrator.tools.synth) or a folder with reward/ inside")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--short", type=int, default=2, help="steps of the short command")
     p.add_argument("--long", type=int, help="steps of the long command (default: 16 for ppo, 100 for dpo: the difference "
@@ -100,12 +100,12 @@ def main(argv=None) -> int:
         raise SystemExit("side_by_side: --long must be more than --short")
 
     from actors.modeling import load_tokenizer
-    from orchestrator.synth import is_spec, spec_model_dir, synth_rows, write_rows
+    from orchestrator.tools.synth import is_spec, spec_model_dir, synth_rows, write_rows
 
     out = Path(a.out) / a.job
     out.mkdir(parents=True, exist_ok=True)
     model = spec_model_dir(a.model) if is_spec(a.model) else a.model
-    kind = "prompts" if a.job == "ppo" else "preferences"
+    kind = "prompt" if a.job == "ppo" else "preference"
     rows = synth_rows(kind, load_tokenizer(model), ROWS + 16, PROMPT_LEN, RESPONSE_LEN, seed=0)
     data, held_out = write_rows(out / f"{kind}.jsonl", rows[:ROWS]), write_rows(out / f"{kind}-eval.jsonl", rows[ROWS:])
     table = variants(a.job, model, data, held_out, out)

@@ -1,7 +1,7 @@
 """Ray Serve hosting: a class as an HTTP deployment on the connected cluster, and its removal.
 
 The one place that talks to Ray Serve's deployment API, so that the application code (e.g.
-`orchestrator.serve`'s `RewardServer`) only says what to serve. Resources follow the role rule of
+`orchestrator.tools.serve`'s `RewardServer`) only says what to serve. Resources follow the role rule of
 `cluster.group`: a replica asks for its `num_gpus` only when the cluster has GPUs, so one config runs
 on CPU and GPU clusters alike. HTTP binds `host` (127.0.0.1 unless the caller says otherwise).
 """

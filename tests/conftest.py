@@ -1,4 +1,4 @@
-"""Shared fixtures. Only `*_ray.py` tests may request `ray_cluster` (the tiering rule in DESIGN.md)."""
+"""Shared fixtures. Only `*_ray.py` tests may request `ray_cluster` (the tiering rule of docs/testing.md)."""
 
 import os
 

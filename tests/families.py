@@ -59,29 +59,28 @@ def build_families(root: Path) -> dict:
 
 def run_job(job: str, out, *overrides: str) -> dict:
     """`rlhf <job>` in this process for 2 steps, never resuming, into `out`; returns its summary."""
-    from orchestrator import dpo, ppo, rm, sft
-    from orchestrator.config import load_job_config
+    from orchestrator.registry import load_config, run
 
-    cfg = load_job_config(job, None, ["run.steps=2", "run.resume=never", f"run.output_dir={out}", *overrides])
-    return {"sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo}[job].train(cfg)
+    cfg = load_config(job, None, ["run.steps=2", "run.resume=never", f"run.output_dir={out}", *overrides])
+    return run(job, cfg)
 
 
 def family_tokenizer(family: str, cache: Path):
     """The family's tokenizer, a byte-level BPE trained on the built-in task's corpus."""
-    from orchestrator.builtin import builtin_tokenizer
+    from orchestrator.builtin.models import builtin_tokenizer
 
     if family == "llama":
         return builtin_tokenizer(cache_dir=str(cache))
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from orchestrator import task
+    from orchestrator.builtin import world
 
     spec = _TOKENIZERS[family]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(task.corpus_texts(), trainer=trainers.BpeTrainer(
+    tok.train_from_iterator(world.corpus_texts(), trainer=trainers.BpeTrainer(
         vocab_size=600, special_tokens=spec["special"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         min_frequency=2, show_progress=False))
     if spec["add_bos"]:

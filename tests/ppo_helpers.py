@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import time
 
-from orchestrator.config import load_job_config
+from orchestrator.registry import load_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def tiny_model_dir(cache_dir: str) -> str:
     """A 2-layer, 64-wide built-in Llama (random init) saved to a folder; built in a few seconds."""
-    from orchestrator.builtin import builtin_model_dir
+    from orchestrator.builtin.models import builtin_model_dir
 
     return builtin_model_dir(
         "tiny", cache_dir=cache_dir, seed=0, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -48,7 +48,7 @@ def tiny_ppo_config(model_dir: str, out_dir: str, *extra: str):
         "reward.function=ppo_helpers:length_reward",
         *extra,
     ]
-    return load_job_config("ppo", None, overrides)
+    return load_config("ppo", None, overrides)
 
 
 def read_metrics(out_dir) -> list[dict]:
@@ -121,7 +121,7 @@ def rendering_family(kind: str, root) -> dict:
     import json
 
     from actors.modeling import build_causal_lm, tiny_llama_config
-    from orchestrator.builtin import builtin_tokenizer
+    from orchestrator.builtin.models import builtin_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
     tok = builtin_tokenizer(cache_dir=str(root / "cache"))
@@ -148,14 +148,14 @@ def rendering_family(kind: str, root) -> dict:
 
 def train_rendering_rm(family: dict, out) -> str:
     """`rlhf rm` (mean-variance, 2 steps, local) on the family's pairs; returns the saved model folder."""
-    from orchestrator.rm import train
+    from orchestrator.registry import run
 
-    cfg = load_job_config("rm", None, [
+    cfg = load_config("rm", None, [
         f"model.path={family['model']}", f"data.path={family['pairs']}", f"data.eval_path={family['pairs']}",
         f"run.output_dir={out}", "run.mode=local", "run.steps=2", "rm.batch_size=3", "model.micro_batch_size=3",
         "model.warmup_steps=0", "model.objective=mean_variance", "model.head_init_scale=1.0", "model.lr=1e-2",
     ])
-    return train(cfg)["model"]
+    return run("rm", cfg)["model"]
 
 
 def training_path_scores(folder: str, family: dict):
@@ -170,7 +170,7 @@ def training_path_scores(folder: str, family: dict):
     from orchestrator.data import load_preferences
 
     init_local()
-    cfg = load_job_config("rm", None, [f"model.path={folder}", "model.objective=mean_variance", "model.head_init_scale=1.0",
+    cfg = load_config("rm", None, [f"model.path={folder}", "model.objective=mean_variance", "model.head_init_scale=1.0",
                                        "model.micro_batch_size=2", "model.warmup_steps=0"]).model
     actor = RewardModelActor(cfg, model_path=folder, seed=0, total_steps=1, minibatch_size=2)
     rows = load_preferences(DataConfig(path=family["pairs"]), actor.tokenizer)[0].to_list()

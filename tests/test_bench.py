@@ -9,6 +9,10 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
 SPEC = "llama:vocab=512,hidden=32,intermediate=64,layers=2,heads=2"
 
 
@@ -29,17 +33,20 @@ def test_bench_ppo_reports_every_phase(tmp_path, capsys):
     assert r["prompt_len_mean"] == 6 and 1 <= r["response_len_mean"] <= 5
     assert set(r["phase_s"]) == {"generate", "score", "reference", "old_logprobs", "values", "advantages",
                                  "critic_update", "policy_update", "driver"}
+    # the step's wall time (the bench's hook) against the phases the job timed itself (metrics.jsonl): two clocks
+    (measured,) = [m for m in _metrics(tmp_path / "run_ppo") if m["step"] == 2]
+    assert r["step_s"] == pytest.approx(measured["time/step"], rel=0.05)
     assert r["step_s"] == pytest.approx(sum(r["phase_s"].values()), rel=0.05)
-    assert r["samples_per_s"] == pytest.approx(8 / r["step_s"], rel=1e-2)
+    assert r["samples_per_s"] == pytest.approx(8 / measured["time/step"], rel=0.05)
     assert set(r["phase_mfu"]) == {"generate", "score", "reference", "old_logprobs", "values", "critic_update", "policy_update"}
     assert 0 < r["mfu"] < 1 and all(0 < v < 1 for v in r["phase_mfu"].values())
     assert set(r["peak_memory_mb"]) == {"policy", "reference", "critic", "reward"}
-    # the step = the roles' time in their methods + the driver's phases + what is outside both (local: glue only)
+    # each role's time inside its methods (measured in the role) against the driver's timing of its calls
     assert set(r["roles_s"]) == {"policy", "reference", "critic", "reward"}
-    assert r["step_s"] == pytest.approx(sum(r["roles_s"].values()) + r["driver_s"] + r["overhead_s"], abs=2e-4)
-    phases = r["phase_s"]
-    assert r["roles_s"]["policy"] == pytest.approx(phases["generate"] + phases["old_logprobs"] + phases["policy_update"], rel=0.05)
-    assert r["roles_s"]["reward"] <= phases["score"]
+    phases, roles = r["phase_s"], r["roles_s"]
+    assert roles["policy"] == pytest.approx(phases["generate"] + phases["old_logprobs"] + phases["policy_update"], rel=0.05)
+    assert roles["critic"] == pytest.approx(phases["values"] + phases["critic_update"], rel=0.05)
+    assert roles["reference"] <= phases["reference"] and roles["reward"] <= phases["score"]
     assert 0 <= r["overhead_s"] < 0.05 * r["step_s"]
     assert "episodes/s" in capsys.readouterr().out
 
@@ -49,7 +56,7 @@ def test_bench_trains_at_the_synthesised_lengths(job, tmp_path):
     """The word-level tokenizer of a spec makes the lengths exact: tokens per step = batch x sequences x
     (prompt + response), and MFU = 3 x the cost model's forward FLOPs / time / the measured peak."""
     from orchestrator.cli import main
-    from orchestrator.costmodel import ModelShape
+    from orchestrator.tools.costmodel import ModelShape
 
     batch = {"dpo": "dpo.batch_size=4", "rm": "rm.batch_size=4", "sft": "sft.batch_size=4"}[job]
     micro = "model.micro_batch_size=4" if job == "rm" else "policy.micro_batch_size=4"
@@ -64,7 +71,9 @@ def test_bench_trains_at_the_synthesised_lengths(job, tmp_path):
     flops = 3 * shape.forward_flops(4 * seqs * L, L / 2, lm_head=job != "rm")
     # mfu is stored to 4 decimals: at a tiny MFU (0.0038) that rounding is over 1%
     assert r["mfu"] == pytest.approx(flops / r["step_s"] / (r["peak_flops"]["fp32"] * 1e9), rel=0.01, abs=5e-5)
-    assert r["samples_per_s"] == pytest.approx(4 / r["step_s"], rel=1e-2)
+    # the rate against the step time the job measured itself (metrics.jsonl), not against the bench's own clock
+    (measured,) = [m for m in _metrics(tmp_path / f"run_{job}") if m["step"] == 2]
+    assert r["samples_per_s"] == pytest.approx(4 / measured["time/step"], rel=0.05)
     if job == "dpo":
         assert r["reference_pass"]["pairs"] == 8 + 16  # train rows + the held-out file
 
@@ -87,7 +96,7 @@ def test_bench_on_a_builtin_model_and_bad_spec(tmp_path, capsys):
 
 
 def test_forward_flops_count_the_lm_head_only_when_asked():
-    from orchestrator.costmodel import ModelShape
+    from orchestrator.tools.costmodel import ModelShape
 
     m = ModelShape(layers=1, hidden=4, intermediate=8, vocab=10, heads=1, kv_heads=1)
     # attention 4 x 16 + SwiGLU 3 x 32 = 160 matmul weights per layer, LM head 40; attention scores 4 x 1 x 4 x context
@@ -150,9 +159,13 @@ def test_side_by_side_runs_whole_commands_and_rates_them_by_difference(tmp_path)
                  "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "dpo" / "results.json").read_text())
     assert set(r["variants"]) == {"rlhf defaults (fp32, local)", "rlhf policy.dtype=auto (bf16 here)"}
-    for v in r["variants"].values():  # 2 more steps of 8 pairs over the time difference (its sign is noise at this size)
-        (short, long_), = v["seconds_short_long"]
-        assert v["rates"] == [pytest.approx((3 - 1) * 8 / (long_ - short))]
+    for name, folder in (("rlhf defaults (fp32, local)", "rlhf_dpo"), ("rlhf policy.dtype=auto (bf16 here)", "rlhf_dpo_auto")):
+        (short, long_), = r["variants"][name]["seconds_short_long"]
+        # the long command ran last (round 1 runs short, then long): its run folder's own record of its
+        # wall time lies inside the time the benchmark measured around the whole command
+        summary = json.loads((tmp_path / "dpo" / folder / "summary.json").read_text())
+        assert summary["steps"] == 3 and summary["wall_time_s"] < long_ < summary["wall_time_s"] + 60
+        assert 0 < short < 60 + summary["wall_time_s"]
 
 
 def test_bench_takes_length_ranges_and_a_token_budget(tmp_path, capsys):

@@ -9,8 +9,9 @@ import sys
 import pytest
 import yaml
 
-from orchestrator.config import JOBS, PPOConfig, load_job_config
-from orchestrator.configtree import ConfigError, all_keys, field_docs, load, to_dict, to_yaml
+from orchestrator.config import PPOConfig
+from orchestrator.registry import load_config, JOBS
+from orchestrator.config.tree import ConfigError, all_keys, field_docs, load, to_dict, to_yaml
 
 
 def _walk(cls):
@@ -23,14 +24,14 @@ def _walk(cls):
 
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_every_field_has_a_docstring(job):
-    for cls in _walk(JOBS[job]):
+    for cls in _walk(JOBS[job].config):
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
 
 
 def test_defaults_validate_and_yaml_round_trip(tmp_path):
-    cfg = load_job_config("ppo", None, ["policy.lr=1e-6", "policy.lora.enabled=true", "run.mode=local"])
+    cfg = load_config("ppo", None, ["policy.lr=1e-6", "policy.lora.enabled=true", "run.mode=local"])
     assert cfg.policy.lr == 1e-6 and isinstance(cfg.policy.lr, float)
     assert cfg.policy.lora.enabled is True and cfg.run.mode == "local"
     path = tmp_path / "run.yaml"
@@ -49,10 +50,10 @@ def test_overrides_beat_file(tmp_path):
 
 
 def test_list_and_optional_values():
-    cfg = load_job_config("ppo", None, ["policy.lora.target_modules=[q_proj,v_proj]", "reference.colocate_with=reward"])
+    cfg = load_config("ppo", None, ["policy.lora.target_modules=[q_proj,v_proj]", "reference.colocate_with=reward"])
     assert cfg.policy.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.reference.colocate_with == "reward"
-    cfg = load_job_config("ppo", None, ["reference.colocate_with=null"])
+    cfg = load_config("ppo", None, ["reference.colocate_with=null"])
     assert cfg.reference.colocate_with is None
 
 
@@ -92,7 +93,7 @@ def test_list_and_optional_values():
 )
 def test_errors_name_the_key(overrides, expected):
     with pytest.raises(ConfigError) as info:
-        load_job_config("ppo", None, overrides)
+        load_config("ppo", None, overrides)
     message = str(info.value)
     assert expected in message
     assert "\n" not in message

@@ -11,8 +11,9 @@ import torch
 from actors.types import LogProbs, Rollout, Scores
 from losses.common import RunningMoments
 from losses.kl import KLController
-from orchestrator.config import ConfigError, load_job_config
-from orchestrator.experience import make_experience, schedule
+from orchestrator.config import ConfigError
+from orchestrator.registry import load_config
+from orchestrator.jobs.experience import make_experience, schedule
 from ppo_helpers import read_metrics as _records, tiny_model_dir, tiny_ppo_config
 
 S = 1 / math.sqrt(2)  # GRPO advantage of the two scores {1, 0}: +-0.5 / std, std = sqrt(0.5)
@@ -30,7 +31,7 @@ def _rollout(lengths=(2, 1, 2, 3), T=3):
 
 def _experience(estimator, *extra, kl_per_token=0.0, scores=(1.0, 0.0, 0.5, 0.5)):
     """make_experience on 4 responses (2 prompts x 2) whose k1 KL is `kl_per_token` on every token."""
-    cfg = load_job_config("ppo", None, [f"ppo.advantage_estimator={estimator}", "ppo.samples_per_prompt=2", "ppo.kl_coef=0.1", *extra])
+    cfg = load_config("ppo", None, [f"ppo.advantage_estimator={estimator}", "ppo.samples_per_prompt=2", "ppo.kl_coef=0.1", *extra])
     rollout = _rollout()
     mask = rollout.action_mask.float()
     old = LogProbs(logprobs=-1.0 * mask)
@@ -93,27 +94,25 @@ def test_schedule_stamps_the_normaliser_of_the_aggregation():
     (["ppo.kl_in_loss=true", "ppo.kl_target=6"], "'ppo.kl_target': adapts the KL coefficient of the reward"),
     (["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "reward.colocate_with=critic"],
      "'reward.colocate_with': names the critic, which ppo.advantage_estimator=grpo does not start"),
-    (["reward.function=orchestrator.task:verifiable_reward"], "use data.path=builtin:closed-prompts"),
+    (["reward.function=builtin:verifiable"], "use data.path=builtin:closed-prompts"),
     (["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.loss_agg=sum"], "'ppo.loss_agg': 'sum' is not one of"),
 ])
 def test_config_errors_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as e:
-        load_job_config("ppo", None, overrides)
+        load_config("ppo", None, overrides)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_critic_settings_do_not_matter_without_a_critic():
     # 3 critic replicas would not divide the 64 responses; without a critic nothing checks them
-    cfg = load_job_config("ppo", None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "critic.replicas=3"])
-    from orchestrator.ppo import hosted_roles
-
-    assert set(hosted_roles(cfg)) == {"policy", "reference", "reward"}
+    cfg = load_config("ppo", None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "critic.replicas=3"])
+    assert set(cfg.hosted_roles()) == {"policy", "reference", "reward"}
     with pytest.raises(ConfigError, match="'ppo.rollout_batch_size': \\(64 responses\\) must be divisible by critic.replicas=3"):
-        load_job_config("ppo", None, ["critic.replicas=3"])
+        load_config("ppo", None, ["critic.replicas=3"])
 
 
 def test_verifiable_reward_checks_the_fact():
-    from orchestrator.task import prompt_rows, verifiable_reward
+    from orchestrator.builtin.world import prompt_rows, verifiable_reward
 
     closed = prompt_rows("test", query_type="closed")
     assert len(closed) == 38 and all(r["query_type"] == "closed" for r in closed)
@@ -136,32 +135,35 @@ CRITIC_FREE = ("ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4")
 
 
 def test_a_critic_free_run_starts_no_critic_and_checkpoints_without_one(model_dir, tmp_path):
-    from orchestrator.ppo import PPOJob, train
+    from orchestrator.jobs.ppo import PPOJob
+    from orchestrator.registry import run
 
-    cfg = tiny_ppo_config(model_dir, str(tmp_path / "run"), *CRITIC_FREE, "ppo.kl_in_loss=true", "critic.path=/does/not/exist")
+    cfg = tiny_ppo_config(model_dir, str(tmp_path / "run"), *CRITIC_FREE, "ppo.kl_in_loss=true", "critic.path=/does/not/exist",
+                          "run.profile=true")
     job = PPOJob(cfg)
     assert set(job.role_configs()) == {"policy", "reference", "reward"} and "critic" not in job.infos
-    summary = train(cfg)
+    summary = run("ppo", cfg)
     records = _records(tmp_path / "run")
     step = records[1]
-    assert "time/policy_update" in step and not any(k.startswith("critic/") or "critic_update" in k for k in step)
+    assert "time/update/policy_update" in step and not any(k.startswith("critic/") or "critic_update" in k for k in step)
+    assert "time/forward/values" not in step and "time/forward/score" in step
     assert {"grpo/zero_std_groups", "reward/group_std", "policy/kl_loss"} <= step.keys()
     assert set(summary["roles"]) == {"policy", "reference", "reward"}
     ckpt = tmp_path / "run" / "checkpoints" / "step_000002"
     assert (ckpt / "policy").is_dir() and not any("critic" in p.name for p in ckpt.iterdir())
     # a GAE run cannot resume it (it has no critic to load): refused by the fingerprint, before any role starts
     with pytest.raises(ConfigError, match="run.resume.*none \\(a critic-free ppo.advantage_estimator\\)"):
-        train(tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=3"))
+        run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=3"))
 
 
 @pytest.mark.parametrize("mode", ["seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_sequence_aggregations_do_not_depend_on_the_micro_batch(model_dir, tmp_path, mode):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     runs = {}
     for micro in (1, 4):
         out = tmp_path / f"micro{micro}"
-        train(tiny_ppo_config(model_dir, str(out), *CRITIC_FREE, f"ppo.loss_agg={mode}", f"policy.micro_batch_size={micro}",
+        run("ppo", tiny_ppo_config(model_dir, str(out), *CRITIC_FREE, f"ppo.loss_agg={mode}", f"policy.micro_batch_size={micro}",
                               "run.steps=1", "ppo.epochs=1"))
         runs[micro] = _records(out)[1]
     for key in ("policy/grad_norm", "policy/loss", "policy/approx_kl", "eval/reward"):
@@ -170,12 +172,12 @@ def test_sequence_aggregations_do_not_depend_on_the_micro_batch(model_dir, tmp_p
 
 @pytest.mark.slow  # three critic-free runs
 def test_critic_free_resume_equals_uninterrupted(model_dir, tmp_path):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     extra = (*CRITIC_FREE, "ppo.loss_agg=seq_mean_token_sum_norm", "ppo.grpo_scale_by_std=false")
-    train(tiny_ppo_config(model_dir, str(tmp_path / "full"), *extra, "run.steps=4"))
-    train(tiny_ppo_config(model_dir, str(tmp_path / "split"), *extra, "run.steps=2"))
-    train(tiny_ppo_config(model_dir, str(tmp_path / "split"), *extra, "run.steps=4"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "full"), *extra, "run.steps=4"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), *extra, "run.steps=2"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), *extra, "run.steps=4"))
     a, b = _records(tmp_path / "full"), _records(tmp_path / "split")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
@@ -187,11 +189,12 @@ def test_critic_free_resume_equals_uninterrupted(model_dir, tmp_path):
 def test_critic_free_with_lora_hosts_two_roles(model_dir, tmp_path):
     """A LoRA policy without reference.path is its own reference (adapters off): GRPO then runs on the
     policy and reward roles alone, with the KL in the loss read from the adapter-free pass."""
-    from orchestrator.ppo import PPOJob, train
+    from orchestrator.jobs.ppo import PPOJob
+    from orchestrator.registry import run
 
     cfg = tiny_ppo_config(model_dir, str(tmp_path / "lora"), *CRITIC_FREE, "ppo.kl_in_loss=true", "policy.lora.enabled=true")
     assert set(PPOJob(cfg).role_configs()) == {"policy", "reward"}
-    summary = train(cfg)
+    summary = run("ppo", cfg)
     assert set(summary["roles"]) == {"policy", "reward"}
     first, second = _records(tmp_path / "lora")[1:3]
     # the adapters start as a no-op (LoRA's B = 0), so the KL to the adapter-free pass starts at 0 and grows

@@ -20,15 +20,9 @@ import torch
 
 from actors.pairs import collate_pairs
 from orchestrator.config import DataConfig
-from orchestrator.data import (
-    DataError,
-    add_data_check_args,
-    collate_prompts,
-    load_preferences,
-    load_prompts,
-    read_rows,
-    run_data_check,
-)
+from orchestrator.data import DataError, collate_prompts, load_preferences, load_prompts, read_rows
+from orchestrator.tools.data_check import add_args as add_data_check_args
+from orchestrator.tools.data_check import run as run_data_check
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE7_FILE = ROOT / "tests" / "fixtures" / "data" / "prefs_line7_missing_rejected.jsonl"

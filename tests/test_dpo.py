@@ -24,9 +24,9 @@ def model_dir(tmp_path_factory):
 
 
 def _cfg(model_dir: str, out_dir: str, *extra: str):
-    from orchestrator.config import load_job_config
+    from orchestrator.registry import load_config
 
-    return load_job_config("dpo", None, [
+    return load_config("dpo", None, [
         f"policy.path={model_dir}", f"run.output_dir={out_dir}", "run.mode=local", "run.steps=2",
         "dpo.batch_size=8", "policy.micro_batch_size=4", "policy.lr=1e-3", "policy.max_new_tokens=8",
         "data.max_rows=48", "dpo.eval_pairs=12", "run.eval_every=0", *extra,
@@ -68,7 +68,7 @@ def _policy(model_dir, *extra):
 
 
 def _logps(policy, rows, reference=False):
-    from orchestrator.dpo import pair_logprobs
+    from orchestrator.jobs.dpo import pair_logprobs
 
     return pair_logprobs(policy, rows, policy.role.pad_id, reference=reference)
 
@@ -158,13 +158,13 @@ def _metrics(out_dir) -> list[dict]:
 
 
 def test_resume_equals_uninterrupted_and_writes_everything(model_dir, tmp_path):
-    from orchestrator import checkpoint as ckpt
-    from orchestrator.dpo import train
+    from orchestrator.core import checkpoint as ckpt
+    from orchestrator.registry import run
 
     full, split = tmp_path / "full", tmp_path / "split"
-    train(_cfg(model_dir, str(full), "run.steps=4", "run.eval_every=2", "run.save_every=2"))
-    train(_cfg(model_dir, str(split), "run.steps=2", "run.eval_every=2", "run.save_every=2"))
-    train(_cfg(model_dir, str(split), "run.steps=4", "run.eval_every=2", "run.save_every=2"))  # resume=auto from step 2
+    run("dpo", _cfg(model_dir, str(full), "run.steps=4", "run.eval_every=2", "run.save_every=2"))
+    run("dpo", _cfg(model_dir, str(split), "run.steps=2", "run.eval_every=2", "run.save_every=2"))
+    run("dpo", _cfg(model_dir, str(split), "run.steps=4", "run.eval_every=2", "run.save_every=2"))  # resume=auto from step 2
 
     a, b = _metrics(full), _metrics(split)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
@@ -206,13 +206,13 @@ def test_lora_run_resumes_exactly_and_exports_merged_weights(model_dir, tmp_path
     from transformers import AutoModelForCausalLM
 
     from actors.modeling import load_causal_lm
-    from orchestrator.dpo import train
+    from orchestrator.registry import run
 
     lora = ("policy.lora.enabled=true", "policy.lr=1e-2", "policy.max_new_tokens=4", "run.save_every=1", "run.eval_every=1")
     full, split = tmp_path / "full", tmp_path / "split"
-    train(_cfg(model_dir, str(full), *lora, "run.steps=3"))
-    train(_cfg(model_dir, str(split), *lora, "run.steps=2"))
-    train(_cfg(model_dir, str(split), *lora, "run.steps=3"))
+    run("dpo", _cfg(model_dir, str(full), *lora, "run.steps=3"))
+    run("dpo", _cfg(model_dir, str(split), *lora, "run.steps=2"))
+    run("dpo", _cfg(model_dir, str(split), *lora, "run.steps=3"))
     a, b = _metrics(full), _metrics(split)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3]
     for ra, rb in zip(a, b):

@@ -25,12 +25,12 @@ def _records(out_dir) -> list[dict]:
 @pytest.mark.slow  # a local and a 2-replica DPO run per stage
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ray_replicas_equal_one_local_replica(model_dir, tmp_path, ray_cluster, stage):
-    from orchestrator.dpo import train
+    from orchestrator.registry import run
 
     # top_k=1: the held-out generations are deterministic, so they do not depend on how prompts are sharded
-    run = ("run.steps=3", "run.eval_every=2", "policy.micro_batch_size=2", "policy.num_cpus=0.5", "policy.top_k=1")
-    one = train(_cfg(model_dir, str(tmp_path / "one"), *run))  # local mode: one replica, in this process
-    two = train(_cfg(model_dir, str(tmp_path / "two"), *run, "run.mode=ray", "policy.replicas=2",
+    common = ("run.steps=3", "run.eval_every=2", "policy.micro_batch_size=2", "policy.num_cpus=0.5", "policy.top_k=1")
+    one = run("dpo", _cfg(model_dir, str(tmp_path / "one"), *common))  # local mode: one replica, in this process
+    two = run("dpo", _cfg(model_dir, str(tmp_path / "two"), *common, "run.mode=ray", "policy.replicas=2",
                      f"policy.zero_stage={stage}"))
     assert two["replicas"] == 2 and one["replicas"] == 1
     a, b = _records(tmp_path / "one"), _records(tmp_path / "two")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import load_job_config
+from orchestrator.registry import load_config
 from orchestrator.experiments import estimators
 
 
@@ -31,7 +31,7 @@ def test_summary_is_mean_and_range_over_seeds():
 @pytest.mark.parametrize("name", list(estimators.VARIANTS))
 def test_every_variant_is_a_valid_ppo_config(name):
     overrides = {**estimators.BASE, **estimators.VARIANTS[name]}
-    cfg = load_job_config("ppo", None, [f"{k}={v}" for k, v in overrides.items()])
+    cfg = load_config("ppo", None, [f"{k}={v}" for k, v in overrides.items()])
     assert cfg.ppo.rollout_batch_size == 64  # the same responses per step for every estimator
     assert cfg.ppo.critic_free == (name != "gae")
 

@@ -1,4 +1,4 @@
-"""The experiments' findings, computed on known inputs: the verdict over seeds (`orchestrator.experiments.judge`),
+"""The experiments' findings, computed on known inputs: the verdict over seeds (`orchestrator.experiments.common.judge`),
 the numbers each finding of hidden-context, relevance-hacking and length-bias is judged on, the held-out answer
 measures (copying the prompt, short answers, repetition, closed accuracy), and gold at matched length.
 Then each new experiment's --quick end to end, with its findings recomputed from the files it wrote."""
@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from orchestrator import task
-from orchestrator.experiments import Finding, answer_numbers, format_finding, judge, spread
+from orchestrator.builtin import world
+from orchestrator.experiments.common import Finding, answer_numbers, findings_exit_code, format_finding, judge, spread
 from orchestrator.experiments import hidden_context as hc
 from orchestrator.experiments import length_bias as lb
 from orchestrator.experiments import relevance_hacking as rh
@@ -76,11 +76,11 @@ def test_relevance_hacking_numbers_and_rules():
 
 
 def test_answer_numbers_by_hand():
-    rows = task.prompt_rows("test")
+    rows = world.prompt_rows("test")
     open_row = next(r for r in rows if r["query_type"] == "open")
     closed_row = next(r for r in rows if r["query_type"] == "closed")
-    attribute, key = task.reference_key(closed_row["reference"])
-    other = next(v for v in task.ATTRIBUTES[attribute]["values"] if v != key)
+    attribute, key = world.reference_key(closed_row["reference"])
+    other = next(v for v in world.ATTRIBUTES[attribute]["values"] if v != key)
     samples = [
         {"prompt": open_row["prompt"], "response": f"{open_row['prompt']} {open_row['prompt']}"},  # a copy (and repetitive)
         {"prompt": open_row["prompt"], "response": "yes"},  # short
@@ -89,16 +89,16 @@ def test_answer_numbers_by_hand():
     ]
     n = answer_numbers(samples)
     assert (n["copy"], n["short"], n["hacked"], n["closed_accuracy"]) == (0.25, 0.25, 0.5, 0.5)
-    words = task._words(samples[0]["response"])
-    assert n["repetition"] == pytest.approx((1 - task.repetition_factor(words)) / 4) and n["repetition"] > 0
-    assert n["words"] == pytest.approx(sum(task.n_words(s["response"]) for s in samples) / 4)
+    words = world._words(samples[0]["response"])
+    assert n["repetition"] == pytest.approx((1 - world.repetition_factor(words)) / 4) and n["repetition"] > 0
+    assert n["words"] == pytest.approx(sum(world.n_words(s["response"]) for s in samples) / 4)
     # an answer to a closed question shares no trigram with it; the question read back shares all
-    assert not task.copies_prompt("What color is a banana?", "A banana is yellow.")
-    assert task.copies_prompt("What color is a banana?", "what color is a banana")
+    assert not world.copies_prompt("What color is a banana?", "A banana is yellow.")
+    assert world.copies_prompt("What color is a banana?", "what color is a banana")
     # half of the prompt's trigrams is a copy, fewer is not: "tell me about the ocean" has 3 trigrams
-    assert task.copies_prompt("Tell me about the ocean.", "tell me about it and me about the") is True  # 2 of 3
-    assert task.copies_prompt("Tell me about the ocean.", "tell me about whales") is False  # 1 of 3
-    assert not task.copies_prompt("Hi there", "Hi there")  # no trigram to copy
+    assert world.copies_prompt("Tell me about the ocean.", "tell me about it and me about the") is True  # 2 of 3
+    assert world.copies_prompt("Tell me about the ocean.", "tell me about whales") is False  # 1 of 3
+    assert not world.copies_prompt("Hi there", "Hi there")  # no trigram to copy
 
 
 def test_gold_at_matched_length_interpolates_the_curve():
@@ -146,7 +146,7 @@ def test_relevance_hacking_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "rh"
     code = rh.main(["--out", str(out), "--quick"])
     result = json.loads((out / "findings.json").read_text())
-    assert code == rh.exit_code(result) == 0 and result["quick"] and result["seeds"] == [0]
+    assert code == findings_exit_code(result, rh.FINDINGS) == 0 and result["quick"] and result["seeds"] == [0]
     table = _recomputed_table(out, 0, rh.VARIANTS)
     for name, row in table.items():
         for key, value in row.items():
@@ -171,7 +171,7 @@ def test_length_bias_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "lb"
     code = lb.main(["--out", str(out), "--quick"])
     result = json.loads((out / "findings.json").read_text())
-    assert code == lb.exit_code(result) == 0 and result["quick"] and result["rm_steps"] == lb.QUICK["rm_steps"]
+    assert code == findings_exit_code(result, lb.FINDINGS) == 0 and result["quick"] and result["rm_steps"] == lb.QUICK["rm_steps"]
     table = _recomputed_table(out, 0, lb.VARIANTS)
     rms = {}
     for objective in ("bradley_terry", "odin"):

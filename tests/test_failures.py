@@ -73,14 +73,14 @@ def test_skip_mode_drops_nan_steps_without_an_update_and_stops_after_too_many(mo
     """run.on_nonfinite=skip: steps whose rewards are NaN are dropped (no optimizer step: the exported policy
     is the one before them) and counted; more than run.max_skipped_steps in a row stops the run."""
     from actors.trainer import NonFiniteError
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     monkeypatch.setenv("RLHF_NAN_FROM", "3")  # start eval (1 call) and steps 1-2 fine, then NaN
     monkeypatch.setenv("RLHF_NAN_CALLS", "0")
     common = [f"reward.function={__name__}:nan_after_first", "run.on_nonfinite=skip", "run.save_every=1", "run.keep_checkpoints=10"]
     out = tmp_path / "skip"
     with pytest.raises(NonFiniteError, match=r"\(3 steps in a row, more than run.max_skipped_steps=2\)"):
-        train(tiny_ppo_config(model_dir, str(out), *common, "run.steps=6", "run.max_skipped_steps=2"))
+        run("ppo", tiny_ppo_config(model_dir, str(out), *common, "run.steps=6", "run.max_skipped_steps=2"))
     import json
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -99,10 +99,10 @@ def test_trainer_refuses_a_non_finite_loss_and_a_checkpoint_of_non_finite_weight
     from actors.modeling import load_causal_lm
     from actors.trainer import MicroLoss, NonFiniteError, train_step
     from cluster import init_local
-    from orchestrator.config import load_job_config
+    from orchestrator.registry import load_config
 
     init_local()
-    cfg = load_job_config("ppo", None, ["policy.micro_batch_size=1"]).policy
+    cfg = load_config("ppo", None, ["policy.micro_batch_size=1"]).policy
     engine = build_engine(load_causal_lm(model_dir), cfg, train=True, total_steps=2, minibatch_size=1)
     before = {k: v.clone() for k, v in engine.module.state_dict().items()}
 
@@ -154,14 +154,14 @@ def test_a_truncated_checkpoint_file_is_named_and_auto_resume_falls_back(model_d
     import json
 
     from orchestrator.cli import main
-    from orchestrator.config import load_job_config
-    from orchestrator.sft import train
+    from orchestrator.registry import load_config
+    from orchestrator.registry import run
 
     out = tmp_path / "sft"
     args = [f"policy.path={model_dir}", f"run.output_dir={out}", "run.mode=local", "sft.batch_size=8",
             "policy.micro_batch_size=8", "policy.warmup_steps=0", "data.max_rows=32", "sft.eval_rows=8",
             "policy.max_new_tokens=4", "run.save_every=1", "run.keep_checkpoints=5"]
-    train(load_job_config("sft", None, args + ["run.steps=3"]))
+    run("sft", load_config("sft", None, args + ["run.steps=3"]))
     latest = out / "checkpoints" / "step_000003"
     victim = max((p for p in latest.rglob("*") if p.is_file() and p.suffix == ".pt"), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
@@ -170,7 +170,7 @@ def test_a_truncated_checkpoint_file_is_named_and_auto_resume_falls_back(model_d
     err = _error_lines(capsys)
     assert len(err) == 1 and f"the checkpoint is damaged: {victim} is truncated or changed" in err[0], err
     with caplog.at_level("WARNING"):
-        train(load_job_config("sft", None, args + ["run.steps=4"]))
+        run("sft", load_config("sft", None, args + ["run.steps=4"]))
     assert f"checkpoint {latest} is damaged ({victim} is truncated" in caplog.text
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]  # resumed after step 2: steps 3 and 4 written once each
@@ -271,10 +271,10 @@ def test_a_finite_loss_with_non_finite_gradients_makes_no_update_at_any_zero_sta
     from actors.modeling import load_causal_lm
     from actors.trainer import MicroLoss, NonFiniteError, train_step
     from cluster import init_local
-    from orchestrator.config import load_job_config
+    from orchestrator.registry import load_config
 
     init_local()
-    cfg = load_job_config("ppo", None, ["policy.micro_batch_size=1", f"policy.zero_stage={stage}"]).policy
+    cfg = load_config("ppo", None, ["policy.micro_batch_size=1", f"policy.zero_stage={stage}"]).policy
     engine = build_engine(load_causal_lm(model_dir), cfg, train=True, total_steps=2, minibatch_size=1)
     with gathered_params(engine) as model:
         before = [p.detach().clone() for p in model.parameters()]

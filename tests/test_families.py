@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from families import FAMILIES, build_families, family_config, family_tokenizer, run_job, sequence_classifier
-from orchestrator.config import ConfigError, load_job_config
+from orchestrator.config import ConfigError
+from orchestrator.registry import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +48,7 @@ def _scores_three_ways(folder: str, fam: dict):
     from orchestrator.data import load_preferences
 
     init_local()
-    cfg = load_job_config("rm", None, [f"model.path={folder}", "model.head_init_scale=1.0", "model.micro_batch_size=2",
+    cfg = load_config("rm", None, [f"model.path={folder}", "model.head_init_scale=1.0", "model.micro_batch_size=2",
                                        "model.warmup_steps=0"]).model
     actor = RewardModelActor(cfg, model_path=folder, seed=0, total_steps=1, minibatch_size=2)
     rows = load_preferences(DataConfig(path=fam["prefs"]), actor.tokenizer)[0].to_list()[:8]
@@ -153,22 +154,23 @@ def test_lora_targets_fit_the_architecture(family, want, tmp_path):
 
 
 def test_checks_before_any_role_starts_are_one_line_naming_the_key(families, tmp_path, monkeypatch):
-    from orchestrator import ppo, rm
+    from orchestrator.jobs import ppo, rm
+    from orchestrator.registry import run
 
     def no_roles(*a, **k):
         raise AssertionError("a role started before the check")
 
-    monkeypatch.setattr(ppo, "start_roles", no_roles)
+    monkeypatch.setattr(ppo.PPOJob, "start", no_roles)
     gpt2 = families["gpt2"]
     base = ["run.mode=local", f"run.output_dir={tmp_path / 'ppo'}", f"data.path={gpt2['prompts']}", f"data.eval_path={gpt2['prompts']}"]
     # the built-in task's reward knows only the built-in prompts
     with pytest.raises(ConfigError, match=r"^config key 'reward.function': is the built-in task's annotator reward"):
-        load_job_config("ppo", None, base)
+        load_config("ppo", None, base)
     base += ["reward.function=ppo_helpers:length_reward"]
 
     def ppo_error(*extra: str) -> str:
         with pytest.raises(ConfigError) as e:
-            ppo.train(load_job_config("ppo", None, base + [f"policy.path={gpt2['model']}", *extra]))
+            run("ppo", load_config("ppo", None, base + [f"policy.path={gpt2['model']}", *extra]))
         assert "\n" not in str(e.value)
         return str(e.value)
 
@@ -182,7 +184,7 @@ def test_checks_before_any_role_starts_are_one_line_naming_the_key(families, tmp
     assert "c_attn, c_fc, c_proj" in msg
     # a missing model folder
     with pytest.raises(ConfigError, match=r"^config key 'policy.path': '/no/such/model' is not a readable model folder"):
-        ppo.train(load_job_config("ppo", None, base + ["policy.path=/no/such/model"]))
+        run("ppo", load_config("ppo", None, base + ["policy.path=/no/such/model"]))
     # a reference with another vocabulary
     msg = ppo_error(f"reference.path={families['qwen2']['model']}")
     assert msg.startswith("config key 'reference.path':") and "different tokenizer" in msg
@@ -195,36 +197,38 @@ def test_checks_before_any_role_starts_are_one_line_naming_the_key(families, tmp
     config.save_pretrained(short)  # the check reads the config only (the weights are never loaded)
     gpt2["tokenizer"].save_pretrained(short)
     (short / "model.safetensors").write_bytes((Path(gpt2["model"]) / "model.safetensors").read_bytes())
-    cfg = load_job_config("rm", None, ["run.mode=local", f"run.output_dir={tmp_path / 'rm'}", f"model.path={short}",
+    cfg = load_config("rm", None, ["run.mode=local", f"run.output_dir={tmp_path / 'rm'}", f"model.path={short}",
                                        f"data.path={gpt2['hh']}", f"data.eval_path={gpt2['hh']}"])
     monkeypatch.setattr(rm.RMJob, "start", no_roles)
     with pytest.raises(ConfigError, match=r"^config key 'data.max_prompt_tokens': the longest prompt \+ response .* \(8, "):
-        rm.train(cfg)
+        run("rm", cfg)
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(families, tmp_path, monkeypatch):
     """`run.resume=auto` in an output_dir whose checkpoint was written for Qwen2 now asked to run GPT-2:
     one line before any role starts; the old checkpoint is untouched."""
-    from orchestrator import checkpoint, ppo
+    from orchestrator.core import checkpoint
+    from orchestrator.jobs import ppo
+    from orchestrator.registry import run
 
-    monkeypatch.setattr(ppo, "start_roles", lambda *a, **k: pytest.fail("a role started"))
+    monkeypatch.setattr(ppo.PPOJob, "start", lambda *a, **k: pytest.fail("a role started"))
     out = tmp_path / "ppo"
     common = ["run.mode=local", f"run.output_dir={out}", f"data.path={families['gpt2']['prompts']}",
               f"data.eval_path={families['gpt2']['prompts']}", "reward.function=ppo_helpers:length_reward"]
-    written = ppo.PPOJob(load_job_config("ppo", None, common + [f"policy.path={families['qwen2']['model']}"]))
+    written = ppo.PPOJob(load_config("ppo", None, common + [f"policy.path={families['qwen2']['model']}"]))
     with checkpoint.atomic_checkpoint(str(out), 5, 2) as folder:
         checkpoint.save_driver_state(folder, {"step": 5, "job": {}, "history": {}, "rng": torch.get_rng_state(),
                                               "fingerprint": written.fingerprint()})
     before = (out / "checkpoints" / "step_000005" / "driver.pt").read_bytes()
     with pytest.raises(ConfigError) as e:
-        ppo.train(load_job_config("ppo", None, common + [f"policy.path={families['gpt2']['model']}"]))
+        run("ppo", load_config("ppo", None, common + [f"policy.path={families['gpt2']['model']}"]))
     msg = str(e.value)
     assert msg.startswith("config key 'run.resume': the checkpoint ") and "written for another model" in msg
     assert '"model_type": "qwen2"' in msg and '"model_type": "gpt2"' in msg and "run.resume=never" in msg
     assert (out / "checkpoints" / "step_000005" / "driver.pt").read_bytes() == before
     # the same model resumes past the check (and then needs its roles, which this test does not start)
     with pytest.raises(pytest.fail.Exception, match="a role started"):
-        ppo.train(load_job_config("ppo", None, common + [f"policy.path={families['qwen2']['model']}", "run.steps=6"]))
+        run("ppo", load_config("ppo", None, common + [f"policy.path={families['qwen2']['model']}", "run.steps=6"]))
 
 
 def test_plain_rendering_gives_hh_dialogues_one_layout(families):
@@ -283,10 +287,10 @@ def test_wandb_offline_tracker_follows_the_run_across_a_resume(families, tmp_pat
               "run.wandb_project=families"]
     _run("sft", out, *common, "run.save_every=1")
     run_id = (out / "wandb_id").read_text()
-    cfg = load_job_config("sft", None, ["run.mode=local", "run.steps=3", "run.resume=auto", f"run.output_dir={out}", *common])
-    from orchestrator import sft
+    cfg = load_config("sft", None, ["run.mode=local", "run.steps=3", "run.resume=auto", f"run.output_dir={out}", *common])
+    from orchestrator.registry import run
 
-    sft.train(cfg)
+    run("sft", cfg)
     assert (out / "wandb_id").read_text() == run_id
     runs = sorted((out / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 2  # the first run and its resumption, one W&B run id
@@ -294,4 +298,4 @@ def test_wandb_offline_tracker_follows_the_run_across_a_resume(families, tmp_pat
     assert b"sft/loss" in logged and b"eval/loss" in logged
     assert (out / "tensorboard").is_dir()
     with pytest.raises(ConfigError, match=r"^config key 'run.loggers': must list tensorboard and/or wandb, got 'mlflow'"):
-        load_job_config("sft", None, ["run.loggers=[mlflow]"])
+        load_config("sft", None, ["run.loggers=[mlflow]"])

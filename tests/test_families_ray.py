@@ -55,9 +55,10 @@ def test_every_family_scores_alike_in_training_and_behind_serve(ray_cluster, fam
     from actors.reward_trainer import RewardModelActor
     from cluster import init_local
     from cluster.dist import free_port
-    from orchestrator.config import DataConfig, load_job_config
+    from orchestrator.config import DataConfig
+    from orchestrator.registry import load_config
     from orchestrator.data import load_preferences
-    from orchestrator.serve import ServeOptions, deploy, reward_config
+    from orchestrator.tools.serve import ServeOptions, deploy, reward_config
 
     torch.set_num_threads(1)
     init_local()
@@ -69,7 +70,7 @@ def test_every_family_scores_alike_in_training_and_behind_serve(ray_cluster, fam
                          f"data.eval_path={fam['prefs']}", "rm.batch_size=8", "model.micro_batch_size=4", "model.warmup_steps=0",
                          "model.head_init_scale=1.0", "model.objective=mean_variance")
             folder = rm["model"]
-            cfg = load_job_config("rm", None, [f"model.path={folder}", "model.head_init_scale=1.0", "model.objective=mean_variance",
+            cfg = load_config("rm", None, [f"model.path={folder}", "model.head_init_scale=1.0", "model.objective=mean_variance",
                                                "model.micro_batch_size=2", "model.warmup_steps=0"]).model
             actor = RewardModelActor(cfg, model_path=folder, seed=0, total_steps=1, minibatch_size=2)
             rows = load_preferences(DataConfig(path=fam["prefs"]), actor.tokenizer)[0].to_list()[:4]

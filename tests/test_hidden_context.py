@@ -1,14 +1,14 @@
 """`rlhf experiment hidden-context` in quick mode: the whole chain (three `rlhf rm` runs on
 builtin:hidden-context, two `rlhf ppo` runs with the DPL mean and quantile rewards) runs, and every
 finding's numbers are recomputed from the files the runs wrote. The findings themselves need the full
-run over seeds (README); their rules on known inputs are in test_experiments.py."""
+run over seeds (docs/experiments.md); their rules on known inputs are in test_experiments.py."""
 
 import copy
 import json
 
 import pytest
 
-from orchestrator.experiments import judge
+from orchestrator.experiments.common import findings_exit_code, judge
 from orchestrator.experiments import hidden_context as hc
 
 
@@ -21,13 +21,13 @@ def _result(quick: bool, passed: bool) -> dict:
 
 def test_exit_code_follows_the_findings():
     """The exit code of a full run is its pass flags; of a quick run, that every judged number is finite."""
-    assert hc.exit_code(_result(False, True)) == 0
-    assert hc.exit_code(_result(False, False)) == 1
+    assert findings_exit_code(_result(False, True), hc.FINDINGS) == 0
+    assert findings_exit_code(_result(False, False), hc.FINDINGS) == 1
     quick = _result(True, False)
-    assert hc.exit_code(quick) == 0  # a smoke run: failing findings are expected
+    assert findings_exit_code(quick, hc.FINDINGS) == 0  # a smoke run: failing findings are expected
     quick = copy.deepcopy(quick)
     quick["risk_averse_ppo"]["per_seed"][0]["share_drop"] = float("nan")
-    assert hc.exit_code(quick) == 1  # ... but not a NaN
+    assert findings_exit_code(quick, hc.FINDINGS) == 1  # ... but not a NaN
 
 
 @pytest.mark.slow  # about 2 minutes on the cached SFT policy: three reward models, two PPO runs
@@ -35,7 +35,7 @@ def test_hidden_context_quick_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "hc"
     code = hc.main(["--out", str(out), "--quick"])
     result = json.loads((out / "findings.json").read_text())
-    assert code == hc.exit_code(result) == 0  # every judged number came out finite
+    assert code == findings_exit_code(result, hc.FINDINGS) == 0  # every judged number came out finite
     assert result["data"] == "builtin:hidden-context" and result["train_pairs"] == hc.QUICK_TRAIN_PAIRS
     assert result["seeds"] == [0] and result["rm_steps"] == hc.QUICK_RM_STEPS
     # every finding's numbers, recomputed from what the runs wrote

@@ -1,4 +1,4 @@
-"""The job skeleton (`orchestrator.job`) as a user meets it: a run killed with SIGKILL (before its first
+"""The job skeleton (`orchestrator.core.job`) as a user meets it: a run killed with SIGKILL (before its first
 checkpoint, or after one), then started again with the same command, leaves every step in
 metrics.jsonl exactly once; a fresh start never mixes with an earlier run's outputs; every job
 evaluates at the start and at the end. Local mode, a tiny random model; the killed runs are real
@@ -113,13 +113,13 @@ def test_a_signal_finishes_the_step_writes_a_checkpoint_and_resume_continues(mod
 
 
 def test_a_fresh_run_sets_an_earlier_runs_outputs_aside(model_dir, tmp_path):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
     from ppo_helpers import tiny_ppo_config
 
     out = tmp_path / "run"
-    train(tiny_ppo_config(model_dir, str(out), "run.steps=1"))
+    run("ppo", tiny_ppo_config(model_dir, str(out), "run.steps=1"))
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
-    train(tiny_ppo_config(model_dir, str(out), "run.steps=2", "run.resume=never"))  # fresh on purpose
+    run("ppo", tiny_ppo_config(model_dir, str(out), "run.steps=2", "run.resume=never"))  # fresh on purpose
     assert _steps(out) == [0, 1, 2]
     aside = [p for p in out.iterdir() if p.name.startswith("previous-")]
     assert len(aside) == 1
@@ -129,7 +129,7 @@ def test_a_fresh_run_sets_an_earlier_runs_outputs_aside(model_dir, tmp_path):
 
 
 def test_metrics_logger_refuses_to_append_to_an_old_file(tmp_path):
-    from orchestrator.metrics import MetricsLogger
+    from orchestrator.core.metrics import MetricsLogger
 
     log = MetricsLogger(tmp_path)
     log.write(0, {"eval/x": 1.0})
@@ -149,11 +149,11 @@ def test_resume_checks_come_before_any_role_starts(model_dir, tmp_path, capsys, 
     no role was built (PolicyActor would raise here)."""
     import actors.policy
     from orchestrator.cli import main
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
     from ppo_helpers import tiny_ppo_config
 
     out = tmp_path / "run"
-    train(tiny_ppo_config(model_dir, str(out), "run.steps=2"))
+    run("ppo", tiny_ppo_config(model_dir, str(out), "run.steps=2"))
 
     def no_roles(*args, **kwargs):
         raise AssertionError("a role was started")

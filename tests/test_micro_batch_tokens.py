@@ -154,7 +154,7 @@ def gpt2(tmp_path_factory):
 
 
 @pytest.mark.parametrize("job", ["sft", "dpo", "ppo", "rm"])
-def test_a_run_with_a_token_budget_equals_one_with_row_micro_batches(job, gpt2, tmp_path):
+def test_a_run_with_a_token_budget_equals_one_with_row_micro_batches(job, gpt2, tmp_path, monkeypatch):
     """GPT-2 (learned positions, pad == eos): SFT, DPO, PPO with its critic and a Bradley-Terry reward
     model, 2 steps each, with micro_batch_tokens and with micro_batch_size: every logged number agrees
     to float rounding."""
@@ -173,16 +173,32 @@ def test_a_run_with_a_token_budget_equals_one_with_row_micro_batches(job, gpt2, 
     base = ["run.mode=local", f"{role}.path={fam['model']}", f"{role}.micro_batch_size=2", f"{role}.warmup_steps=0", *common,
             *(["policy.max_new_tokens=8"] if job != "rm" else [])]
     budget = [f"{role}.micro_batch_tokens=48"] + (["critic.micro_batch_tokens=48"] if job == "ppo" else [])
+    import actors.lm
+
+    groups = []  # every token-budget plan of the run: the rows of each micro-batch
+
+    def recorded(batch, tokens):
+        out = plan(batch, tokens)
+        groups.append([len(g) for g in out])
+        return out
+
+    plan = actors.lm.token_groups
+    monkeypatch.setattr(actors.lm, "token_groups", recorded)
     run_job(job, tmp_path / "rows", *base)
+    assert groups == []  # row micro-batches: the budget's planner never ran
     run_job(job, tmp_path / "tokens", *base, *budget)
+    # the budget cut this run otherwise: micro-batches of other sizes than micro_batch_size=2 rows
+    sizes = {n for plan_ in groups for n in plan_}
+    assert groups and sizes != {2}, sizes
     _same_run(tmp_path / "rows", tmp_path / "tokens")
 
 
 def test_a_reward_model_with_batch_terms_refuses_a_token_budget():
-    from orchestrator.config import ConfigError, load_job_config
+    from orchestrator.config import ConfigError
+    from orchestrator.registry import load_config
 
     for objective in ("odin", "categorical"):
         with pytest.raises(ConfigError, match=rf"model\.micro_batch_tokens.*not supported with objective={objective}"):
-            load_job_config("rm", None, ["model.micro_batch_tokens=512", f"model.objective={objective}",
+            load_config("rm", None, ["model.micro_batch_tokens=512", f"model.objective={objective}",
                                          "model.entropy_coef=0.1"])
-    load_job_config("rm", None, ["model.micro_batch_tokens=512", "model.objective=categorical", "model.entropy_coef=0"])
+    load_config("rm", None, ["model.micro_batch_tokens=512", "model.objective=categorical", "model.entropy_coef=0"])

@@ -10,12 +10,12 @@ import torch
 import transformers
 
 from actors import modeling
-from orchestrator import builtin, task
+from orchestrator.builtin import models as builtin, world
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return modeling.train_bpe_tokenizer(task.corpus_texts())
+    return modeling.train_bpe_tokenizer(world.corpus_texts())
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_tokenizer_special_tokens_and_padding_side(tokenizer):
 
 
 def test_tokenizer_training_is_deterministic(tokenizer):
-    again = modeling.train_bpe_tokenizer(task.corpus_texts())
+    again = modeling.train_bpe_tokenizer(world.corpus_texts())
     assert again.get_vocab() == tokenizer.get_vocab()
 
 
@@ -224,10 +224,12 @@ def test_builtin_model_dir_builds_once_and_loads_offline(tmp_path, monkeypatch):
     assert builtin.builtin_tokenizer().get_vocab() == tok.get_vocab()
     # the cache key covers the build parameters
     assert builtin.cache_root() == tmp_path / "cache"
-    assert builtin.resolve_model_path("org/model") == "org/model"
-    assert builtin.resolve_model_path("builtin:tiny-base") == path
+    from orchestrator.builtin.policy import resolve_model_path
+
+    assert resolve_model_path("org/model") == "org/model"
+    assert resolve_model_path("builtin:tiny-base") == path
     with pytest.raises(ValueError, match="built-in models"):
-        builtin.resolve_model_path("builtin:huge")
+        resolve_model_path("builtin:huge")
     with pytest.raises(ValueError, match="size"):
         builtin.builtin_model_dir("huge")
 

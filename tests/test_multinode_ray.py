@@ -129,16 +129,16 @@ def _records(out) -> list[dict]:
 
 
 def test_ppo_across_nodes_equals_one_process_and_resumes_after_a_node_is_gone(nodes, tmp_path):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     model_dir = tiny_model_dir(str(tmp_path / "cache"))
     common = ("policy.top_k=1", "run.save_every=1", "run.keep_checkpoints=4")  # greedy: rollouts do not depend on sharding
-    whole = train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *common, "run.steps=4"))
+    whole = run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *common, "run.steps=4"))
     across = ("run.mode=ray", f"run.ray_address={nodes.address}", "run.placement_strategy=STRICT_SPREAD",
               "policy.replicas=2", "critic.replicas=2", "policy.zero_stage=2", "critic.zero_stage=2",
               "reference.replicas=2", "reference.colocate_with=policy")
     out = tmp_path / "across"
-    first = train(tiny_ppo_config(model_dir, str(out), *common, *across, "run.steps=2"))
+    first = run("ppo", tiny_ppo_config(model_dir, str(out), *common, *across, "run.steps=2"))
 
     roles = first["roles"]
     policy_nodes = [h["node_id"] for h in roles["policy"]]
@@ -151,7 +151,7 @@ def test_ppo_across_nodes_equals_one_process_and_resumes_after_a_node_is_gone(no
     nodes.remove_node(gone)
     nodes.add_node(**nodes.node_args)
     nodes.wait_for_nodes()
-    second = train(tiny_ppo_config(model_dir, str(out), *common, *across, "run.steps=4"))
+    second = run("ppo", tiny_ppo_config(model_dir, str(out), *common, *across, "run.steps=4"))
     hosts = [h["node_id"] for hosts in second["roles"].values() for h in hosts]
     assert gone.node_id not in hosts
 

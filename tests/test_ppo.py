@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator import checkpoint as ckpt
+from orchestrator.core import checkpoint as ckpt
 from ppo_helpers import read_metrics as _metrics, tiny_model_dir, tiny_ppo_config
 
 
@@ -16,15 +16,15 @@ def model_dir(tmp_path_factory):
 
 
 def test_two_steps_write_everything(model_dir, tmp_path):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     cfg = tiny_ppo_config(model_dir, str(tmp_path / "run"))
-    summary = train(cfg)
+    summary = run("ppo", cfg)
     out = tmp_path / "run"
     records = _metrics(out)
     assert [r["step"] for r in records] == [0, 1, 2]  # the start evaluation, then one record per step
     for key in ("policy/loss", "policy/clipfrac", "policy/approx_kl", "policy/ratio_max", "critic/loss", "critic/clipfrac",
-                "reward/score", "reward/length_corr", "kl/mean", "kl/coef", "length/mean", "time/generate", "time/critic_update+policy_update"):
+                "reward/score", "reward/length_corr", "kl/mean", "kl/coef", "length/mean", "time/generate", "time/forward", "time/update"):
         assert key in records[1], key
     assert {"eval/reward", "eval/gold", "eval/length"} <= records[0].keys() & records[2].keys()
     assert records[1]["policy/ratio_max"] >= records[1]["policy/ratio_mean"]
@@ -42,15 +42,15 @@ def test_two_steps_write_everything(model_dir, tmp_path):
 
 @pytest.mark.slow  # three PPO runs; DPO and SFT resume tests stay in the fast loop
 def test_resume_equals_uninterrupted(model_dir, tmp_path):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     full = tmp_path / "full"
-    train(tiny_ppo_config(model_dir, str(full), "run.steps=4"))
+    run("ppo", tiny_ppo_config(model_dir, str(full), "run.steps=4"))
 
     split = tmp_path / "split"
-    train(tiny_ppo_config(model_dir, str(split), "run.steps=2"))
+    run("ppo", tiny_ppo_config(model_dir, str(split), "run.steps=2"))
     # a second invocation with more steps continues from the step-2 checkpoint (resume=auto)
-    train(tiny_ppo_config(model_dir, str(split), "run.steps=4"))
+    run("ppo", tiny_ppo_config(model_dir, str(split), "run.steps=4"))
 
     a, b = _metrics(full), _metrics(split)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
@@ -65,12 +65,12 @@ def test_resume_equals_uninterrupted(model_dir, tmp_path):
 def test_bf16_roles_resume_exactly(model_dir, tmp_path, lora):
     """bf16 policy, critic and reference: the trained roles run DeepSpeed's bf16 optimizer (fp32 master
     weights, fp32 gradient accumulation; stage 1 even at zero_stage=0), whose checkpoint resumes exactly."""
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     bf16 = ["policy.dtype=bf16", "critic.dtype=bf16", "reference.dtype=bf16", *(["policy.lora.enabled=true"] if lora else [])]
-    train(tiny_ppo_config(model_dir, str(tmp_path / "full"), *bf16, "run.steps=3"))
-    train(tiny_ppo_config(model_dir, str(tmp_path / "split"), *bf16, "run.steps=2"))
-    train(tiny_ppo_config(model_dir, str(tmp_path / "split"), *bf16, "run.steps=3"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "full"), *bf16, "run.steps=3"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), *bf16, "run.steps=2"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), *bf16, "run.steps=3"))
     a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "split")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3]
     for ra, rb in zip(a, b):  # (the split run also evaluates at its first end, step 2)
@@ -80,45 +80,28 @@ def test_bf16_roles_resume_exactly(model_dir, tmp_path, lora):
 def test_a_checkpoint_resumes_only_in_its_dtype(model_dir, tmp_path):
     """A bf16 role checkpoints DeepSpeed's bf16 optimizer, an fp32 one its plain optimizer: resuming in the
     other dtype is refused before any role starts, by the keys that differ."""
-    from orchestrator.configtree import ConfigError
-    from orchestrator.ppo import train
+    from orchestrator.config.tree import ConfigError
+    from orchestrator.registry import run
 
-    train(tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=1"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=1"))
     with pytest.raises(ConfigError, match=r"run\.resume.*policy_layout.*\"dtype\": \"bf16\""):
-        train(tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=2", "policy.dtype=bf16"))
+        run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "run"), "run.steps=2", "policy.dtype=bf16"))
 
 
 def test_update_changes_every_trainable_param_and_not_the_reference(model_dir):
-    import cluster
-    from actors.critic import CriticActor
-    from actors.modeling import load_tokenizer
-    from actors.policy import PolicyActor
-    from actors.reference import ReferenceActor
-    from actors.reward import RewardActor
-    from losses.common import RunningMoments
-    from losses.kl import KLController
-    from orchestrator.data import load_prompts, to_prompt_batch
-    from orchestrator.ppo import Roles, ppo_step
+    from orchestrator.jobs.ppo import PPOJob
 
-    cfg = tiny_ppo_config(model_dir, "unused")
-    kw = dict(seed=0, total_steps=4, minibatch_size=cfg.ppo.minibatch_size)
-    policy = cluster.LocalGroup(PolicyActor, cfg.policy, name="policy", kwargs=dict(model_path=model_dir, **kw))
-    critic = cluster.LocalGroup(CriticActor, cfg.critic, name="critic", kwargs=dict(model_path=model_dir, **kw))
-    reference = cluster.LocalGroup(
-        ReferenceActor, cfg.reference, name="reference",
-        kwargs=dict(model_path=model_dir, temperature=1.0, micro_batch_size=2),
-    )
-    reward = cluster.LocalGroup(RewardActor, cfg.reward, name="reward", kwargs=dict(seed=0))
-    roles = Roles(policy=policy, critic=critic, reward=reward, reference=reference)
+    job = PPOJob(tiny_ppo_config(model_dir, "unused"))
+    job.start()
+    roles = {"policy": job.roles.policy, "critic": job.roles.critic, "reference": job.roles.reference}
 
     def snapshot(group):
         return {n: p.detach().clone() for n, p in group.role.engine.module.named_parameters()}
 
-    before = {name: snapshot(g) for name, g in (("policy", policy), ("critic", critic), ("reference", reference))}
-    tokenizer = load_tokenizer(model_dir)
-    rows = load_prompts(cfg.data, tokenizer)[0].to_list()
-    ppo_step(roles, cfg, lambda n: to_prompt_batch(rows[:n], tokenizer.pad_token_id), KLController(0.05), RunningMoments(), 0)
-    after = {name: snapshot(g) for name, g in (("policy", policy), ("critic", critic), ("reference", reference))}
+    before = {name: snapshot(g) for name, g in roles.items()}
+    job.ppo_step(0)
+    after = {name: snapshot(g) for name, g in roles.items()}
+    job.shutdown()
     for role in ("policy", "critic"):
         unchanged = [n for n, p in before[role].items() if torch.equal(p, after[role][n])]
         assert not unchanged, f"{role}: parameters not updated: {unchanged}"
@@ -154,11 +137,11 @@ def test_lora_policy_and_critic_reference_is_the_policy_without_adapters(model_d
     import cluster
     from actors.policy import PolicyActor
     from actors.reference import ReferenceActor
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     out = tmp_path / "lora"
     cfg = tiny_ppo_config(model_dir, str(out), "policy.lora.enabled=true", "critic.lora.enabled=true", "policy.lora.r=4")
-    summary = train(cfg)
+    summary = run("ppo", cfg)
     assert summary["steps"] == 2
     from transformers import AutoModelForCausalLM
 
@@ -172,7 +155,7 @@ def test_lora_policy_and_critic_reference_is_the_policy_without_adapters(model_d
     reference = cluster.LocalGroup(
         ReferenceActor, cfg.reference, name="reference", kwargs=dict(model_path=model_dir, temperature=1.0, micro_batch_size=2)
     )
-    from orchestrator.ppo import to_prompt_batch
+    from orchestrator.data import to_prompt_batch
     from orchestrator.data import load_prompts
     from actors.modeling import load_tokenizer
 
@@ -205,7 +188,7 @@ def test_reward_model_from_a_folder_and_critic_from_it(model_dir, tmp_path):
     tokenizer.save_pretrained(rm_dir)
 
     out = tmp_path / "run"
-    train_summary = __import__("orchestrator.ppo", fromlist=["train"]).train(
+    train_summary = __import__("orchestrator.registry", fromlist=["run"]).run("ppo", 
         tiny_ppo_config(model_dir, str(out), "reward.kind=model", f"reward.path={rm_dir}", "critic.init_from=reward", "run.steps=1")
     )
     assert train_summary["steps"] == 1
@@ -232,11 +215,11 @@ def test_reward_model_from_a_folder_and_critic_from_it(model_dir, tmp_path):
 
 
 def test_checkpoint_holds_hf_weights(model_dir, tmp_path):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    train(tiny_ppo_config(model_dir, str(out), "run.steps=1"))
+    run("ppo", tiny_ppo_config(model_dir, str(out), "run.steps=1"))
     last = ckpt.latest_checkpoint(str(out))
     assert (last / "policy_hf" / "model.safetensors").is_file()
     assert (last / "critic_hf" / "value_head.safetensors").is_file()
@@ -249,10 +232,10 @@ def test_checkpoint_holds_hf_weights(model_dir, tmp_path):
 def test_entropy_bonus_reaches_the_policy_update(model_dir, tmp_path):
     """policy.entropy_coef > 0: the policy loss carries -c H (losses.ppo.policy_loss) and the entropy is
     logged; the same run without it has no entropy metric and another loss."""
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
-    train(tiny_ppo_config(model_dir, str(tmp_path / "plain"), "run.steps=1"))
-    train(tiny_ppo_config(model_dir, str(tmp_path / "bonus"), "run.steps=1", "policy.entropy_coef=0.5"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "plain"), "run.steps=1"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "bonus"), "run.steps=1", "policy.entropy_coef=0.5"))
     plain, bonus = _metrics(tmp_path / "plain")[1], _metrics(tmp_path / "bonus")[1]
     assert "policy/entropy" not in plain and bonus["policy/entropy"] > 0.1
     # the first minibatch is the same in both runs: its loss differs by -c x (token-mean entropy) on average
@@ -260,16 +243,18 @@ def test_entropy_bonus_reaches_the_policy_update(model_dir, tmp_path):
 
 
 def test_old_logprobs_from_the_rollout_equal_a_recompute(model_dir, tmp_path):
-    """ppo.old_logprobs=rollout skips the policy's no-grad forward (no old_logprobs phase) and gives the
-    same first update as recompute, to float rounding: the same samples, rewards, KL and losses."""
-    from orchestrator.ppo import train
+    """ppo.old_logprobs=rollout skips the policy's no-grad forward (no old_logprobs call in the forward
+    phase, timed alone with run.profile=true) and gives the same first update as recompute, to float
+    rounding: the same samples, rewards, KL and losses."""
+    from orchestrator.registry import run
 
     runs = {}
     for mode in ("recompute", "rollout"):
         out = tmp_path / mode
-        train(tiny_ppo_config(model_dir, str(out), "run.steps=1", f"ppo.old_logprobs={mode}"))
+        run("ppo", tiny_ppo_config(model_dir, str(out), "run.steps=1", f"ppo.old_logprobs={mode}", "run.profile=true"))
         runs[mode] = _metrics(out)[1]
     a, b = runs["recompute"], runs["rollout"]
-    assert "time/score+reference+old_logprobs+values" in a and "time/score+reference+values" in b
+    assert "time/forward/old_logprobs" in a and "time/forward/old_logprobs" not in b
+    assert {"time/forward/score", "time/forward/reference", "time/forward/values"} <= a.keys() & b.keys()
     for key in ("reward/score", "length/mean", "kl/mean", "policy/loss", "critic/loss", "policy/approx_kl", "policy/grad_norm"):
         assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key

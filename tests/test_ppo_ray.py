@@ -34,22 +34,22 @@ DETERMINISTIC = ("policy.top_k=1", "run.steps=1")
 
 
 def test_local_and_ray_give_the_same_first_step(model_dir, tmp_path, ray_cluster):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
-    train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *DETERMINISTIC))
-    train(tiny_ppo_config(model_dir, str(tmp_path / "ray"), *DETERMINISTIC, "run.mode=ray"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *DETERMINISTIC))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "ray"), *DETERMINISTIC, "run.mode=ray"))
     _assert_same(_first_step(tmp_path / "local"), _first_step(tmp_path / "ray"))
 
 
 @pytest.mark.slow  # two ray-mode PPO runs per stage
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_zero_stages_at_two_replicas_equal_one_replica(model_dir, tmp_path, ray_cluster, stage):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     one = tmp_path / "one"
     two = tmp_path / "two"
-    train(tiny_ppo_config(model_dir, str(one), *DETERMINISTIC, "run.mode=ray"))
-    train(
+    run("ppo", tiny_ppo_config(model_dir, str(one), *DETERMINISTIC, "run.mode=ray"))
+    run("ppo", 
         tiny_ppo_config(
             model_dir, str(two), *DETERMINISTIC, "run.mode=ray",
             "policy.replicas=2", "critic.replicas=2", f"policy.zero_stage={stage}", f"critic.zero_stage={stage}",
@@ -64,11 +64,11 @@ def test_token_budget_at_two_zero3_replicas_equals_one_local_replica(model_dir, 
     """micro_batch_tokens on the policy (and so the reference) and the critic, each sharded over two ZeRO-3
     replicas whose rows differ in length: every replica makes as many forward calls (else a collective
     would hang), and the step is the one-process step."""
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     budget = ("policy.micro_batch_tokens=40", "critic.micro_batch_tokens=40")
-    train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *DETERMINISTIC, *budget))
-    train(tiny_ppo_config(model_dir, str(tmp_path / "ray"), *DETERMINISTIC, *budget, "run.mode=ray", "policy.replicas=2",
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *DETERMINISTIC, *budget))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "ray"), *DETERMINISTIC, *budget, "run.mode=ray", "policy.replicas=2",
                           "critic.replicas=2", "policy.zero_stage=3", "critic.zero_stage=3", "reference.zero_stage=3"))
     _assert_same(_first_step(tmp_path / "local"), _first_step(tmp_path / "ray"))
 
@@ -76,12 +76,12 @@ def test_token_budget_at_two_zero3_replicas_equals_one_local_replica(model_dir, 
 def test_critic_free_local_and_ray_give_the_same_run_with_three_roles(model_dir, tmp_path, ray_cluster):
     """GRPO with 4 sampled responses per prompt and the KL in the loss: two steps (sampling on, one policy
     replica, so both modes draw the same responses) give the same metrics, and ray mode starts no critic."""
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     extra = ("ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.kl_in_loss=true",
              "ppo.loss_agg=seq_mean_token_mean", "run.steps=2", "reward.replicas=2")
-    train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *extra))
-    summary = train(tiny_ppo_config(model_dir, str(tmp_path / "ray"), *extra, "run.mode=ray"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *extra))
+    summary = run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "ray"), *extra, "run.mode=ray"))
     assert set(summary["roles"]) == {"policy", "reference", "reward"}  # where each replica ran: no critic actor
     records = {}
     for mode in ("local", "ray"):
@@ -97,11 +97,11 @@ def test_one_step_off_policy_local_and_ray_give_the_same_run(model_dir, tmp_path
     """ppo.rollout_ahead=1 with the policy on 2 ZeRO-3 replicas (its weights gathered for the sync) and 2
     generator replicas (the weights reach both through the object store): three steps equal local mode's,
     where the generator is an object in the same process."""
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     extra = ("policy.top_k=1", "run.steps=3", "ppo.old_logprobs=rollout", "ppo.rollout_ahead=1")
-    train(tiny_ppo_config(model_dir, str(tmp_path / "local"), *extra))
-    summary = train(tiny_ppo_config(model_dir, str(tmp_path / "ray"), *extra, "run.mode=ray", "policy.replicas=2",
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *extra))
+    summary = run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "ray"), *extra, "run.mode=ray", "policy.replicas=2",
                                     "policy.zero_stage=3", "generator.replicas=2", "generator.num_cpus=0.5"))
     assert len(summary["roles"]["generator"]) == 2
     records = {}

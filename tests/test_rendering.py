@@ -26,7 +26,7 @@ def test_training_evaluation_and_ppo_scoring_read_the_same_tokens(kind, tmp_path
     from actors.types import Rollout
     from orchestrator.config import DataConfig, RMEvalConfig, RewardConfig, load
     from orchestrator.data import load_prompts, to_prompt_batch
-    from orchestrator.rm_eval import eval_saved_model
+    from orchestrator.jobs.rm_eval import eval_saved_model
     from transformers import AutoConfig
 
     family = rendering_family(kind, tmp_path / kind)
@@ -68,7 +68,7 @@ def test_training_evaluation_and_ppo_scoring_read_the_same_tokens(kind, tmp_path
 def test_rendering_of_prompts_responses_and_conversations():
     """The rules of `actors.rendering` by hand, on the built-in tokenizer (template) and without one."""
     from actors.rendering import Rendering, plain_prompt
-    from orchestrator.builtin import builtin_tokenizer
+    from orchestrator.builtin.models import builtin_tokenizer
 
     tok = builtin_tokenizer()
     chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]

@@ -35,20 +35,20 @@ def _role_processes() -> list:
 
 
 def test_a_killed_role_is_restarted_and_the_run_finishes_as_if_uninterrupted(ray_cluster, tmp_path):
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     model_dir = tiny_model_dir(str(tmp_path / "cache"))
     common = ["run.mode=ray", "run.steps=6", "run.save_every=2", "run.keep_checkpoints=5"]
     out, whole = tmp_path / "killed", tmp_path / "whole"
     result: dict = {}
 
-    def run() -> None:
+    def killed_run() -> None:
         try:
-            result["summary"] = train(tiny_ppo_config(model_dir, str(out), *common))
+            result["summary"] = run("ppo", tiny_ppo_config(model_dir, str(out), *common))
         except BaseException as e:  # noqa: BLE001  (reported by the assertions below)
             result["error"] = e
 
-    worker = threading.Thread(target=run)
+    worker = threading.Thread(target=killed_run)
     worker.start()
     deadline = time.time() + 600
     while not any(r["step"] == 3 for r in _records(out)):  # after the step-2 checkpoint
@@ -66,7 +66,7 @@ def test_a_killed_role_is_restarted_and_the_run_finishes_as_if_uninterrupted(ray
     assert [r["step"] for r in killed] == [0, 1, 2, 3, 4, 5, 6]
     assert [r.get("run/restarts") for r in killed[1:]] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
 
-    train(tiny_ppo_config(model_dir, str(whole), *common))
+    run("ppo", tiny_ppo_config(model_dir, str(whole), *common))
     for a, b in zip(_records(whole), killed):
         for key, value in a.items():
             if not key.startswith(("time/", "run/")):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from actors.reward import build_scorer, check_reward_config
 from actors.reward_head import RewardHead
 from actors.types import Scores
-from orchestrator.config import ConfigError, RewardConfig, load, load_job_config, to_yaml
+from orchestrator.config import ConfigError, RewardConfig, load, to_yaml
+from orchestrator.registry import load_config
 from ppo_helpers import save_reward_model, tiny_model_dir, tiny_ppo_config
 
 NORM_MEAN, NORM_STD = 0.3, 2.0
@@ -166,11 +167,11 @@ def test_model_config_errors_name_the_key(reward_dirs, model_dir):
                                         "components.1.statistic=quantile"))
     check_reward_config(_reward_cfg("kind=model", f"path={reward_dirs['mixture']}", "statistic=quantile"))  # fine
     with pytest.raises(ConfigError, match=r"'reward\.alpha': must be in \(0, 1\)"):
-        load_job_config("ppo", None, ["reward.kind=model", "reward.path=x", "reward.statistic=quantile", "reward.alpha=1"])
+        load_config("ppo", None, ["reward.kind=model", "reward.path=x", "reward.statistic=quantile", "reward.alpha=1"])
     with pytest.raises(ConfigError, match=r"'reward\.statistic': quantile needs reward\.kind=model"):
-        load_job_config("ppo", None, ["reward.kind=function", "reward.statistic=quantile"])
+        load_config("ppo", None, ["reward.kind=function", "reward.statistic=quantile"])
     with pytest.raises(ConfigError, match=r"'reward\.statistic': 'median' is not one of 'mean', 'quantile'"):
-        load_job_config("ppo", None, ["reward.statistic=median"])
+        load_config("ppo", None, ["reward.statistic=median"])
 
 
 # ---------------------------------------------------------------------------------------------- relevance
@@ -277,7 +278,7 @@ def test_relevance_closed_prompts_use_the_reference_and_the_classifier_fills_mis
 
 def test_query_type_classifier_accuracy_on_the_builtin_prompts():
     from actors.query_type import classify
-    from orchestrator.task import query_type_accuracy
+    from orchestrator.builtin.world import query_type_accuracy
 
     report = query_type_accuracy()
     assert report["train"]["n"] == 184 and report["test"]["n"] == 62
@@ -289,7 +290,7 @@ def test_query_type_classifier_accuracy_on_the_builtin_prompts():
 
 
 def test_query_type_rules_on_held_out_phrasing_is_the_number_the_readme_states():
-    """The rules on 80 prompts they were not written for: 51 of 80 right (README, actors/query_type.py).
+    """The rules on 80 prompts they were not written for: 51 of 80 right (docs/reward-models.md, actors/query_type.py).
     'Why' and 'how' questions that want free text are called closed; fact requests without a question
     word ('Give me the boiling point ...') are called open."""
     from actors.query_type import HELD_OUT, held_out_accuracy
@@ -400,13 +401,13 @@ def test_weighted_config_from_yaml_with_overrides_and_printed_back(tmp_path):
         "    - kind: relevance\n"
         "      weight: 0.25\n"
     )
-    cfg = load_job_config("ppo", str(path), ["reward.components.1.weight=0.5", "reward.components.2.kind=function",
+    cfg = load_config("ppo", str(path), ["reward.components.1.weight=0.5", "reward.components.2.kind=function",
                                                      "reward.components.2.function=ppo_helpers:length_reward"])
     kinds = [(c.kind, c.weight) for c in cfg.reward.components]
     assert kinds == [("function", 1.0), ("relevance", 0.5), ("function", 1.0)]
     printed = tmp_path / "printed.yaml"
     printed.write_text(to_yaml(cfg))  # `rlhf config ppo`: commented YAML that loads back to the same tree
-    assert load_job_config("ppo", str(printed)) == cfg
+    assert load_config("ppo", str(printed)) == cfg
 
     bad = {
         ("reward.kind=weighted",): r"'reward\.components': must list at least one reward",
@@ -420,7 +421,7 @@ def test_weighted_config_from_yaml_with_overrides_and_printed_back(tmp_path):
     }
     for overrides, message in bad.items():
         with pytest.raises(ConfigError, match=message):
-            load_job_config("ppo", None, list(overrides))
+            load_config("ppo", None, list(overrides))
 
 
 # ---------------------------------------------------------------------------------------------- remote
@@ -468,7 +469,7 @@ def test_remote_kind_through_a_real_http_endpoint():
 
 
 def test_reward_metrics_by_hand():
-    from orchestrator.experience import reward_metrics
+    from orchestrator.jobs.experience import reward_metrics
 
     scores = Scores(reward=torch.tensor([1.0, 2.0, 3.0, 6.0]), std=torch.tensor([0.1, 0.5, 0.9, 1.3]),
                     components=torch.tensor([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0], [6.0, 3.0]]))
@@ -488,13 +489,13 @@ def test_reward_metrics_by_hand():
 def test_ppo_with_a_quantile_reward_reports_the_spread(model_dir, reward_dirs, tmp_path):
     """One local PPO step with a mean-variance reward model read at its 0.2-quantile: the diagnostics are
     logged and consistent, and the evaluation rewards are the quantile formula on the model's outputs."""
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     out = tmp_path / "run"
     folder = reward_dirs["mean_variance"]
     cfg = tiny_ppo_config(model_dir, str(out), "reward.kind=model", f"reward.path={folder}", "reward.statistic=quantile",
                           "reward.alpha=0.2", "reward.std_threshold=0.0", "run.steps=1", "data.max_rows=16")
-    train(cfg)
+    run("ppo", cfg)
     with open(out / "metrics.jsonl") as f:
         (m,) = [json.loads(line) for line in f if "reward/score" in line]
     assert m["reward/std_above_threshold"] == 1.0  # softplus > 0 for every response

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from orchestrator.config import load_job_config
+from orchestrator.registry import load_config
 from ppo_helpers import tiny_model_dir
 
 
@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
 
 def _cfg(setup, out, *extra):
     root = setup["root"]
-    return load_job_config("rm", None, [
+    return load_config("rm", None, [
         "run.mode=local", f"model.path={setup['model']}", f"data.path={root / 'train.jsonl'}",
         f"data.eval_path={root / 'test.jsonl'}", f"run.output_dir={out}", "run.steps=40", "run.save_every=0",
         "rm.batch_size=16", "model.micro_batch_size=8", "model.lr=3e-3", "model.warmup_steps=2",
@@ -57,9 +57,9 @@ def _cfg(setup, out, *extra):
 
 
 def _train(cfg) -> dict:
-    from orchestrator.rm import train
+    from orchestrator.registry import run
 
-    return train(cfg)
+    return run("rm", cfg)
 
 
 OBJECTIVES = {
@@ -106,7 +106,7 @@ def test_saved_model_describes_itself_and_scores_identically(trained, setup, tmp
     import transformers
 
     from actors.reward_head import RewardHead
-    from orchestrator.rm_eval import eval_saved_model
+    from orchestrator.jobs.rm_eval import eval_saved_model
 
     for objective in ("categorical", "odin"):
         summary, folder = trained[objective]
@@ -115,7 +115,7 @@ def test_saved_model_describes_itself_and_scores_identically(trained, setup, tmp
         assert head.objective == objective and config.num_labels == head.num_labels
         assert head.num_atoms == (8 if objective == "categorical" else 0)
         assert head.norm_mean == summary["norm_mean"] and head.norm_std == summary["norm_std"] != 1.0
-        eval_cfg = load_job_config("rm_eval", None, [
+        eval_cfg = load_config("rm_eval", None, [
             f"path={folder / 'model'}", f"data.path={setup['root'] / 'test.jsonl'}", f"output_dir={tmp_path / objective}",
             "batch_size=5", "group_by=kind"])  # another batching: padding must not matter
         report, _ = eval_saved_model(eval_cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import load_job_config
+from orchestrator.registry import load_config
 from test_rm import _records, _weights, write_setup
 
 
@@ -16,7 +16,7 @@ def setup(tmp_path_factory):
 
 def _cfg(setup, out, *extra):
     root = setup["root"]
-    return load_job_config("rm", None, [
+    return load_config("rm", None, [
         f"model.path={setup['model']}", f"data.path={root / 'train.jsonl'}", f"data.eval_path={root / 'test.jsonl'}",
         f"run.output_dir={out}", "run.steps=3", "run.save_every=0", "rm.batch_size=16", "model.micro_batch_size=4",
         "model.lr=3e-3", "model.warmup_steps=1", "model.objective=mean_variance", "rm.norm_pairs=16", "model.num_cpus=0.5", *extra,
@@ -25,19 +25,19 @@ def _cfg(setup, out, *extra):
 
 @pytest.fixture(scope="module")
 def local_run(setup, tmp_path_factory):
-    from orchestrator.rm import train
+    from orchestrator.registry import run
 
     out = tmp_path_factory.mktemp("local")
-    return train(_cfg(setup, out, "run.mode=local")), out
+    return run("rm", _cfg(setup, out, "run.mode=local")), out
 
 
 @pytest.mark.slow  # a 2-replica reward-model run per stage
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_zero_replicas_equal_one_local_process(setup, local_run, tmp_path, ray_cluster, stage):
-    from orchestrator.rm import train
+    from orchestrator.registry import run
 
     local_summary, local_out = local_run
-    summary = train(_cfg(setup, tmp_path, "run.mode=ray", "model.replicas=2", f"model.zero_stage={stage}"))
+    summary = run("rm", _cfg(setup, tmp_path, "run.mode=ray", "model.replicas=2", f"model.zero_stage={stage}"))
     a, b = _records(local_out), _records(tmp_path)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.configtree import ConfigError
+from orchestrator.config.tree import ConfigError
 from orchestrator.experiments import scaling
 
 
@@ -51,7 +51,7 @@ def _fake_run(folder: Path, step_times: list[float], roles: dict) -> None:
     folder.mkdir(parents=True)
     records = [{"step": 0, "eval/gold": 0.1}]
     for i, t in enumerate(step_times, start=1):
-        records.append({"step": i, "time/step": t, "time/generate": t / 2, "time/critic_update+policy_update": t / 2,
+        records.append({"step": i, "time/step": t, "time/generate": t / 2, "time/update": t / 2,
                         "time/tokens_per_s": 100.0 / t, "length/prompt_padded": 20.0, "length/response_padded": 10.0})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / "summary.json").write_text(json.dumps({"startup_s": 7.5, "roles": roles}))
@@ -83,7 +83,7 @@ def test_tables_and_plots(tmp_path):
     for i, p in enumerate(scaling.points(spec)):
         r, z = int(p["policy.replicas"]), int(p["policy.zero_stage"])
         rows.append({"point": scaling.point_id(spec, p), **p, "status": "ok", "error": "", "step_s": 1.0 / r + 0.1 * z,
-                     "samples_per_s": 32 / (1.0 / r + 0.1 * z), "phase/generate": 0.5, "phase/critic_update+policy_update": 0.5,
+                     "samples_per_s": 32 / (1.0 / r + 0.1 * z), "phase/generate": 0.5, "phase/update": 0.5,
                      "memory_mb/policy": 600.0 - 50 * z, "memory_mb/critic": 500.0})
     rows[-1] = {"point": rows[-1]["point"], **scaling.points(spec)[-1], "status": "failed", "error": "OOM: exit 1: ..."}
     scaling.write_tables(rows, spec, tmp_path)

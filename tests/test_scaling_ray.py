@@ -1,4 +1,4 @@
-"""`rlhf experiment scaling --quick`, exactly as the README gives it: six ray-mode PPO runs (policy
+"""`rlhf experiment scaling --quick`, exactly as docs/experiments.md gives it: six ray-mode PPO runs (policy
 replicas 1, 2 x ZeRO 0, 2, 3), each on its own local Ray cluster, into the table, CSV, Parquet and plots."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from actors.reward import ModelScorer
 from ppo_helpers import chat_text
 from actors.reward_trainer import scale_score_head
 from actors.scoring import right_pad, sequence_outputs
-from orchestrator import builtin, task
+from orchestrator.builtin import models as builtin, world
 
 
 @pytest.fixture(autouse=True)
@@ -43,13 +43,13 @@ def _classifier(tok, seed=0, head_scale=1.0):
 def _separable_pairs(n, seed):
     """Chosen answers name fruit, rejected ones name tools, in the same random frame; any prompt."""
     rng = random.Random(seed)
-    prompts = [r["prompt"] for r in task.prompt_rows("train")]
+    prompts = [r["prompt"] for r in world.prompt_rows("train")]
     rows = []
     for _ in range(n):
-        frame = rng.choice(task.OPEN_FRAMES).replace("{a}", "a {}")
+        frame = rng.choice(world.OPEN_FRAMES).replace("{a}", "a {}")
         k = frame.count("{}")
-        good = frame.format(*rng.sample(task.TOPICS["fruit"], k))
-        bad = frame.format(*rng.sample(task.TOPICS["tools"], k))
+        good = frame.format(*rng.sample(world.TOPICS["fruit"], k))
+        bad = frame.format(*rng.sample(world.TOPICS["tools"], k))
         rows.append({"prompt": rng.choice(prompts), "chosen": good, "rejected": bad})
     return rows
 
@@ -124,9 +124,10 @@ def test_training_time_scores_equal_ppo_time_scores_and_reload_is_exact(tmp_path
     from actors.reward_head import RewardHead
     from actors.pairs import collate_pairs
     from actors.reward_trainer import RewardModelActor, pair_outputs
-    from orchestrator.config import DataConfig, RewardConfig, load, load_job_config
+    from orchestrator.config import DataConfig, RewardConfig, load
+    from orchestrator.registry import load_config
     from orchestrator.data import load_preferences
-    from orchestrator.rm_eval import ceiling_report
+    from orchestrator.jobs.rm_eval import ceiling_report
     from ppo_helpers import tiny_model_dir
 
     cluster.init_local()
@@ -141,7 +142,7 @@ def test_training_time_scores_equal_ppo_time_scores_and_reload_is_exact(tmp_path
         _texts(tokenizer, prompts, responses)
     assert 0.0 <= ceiling_report(rows)["annotator_blind_ceiling"] <= 1.0  # the built-in columns survive the loader
 
-    cfg = load_job_config("rm", None, [f"model.path={backbone}", "model.objective=mean_variance",
+    cfg = load_config("rm", None, [f"model.path={backbone}", "model.objective=mean_variance",
                                        "model.head_init_scale=1.0", "model.micro_batch_size=4", "model.warmup_steps=0"]).model
     actor = RewardModelActor(cfg, model_path=backbone, seed=0, total_steps=1, minibatch_size=4)
     pairs = collate_pairs(rows, tokenizer.pad_token_id)
@@ -164,11 +165,11 @@ def test_training_time_scores_equal_ppo_time_scores_and_reload_is_exact(tmp_path
 def test_annotator_blind_ceiling_by_hand():
     """u = 5 gold + words / 10 + s casual with s = +4 (casual group) or -2.5 (formal group); p_chosen is
     the pool's win probability of chosen, and the ceiling counts p_chosen > 0.5 as right."""
-    from orchestrator.rm_eval import annotator_blind_ceiling, ceiling_report
+    from orchestrator.jobs.rm_eval import annotator_blind_ceiling, ceiling_report
 
-    assert (task.QUALITY_WEIGHT, task.LENGTH_WEIGHT, task.CASUAL_GROUP_WEIGHT, task.FORMAL_GROUP_WEIGHT) == (5.0, 1.0, 4.0, -2.5)
+    assert (world.QUALITY_WEIGHT, world.LENGTH_WEIGHT, world.CASUAL_GROUP_WEIGHT, world.FORMAL_GROUP_WEIGHT) == (5.0, 1.0, 4.0, -2.5)
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
-    p = task.pooled_win_probability
+    p = world.pooled_win_probability
     # both groups: m = 5 x 0.4 = +2
     assert p((0.8, 10, False), (0.4, 10, False)) == pytest.approx(sig(2.0), abs=1e-12)
     # m_casual = +4, m_formal = -2.5: half the pool each at beta 1; 0.65 casual at beta 3
@@ -179,7 +180,7 @@ def test_annotator_blind_ceiling_by_hand():
     assert annotator_blind_ceiling(rows) == pytest.approx((1 + 1 + 0 + 0.5) / 4)
     assert ceiling_report(rows) == {"annotator_blind_ceiling": 0.625}
     assert ceiling_report([{"prompt": "x"}]) == {}
-    built = task.preference_rows("test", n=200, rationality=3.0, casual_share=0.65)
+    built = world.preference_rows("test", n=200, rationality=3.0, casual_share=0.65)
     assert all(r["p_chosen"] == p((r["gold_chosen"], r["len_chosen"], r["casual_chosen"]),
                                   (r["gold_rejected"], r["len_rejected"], r["casual_rejected"]), 3.0, 0.65) for r in built)
 

@@ -25,7 +25,7 @@ from actors.remote_reward import RemoteRewardError, RemoteScorer, get_json
 from actors.reward import build_scorer
 from actors.reward_head import RewardHead
 from cluster.dist import free_port
-from orchestrator.serve import ServeOptions, deploy, reward_config
+from orchestrator.tools.serve import ServeOptions, deploy, reward_config
 from ppo_helpers import (RENDER_CHOSEN, RENDER_PROMPTS, RENDER_REJECTED, rendering_family, save_reward_model,
                          tiny_model_dir, tiny_ppo_config, train_rendering_rm, training_path_scores)
 
@@ -222,13 +222,13 @@ def test_client_names_the_server_limit(served):
 @pytest.mark.slow  # a PPO run, a subprocess or two trained reward models
 def test_ppo_with_a_remote_reward(served, tmp_path):
     """PPO (local mode) scores every rollout through the server: reward.kind=remote reward.url=..."""
-    from orchestrator.ppo import train
+    from orchestrator.registry import run
 
     url = served["fn_url"]
     before = get_json(url)["items"]
     cfg = tiny_ppo_config(served["model_dir"], str(tmp_path / "run"), "reward.kind=remote", f"reward.url={url}",
                           "reward.batch_size=8")
-    summary = train(cfg)
+    summary = run("ppo", cfg)
     assert summary["steps"] == 2
     assert get_json(url)["items"] - before >= 2 * cfg.ppo.rollout_batch_size
 

@@ -20,9 +20,9 @@ def model_dir(tmp_path_factory):
 
 
 def _cfg(model_dir, out, *extra):
-    from orchestrator.config import load_job_config
+    from orchestrator.registry import load_config
 
-    return load_job_config("sft", None, [
+    return load_config("sft", None, [
         f"policy.path={model_dir}", f"run.output_dir={out}", "run.steps=2", "run.save_every=0", "sft.batch_size=8",
         "policy.micro_batch_size=4", "policy.warmup_steps=0", "policy.lr_schedule=constant", "policy.lr=1e-3",
         "data.max_rows=64", "sft.eval_rows=16", "policy.max_new_tokens=8", *extra,
@@ -38,10 +38,10 @@ def test_reported_loss_is_the_token_mean_cross_entropy_of_the_responses(model_di
     from actors.modeling import load_causal_lm, load_tokenizer
     from orchestrator.config import DataConfig
     from orchestrator.data import load_sft
-    from orchestrator.sft import train
-    from orchestrator.streams import IndexStream
+    from orchestrator.registry import run
+    from orchestrator.core.streams import IndexStream
 
-    train(_cfg(model_dir, tmp_path / "run"))
+    run("sft", _cfg(model_dir, tmp_path / "run"))
     first = _records(tmp_path / "run")[1]
     assert first["step"] == 1
     rows = load_sft(DataConfig(path="builtin:sft", max_rows=64), load_tokenizer(model_dir))[0].to_list()
@@ -61,10 +61,10 @@ def test_reported_loss_is_the_token_mean_cross_entropy_of_the_responses(model_di
 
 @pytest.mark.slow  # an invariance; tests/test_engine.py checks the rule itself fast
 def test_micro_batches_do_not_change_the_update(model_dir, tmp_path):
-    from orchestrator.sft import train
+    from orchestrator.registry import run
 
-    train(_cfg(model_dir, tmp_path / "m4"))
-    train(_cfg(model_dir, tmp_path / "m1", "policy.micro_batch_size=1"))
+    run("sft", _cfg(model_dir, tmp_path / "m4"))
+    run("sft", _cfg(model_dir, tmp_path / "m1", "policy.micro_batch_size=1"))
     a, b = _records(tmp_path / "m4"), _records(tmp_path / "m1")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2]
     for ra, rb in zip(a, b):
@@ -72,14 +72,13 @@ def test_micro_batches_do_not_change_the_update(model_dir, tmp_path):
 
 
 def test_resume_equals_uninterrupted_and_the_policy_feeds_ppo(model_dir, tmp_path):
-    from orchestrator.ppo import train as ppo
-    from orchestrator.sft import train
+    from orchestrator.registry import run
     from ppo_helpers import tiny_ppo_config
 
     full, split = tmp_path / "full", tmp_path / "split"
-    train(_cfg(model_dir, full, "run.steps=4", "run.save_every=2", "run.eval_every=2"))
-    train(_cfg(model_dir, split, "run.steps=2", "run.save_every=2", "run.eval_every=2"))
-    summary = train(_cfg(model_dir, split, "run.steps=4", "run.save_every=2", "run.eval_every=2"))
+    run("sft", _cfg(model_dir, full, "run.steps=4", "run.save_every=2", "run.eval_every=2"))
+    run("sft", _cfg(model_dir, split, "run.steps=2", "run.save_every=2", "run.eval_every=2"))
+    summary = run("sft", _cfg(model_dir, split, "run.steps=4", "run.save_every=2", "run.eval_every=2"))
     a, b = _records(full), _records(split)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
@@ -87,7 +86,7 @@ def test_resume_equals_uninterrupted_and_the_policy_feeds_ppo(model_dir, tmp_pat
             assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (ra["step"], key)
     assert {"eval/loss", "eval/ppl", "eval/gold"} <= a[0].keys() & a[4].keys()
     assert summary["eval_end"]["loss"] == a[4]["eval/loss"] and (full / "samples_end.jsonl").is_file()
-    ppo_summary = ppo(tiny_ppo_config(str(full / "policy"), str(tmp_path / "ppo"), "run.steps=1"))
+    ppo_summary = run("ppo", tiny_ppo_config(str(full / "policy"), str(tmp_path / "ppo"), "run.steps=1"))
     assert ppo_summary["steps"] == 1
 
 
@@ -114,7 +113,7 @@ def test_packing_changes_nothing_but_the_rows(model_dir, tmp_path):
     """sft.packing: examples packed into rows of up to pack_length tokens, positions restarting per
     example and attention kept within it: the same losses and the same update as one example per row."""
     from actors.types import Sequences
-    from orchestrator.sft import train
+    from orchestrator.registry import run
 
     rows = Sequences(torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [1, 2, 3, 4]]), torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]),
                      torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 1, 1]]))
@@ -124,8 +123,8 @@ def test_packing_changes_nothing_but_the_rows(model_dir, tmp_path):
     assert packed.response_mask.tolist() == [[0, 1, 1, 0, 1], [0, 0, 1, 1, 0]]
     assert packed.attention_mask.sum().item() == rows.attention_mask.sum().item()
 
-    train(_cfg(model_dir, tmp_path / "rows"))
-    train(_cfg(model_dir, tmp_path / "packed", "sft.packing=true", "sft.pack_length=128", "policy.micro_batch_size=1"))
+    run("sft", _cfg(model_dir, tmp_path / "rows"))
+    run("sft", _cfg(model_dir, tmp_path / "packed", "sft.packing=true", "sft.pack_length=128", "policy.micro_batch_size=1"))
     a, b = _records(tmp_path / "rows"), _records(tmp_path / "packed")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2]
     for ra, rb in zip(a, b):

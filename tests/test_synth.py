@@ -1,4 +1,4 @@
-"""Size specs and synthesised data (`orchestrator.synth`): what `rlhf bench` and `benchmarks/` run on."""
+"""Size specs and synthesised data (`orchestrator.tools.synth`): what `rlhf bench` and `benchmarks/` run on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.synth import SpecError, is_spec, parse_spec, spec_config, spec_model_dir, synth_rows, word_tokenizer
+from orchestrator.tools.synth import SpecError, is_spec, parse_spec, spec_config, spec_model_dir, synth_rows, word_tokenizer
 
 ISSUE_SPEC = "llama:vocab=8192,hidden=256,intermediate=704,layers=4,heads=4"
 
@@ -41,20 +41,20 @@ def test_issue_spec_has_the_hand_counted_parameters(tmp_path):
 
 def test_synthesised_rows_have_the_asked_lengths_and_round_trip():
     tok = word_tokenizer(300)
-    rows = synth_rows("preferences", tok, 5, prompt_len=7, response_len=11, seed=3)
-    assert rows == synth_rows("preferences", tok, 5, prompt_len=7, response_len=11, seed=3)  # seeded
+    rows = synth_rows("preference", tok, 5, prompt_len=7, response_len=11, seed=3)
+    assert rows == synth_rows("preference", tok, 5, prompt_len=7, response_len=11, seed=3)  # seeded
     for r in rows:
         ids = tok(r["prompt"])["input_ids"]
         assert len(ids) == 7 and not set(ids) & set(tok.all_special_ids)
         assert len(tok(r["chosen"])["input_ids"]) == len(tok(r["rejected"])["input_ids"]) == 11
         assert tok.decode(tok(r["prompt"] + r["chosen"])["input_ids"]) == r["prompt"] + r["chosen"]
     assert set(synth_rows("sft", tok, 2, 3, 4)[0]) == {"prompt", "response"}
-    assert set(synth_rows("prompts", tok, 2, 3, 4)[0]) == {"prompt"}
+    assert set(synth_rows("prompt", tok, 2, 3, 4)[0]) == {"prompt"}
 
 
 def test_length_ranges_draw_each_length_and_leave_fixed_rows_as_they_were():
     tok = word_tokenizer(300)
-    rows = synth_rows("preferences", tok, 200, prompt_len=(2, 9), response_len=(1, 4), seed=3)
+    rows = synth_rows("preference", tok, 200, prompt_len=(2, 9), response_len=(1, 4), seed=3)
     n = lambda text: len(tok(text)["input_ids"])  # noqa: E731
     prompts, chosen, rejected = ([n(r[k]) for r in rows] for k in ("prompt", "chosen", "rejected"))
     assert set(prompts) == set(range(2, 10)) and set(chosen) == set(rejected) == set(range(1, 5))

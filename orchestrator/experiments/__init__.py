@@ -1,249 +1,66 @@
-"""Reproducible experiments (`rlhf experiment NAME`): each runs, prints its findings with pass flags and
-writes them to `<out>/findings.json` through `write_findings`.
+"""Reproducible experiments (`rlhf experiment NAME [options]`), one module each; `common` holds what they
+share (findings judged over seeds, and the skeleton of an experiment over seeds).
 
-Findings over seeds (`Finding`, `judge`, `format_finding`): an experiment runs its whole chain once per
-seed (the SFT policy, the reward models and the PPO runs all change with the seed) and computes, per
-seed, the numbers each finding is judged on. A finding's pass rule is stated in advance, as code and as
-text, and applied to the mean of those numbers over the seeds; the spread (min..max) and the number of
-seeds in which the rule holds on their own are reported with it, so a finding that passes on the mean
-but not seed by seed is visible as such.
+Each module has `main(argv, prog)`: it parses its own options (`rlhf experiment NAME --help`) and runs.
+`EXPERIMENTS` below names them for the CLI without importing them (`rlhf --help` stays light).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import os
-import statistics
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable
 
-__all__ = ["write_findings", "Finding", "spread", "judge", "format_finding", "finite_numbers", "one_thread",
-           "train_ppo", "train_rm", "variant_table", "answer_numbers", "ppo_outcome", "plot_curves", "findings_exit_code",
-           "seeded_main"]
-
-
-def write_findings(result: dict, lines: list[str], out: str) -> str:
-    """Print `lines` (the formatted findings) and write `result` to `<out>/findings.json`; returns that path."""
-    for line in lines:
-        print(line)
-    path = os.path.join(out, "findings.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
-    print(f"findings written to {path}")
-    return path
+__all__ = ["EXPERIMENTS", "Experiment"]
 
 
 @dataclass(frozen=True)
-class Finding:
-    """A claim and its pass rule, judged on the per-seed numbers `judge` is given."""
-
-    key: str
-    """Its key in findings.json."""
-    claim: str
-    """What it says, printed before the numbers."""
-    rule: str
-    """The pass rule in words (printed), e.g. 'mean ratio >= 1.2'."""
-    holds: Callable[[dict], bool]
-    """The pass rule on a dict of numbers: one seed's, or their means over the seeds."""
-    show: tuple[tuple[str, str], ...]
-    """(number key, format) of the numbers printed with the verdict, e.g. (('ratio', '{:.2f}'),)."""
+class Experiment:
+    help: str
+    load: Callable
+    """Imports the experiment's module (which has `main(argv, prog)`)."""
 
 
-def spread(values: Sequence[float]) -> dict:
-    """Mean, sample std (0 for one value), min, max and the values themselves; all NaN when a value is
-    not finite (a number a run could not measure)."""
-    values = [float(v) for v in values]
-    if not all(math.isfinite(v) for v in values):
-        nan = float("nan")
-        return {"mean": nan, "sd": nan, "min": nan, "max": nan, "values": values}
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "values": values}
+def _dpl_synthetic():
+    from orchestrator.experiments import dpl_synthetic
+
+    return dpl_synthetic
 
 
-def judge(finding: Finding, per_seed: Sequence[dict]) -> dict:
-    """The verdict of `finding` over seeds: each number's spread, the rule on the means (`passed`) and
-    in how many seeds the rule holds on that seed's numbers alone (`seeds_passed` of `seeds`)."""
-    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    numbers = {k: spread([s[k] for s in per_seed]) for k in keys}
-    means = {k: v["mean"] for k, v in numbers.items()}
-    return {"claim": finding.claim, "rule": finding.rule, "numbers": numbers,
-            "passed": bool(finding.holds(means)), "seeds": len(per_seed),
-            "seeds_passed": sum(bool(finding.holds(s)) for s in per_seed), "per_seed": list(per_seed)}
+def _hidden_context():
+    from orchestrator.experiments import hidden_context
+
+    return hidden_context
 
 
-def format_finding(finding: Finding, verdict: dict) -> str:
-    """One line: [PASS]/[FAIL], the claim, each shown number as mean (min..max), the rule, seeds passing."""
-    def show(key: str, fmt: str) -> str:
-        v = verdict["numbers"][key]
-        if verdict["seeds"] == 1:
-            return f"{key} {fmt.format(v['mean'])}"
-        return f"{key} {fmt.format(v['mean'])} ({fmt.format(v['min'])}..{fmt.format(v['max'])})"
+def _relevance_hacking():
+    from orchestrator.experiments import relevance_hacking
 
-    flag = "PASS" if verdict["passed"] else "FAIL"
-    numbers = ", ".join(show(k, f) for k, f in finding.show)
-    return (f"[{flag}] {finding.claim}: {numbers}; pass: {finding.rule} (on the mean over seeds); "
-            f"holds in {verdict['seeds_passed']} of {verdict['seeds']} seed(s)")
+    return relevance_hacking
 
 
-def finite_numbers(verdicts: Sequence[dict]) -> bool:
-    """Whether every number of every seed of every verdict is finite (a smoke run's success)."""
-    values = [v for verdict in verdicts for s in verdict["per_seed"] for v in s.values()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return bool(values) and all(math.isfinite(v) for v in values)
+def _length_bias():
+    from orchestrator.experiments import length_bias
+
+    return length_bias
 
 
-def findings_exit_code(result: dict, findings: Sequence[Finding]) -> int:
-    """0 when a run showed what it is for, else 1. A full run: every finding passed. A quick run (a
-    smoke test of the chain; its findings are not expected to pass): every number a finding is judged
-    on came out finite."""
-    if not result["quick"]:
-        return 0 if result["passed"] else 1
-    return 0 if finite_numbers([result[f.key] for f in findings]) else 1
+def _scaling():
+    from orchestrator.experiments import scaling
+
+    return scaling
 
 
-def seeded_main(argv: Sequence[str] | None, *, prog: str, description: str, seeds: int, quick_help: str,
-                run: Callable[..., dict], format_findings: Callable[[dict], list[str]],
-                exit_code: Callable[[dict], int]) -> int:
-    """The command line of an experiment over seeds (`--out --seed --seeds --quick`): run, print the
-    findings, write findings.json; the exit code of `exit_code`."""
-    import argparse
+def _estimators():
+    from orchestrator.experiments import estimators
 
-    parser = argparse.ArgumentParser(prog=f"rlhf experiment {prog}", description=description)
-    parser.add_argument("--out", default=f"runs/{prog}", help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
-    parser.add_argument("--seeds", type=int, help=f"seeds (default {seeds}; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    args = parser.parse_args(argv)
-    result = run(args.out, seed=args.seed, quick=args.quick, seeds=args.seeds)
-    write_findings(result, format_findings(result), os.fspath(args.out))
-    return exit_code(result)
+    return estimators
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one intra-op thread while the experiment's in-process runs train: the same numbers on
-    any machine of the kind, whatever its core count (the order of a reduction follows the threads)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def train_ppo(out_dir: str, overrides: Sequence[str]) -> dict:
-    """`rlhf ppo` in this process (local mode, a fresh run in `out_dir`, no checkpoints); its summary.
-    A run that already finished in `out_dir` with the same config (its summary.json is written last,
-    and its config.yaml is the one this call resolves) is not repeated: an interrupted experiment,
-    run again, picks up where it stopped."""
-    from orchestrator.config import load_job_config
-    from orchestrator.configtree import to_yaml
-    from orchestrator.ppo import train
-
-    cfg = load_job_config("ppo", None, [f"run.output_dir={out_dir}", "run.mode=local", "run.resume=never",
-                                        "run.save_every=0", *overrides])
-    done, written = os.path.join(out_dir, "summary.json"), os.path.join(out_dir, "config.yaml")
-    if os.path.exists(done) and os.path.exists(written):
-        with open(written) as fh:
-            same = fh.read() == to_yaml(cfg)
-        if same:
-            print(f"{out_dir}: finished earlier with the same config; not repeated", flush=True)
-            with open(done) as fh:
-                return json.load(fh)
-    return train(cfg)
-
-
-def train_rm(out_dir: str, overrides: Sequence[str]) -> dict:
-    """`rlhf rm` in this process (local mode; a model already trained in `out_dir` is reused through
-    run.resume=auto); its summary."""
-    from orchestrator.config import load_job_config
-    from orchestrator.rm import train
-
-    return train(load_job_config("rm", None, [f"run.output_dir={out_dir}", "run.mode=local", "run.resume=auto",
-                                              "run.save_every=0", "run.eval_every=0", *overrides]))
-
-
-def variant_table(per_seed: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> tuple[dict, str]:
-    """Per-variant numbers over seeds: `per_seed` holds one {variant: {number: value}} per seed;
-    `columns` (key, title, format). Returns ({variant: {key: spread}}, a markdown table whose cells are
-    the mean with the min..max over seeds)."""
-    variants = list(per_seed[0])
-    summary = {v: {k: spread([s[v][k] for s in per_seed]) for k, _, _ in columns} for v in variants}
-    lines = ["| variant | " + " | ".join(t for _, t, _ in columns) + " |", "|---|" + "---|" * len(columns)]
-    for v in variants:
-        cells = []
-        for k, _, fmt in columns:
-            x = summary[v][k]
-            if math.isnan(x["mean"]):  # not measured for this row (e.g. the start's training reward)
-                cells.append("-")
-                continue
-            cells.append(fmt.format(x["mean"]) + (f" ({fmt.format(x['min'])}..{fmt.format(x['max'])})" if len(per_seed) > 1 else ""))
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return summary, "\n".join(lines)
-
-
-def answer_numbers(samples: Sequence[dict]) -> dict:
-    """Held-out answer numbers of the built-in task from sample rows (the plain `prompt` and the
-    `response`, as samples_start.jsonl / samples_end.jsonl hold them): gold, words, disputed share and
-    the reward-hacking signs of `orchestrator.task.gold_eval` (copy, short, repetition, closed accuracy),
-    and `hacked`, the share of responses that copy the prompt or have at most `task.SHORT_WORDS` words."""
-    from orchestrator import task
-
-    index = {r["prompt"]: r for split in task.SPLITS for r in task.prompt_rows(split)}
-    rows = [index[s["prompt"]] for s in samples]
-    responses = [s["response"] for s in samples]
-    ev = task.gold_eval(rows, responses)
-    hacked = [task.copies_prompt(r["prompt"], y) or task.n_words(y) <= task.SHORT_WORDS for r, y in zip(rows, responses)]
-    return {"gold": ev["gold"], "words": ev["length"], "disputed": ev["disputed_share"], "copy": ev["copy_share"],
-            "short": ev["short_share"], "hacked": sum(hacked) / len(hacked), "repetition": ev["repetition"],
-            "closed_accuracy": ev["closed_accuracy"]}
-
-
-def ppo_outcome(run_dir: str, last: int = 10) -> dict:
-    """What a finished PPO run in `run_dir` did: `start` and `end` (`answer_numbers` of its held-out
-    samples), `reward_last` (the mean training score over its last `last` steps) and `curve` (held-out
-    gold and length in tokens at each evaluation, from metrics.jsonl)."""
-    def read(name: str) -> list[dict]:
-        with open(os.path.join(run_dir, name)) as fh:
-            return [json.loads(ln) for ln in fh if ln.strip()]
-
-    records = read("metrics.jsonl")
-    scores = [r["reward/score"] for r in records if "reward/score" in r][-last:]
-    evals = [r for r in records if "eval/gold" in r]
-    return {"start": answer_numbers(read("samples_start.jsonl")), "end": answer_numbers(read("samples_end.jsonl")),
-            "reward_last": statistics.fmean(scores),
-            "curve": {"step": [r["step"] for r in evals], "gold": [r["eval/gold"] for r in evals],
-                      "length": [r["eval/length"] for r in evals]}}
-
-
-def plot_curves(curves: Sequence[dict], variants: Sequence[str], path: str, frontier: bool = False) -> None:
-    """Held-out gold and length (tokens) over training, the mean over seeds per variant (`curves`: one
-    {variant: curve} per seed, curves as `ppo_outcome` gives them); with `frontier`, a third panel of
-    gold against length (each variant's path through the quality-length plane)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3 if frontier else 2, figsize=(16 if frontier else 11, 4))
-    for name in variants:
-        n = min(len(c[name]["step"]) for c in curves)
-        steps = curves[0][name]["step"][:n]
-        mean = {key: [statistics.fmean(c[name][key][i] for c in curves) for i in range(n)] for key in ("gold", "length")}
-        axes[0].plot(steps, mean["gold"], marker="o", ms=3, label=name)
-        axes[1].plot(steps, mean["length"], marker="o", ms=3, label=name)
-        if frontier:
-            axes[2].plot(mean["length"], mean["gold"], marker="o", ms=3, label=name)
-            axes[2].annotate("end", (mean["length"][-1], mean["gold"][-1]), fontsize=7)
-    axes[0].set(xlabel="PPO step", ylabel="held-out gold (mean over seeds)", title="Gold")
-    axes[1].set(xlabel="PPO step", ylabel="held-out length (tokens)", title="Length")
-    if frontier:
-        axes[2].set(xlabel="held-out length (tokens)", ylabel="held-out gold", title="Quality against length")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+EXPERIMENTS = {
+    "dpl-synthetic": Experiment("the DPL paper's 1-D hidden-context experiment", _dpl_synthetic),
+    "hidden-context": Experiment("DPL std, ODIN and risk-averse PPO on the built-in preference data", _hidden_context),
+    "relevance-hacking": Experiment("PPO with bare relevance, relevance x length, and R^3", _relevance_hacking),
+    "length-bias": Experiment("PPO with Bradley-Terry, ODIN's quality head, a length penalty, reward clipping", _length_bias),
+    "scaling": Experiment("a sweep of real runs over a grid of config values: step and phase times, memory, comm", _scaling),
+    "estimators": Experiment("PPO with GAE against GRPO, Dr. GRPO, RLOO, REINFORCE++ on the built-in task", _estimators),
+}

@@ -25,7 +25,7 @@ Three small MLPs are trained on the same stream of comparisons with the losses o
 
 ``run`` trains the three models once per seed (`--seeds`, 3 by default: initialisation and comparison
 stream by seed), computes each finding's numbers per seed and judges each finding on their mean over
-the seeds (``orchestrator.experiments.judge``; the rules are ``FINDINGS``, fixed in advance), and
+the seeds (``orchestrator.experiments.common.judge``; the rules are ``FINDINGS``, fixed in advance), and
 writes the paper's three-panel figure for the first seed. ``main`` is the command line (``rlhf
 experiment dpl-synthetic``, or ``python -m orchestrator.experiments.dpl_synthetic --out DIR``).
 """
@@ -48,7 +48,7 @@ from losses.preference import (
     mean_variance_loss,
     mean_variance_std,
 )
-from orchestrator.experiments import Finding, format_finding, judge, one_thread, write_findings
+from orchestrator.experiments.common import Finding, format_finding, judge, one_thread, write_findings
 
 __all__ = ["run", "main", "utility", "borda_count", "sample_comparisons", "FINDINGS"]
 
@@ -318,20 +318,25 @@ def format_findings(result: dict) -> list[str]:
         format_finding(f, result[f.key]) for f in FINDINGS]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run the experiment, print the findings, write ``findings.json``; exit 1 on a FAIL."""
-    parser = argparse.ArgumentParser(
-        prog="rlhf experiment dpl-synthetic",
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of `rlhf experiment dpl-synthetic`."""
+    p = argparse.ArgumentParser(
+        prog=prog or "rlhf experiment dpl-synthetic",
         description="Reproduce the DPL paper's 1-D synthetic experiment (BT vs mean-variance vs categorical DPL).",
     )
-    parser.add_argument("--out", default="runs/dpl_synthetic", help="output directory (figure, findings.json)")
-    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
-    parser.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds (default {SEEDS})")
-    parser.add_argument(
+    p.add_argument("--out", default="runs/dpl_synthetic", help="output directory (figure, findings.json)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
+    p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds (default {SEEDS})")
+    p.add_argument(
         "--steps", type=int, default=FULL_STEPS, help=f"optimiser steps (batch of {BATCH_SIZE} comparisons)"
     )
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps, for smoke tests")
-    args = parser.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps, for smoke tests")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command line: run the experiment, print the findings, write ``findings.json``; exit 1 on a FAIL."""
+    args = parser(prog).parse_args(argv)
 
     result = run(args.out, seed=args.seed, steps=args.steps, quick=args.quick, seeds=args.seeds)
     write_findings(result, format_findings(result), args.out)

@@ -4,7 +4,7 @@ generated responses.
 
 Every variant is a real `rlhf ppo` run (ray mode: one actor per role, so the peak memory of each role
 is its own process's) from the same SFT policy, with the same reward (the built-in annotator reward,
-which favours length and the disputed casual ending, see `orchestrator.task`), the same steps, the same
+which favours length and the disputed casual ending, see `orchestrator.builtin.world`), the same steps, the same
 `ppo.rollout_batch_size` (responses per step), minibatches and epochs. Only the advantage estimator
 and what it needs differ (`VARIANTS`): the group estimators answer each prompt `GROUP` times, so they
 see `rollout_batch_size / GROUP` prompts per step where GAE and REINFORCE++ see `rollout_batch_size`.
@@ -58,12 +58,12 @@ LAST = 10
 def run(out: Path, steps: int, seeds: Sequence[int], fixed: dict[str, str], variants: Sequence[str],
         timeout_s: float = 3600.0) -> list[dict]:
     """One `rlhf ppo` run per variant and seed (skipping those already measured); returns their rows."""
-    from orchestrator.config import load_job_config
     from orchestrator.experiments import scaling
+    from orchestrator.registry import load_config
 
     spec = {"job": "ppo", "warmup": 1, "steps": steps - 1, "fixed": {**BASE, **fixed}}
     for name in variants:  # every run's config resolves before the first starts
-        load_job_config("ppo", None, [f"{k}={v}" for k, v in {**spec["fixed"], **VARIANTS[name]}.items()])
+        load_config("ppo", None, [f"{k}={v}" for k, v in {**spec["fixed"], **VARIANTS[name]}.items()])
     rows = []
     todo = [(name, seed) for seed in seeds for name in variants]
     for i, (name, seed) in enumerate(todo):
@@ -144,37 +144,34 @@ def format_table(summary: dict) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Held-out gold and length over training, the mean over seeds per variant."""
-    import matplotlib
+    """Held-out gold and length over training, the mean over seeds per variant (the one curve plot,
+    `orchestrator.core.metrics.plot_curves`)."""
+    from orchestrator.core.metrics import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series = {}
     for name in dict.fromkeys(r["variant"] for r in rows):
         ok = [r for r in rows if r["variant"] == name and r["status"] == "ok"]
-        if not ok:
-            continue
-        n = min(len(r["curve_steps"]) for r in ok)
-        steps = ok[0]["curve_steps"][:n]
-        for ax, key in zip(axes, ("curve_gold", "curve_length")):
-            ax.plot(steps, [statistics.mean(r[key][i] for r in ok) for i in range(n)], marker="o", ms=3, label=name)
-    axes[0].set(xlabel="PPO step", ylabel="held-out gold (mean over seeds)", title="Held-out gold")
-    axes[1].set(xlabel="PPO step", ylabel="held-out answer length (tokens)", title="Length")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        if ok:
+            n = min(len(r["curve_steps"]) for r in ok)
+            series[name] = [{"step": ok[0]["curve_steps"][i], **{key: statistics.mean(r[key][i] for r in ok)
+                                                                  for key in ("curve_gold", "curve_length")}} for i in range(n)]
+    plot_curves(series, ["curve_gold", "curve_length"], path, labels={
+        "step": "PPO step", "curve_gold": "held-out gold (mean over seeds)", "curve_length": "held-out answer length (tokens)"})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf experiment estimators", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/estimators")
-    parser.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
-    parser.add_argument("--seeds", type=int, help=f"seeds per variant (default {FULL['seeds']}; --quick {QUICK['seeds']})")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps of 16 responses per variant, one seed")
-    parser.add_argument("--variants", help="comma-separated subset of " + ", ".join(VARIANTS))
-    args = parser.parse_args(argv)
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of `rlhf experiment estimators`."""
+    p = argparse.ArgumentParser(prog=prog or "rlhf experiment estimators", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/estimators")
+    p.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
+    p.add_argument("--seeds", type=int, help=f"seeds per variant (default {FULL['seeds']}; --quick {QUICK['seeds']})")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps of 16 responses per variant, one seed")
+    p.add_argument("--variants", help="comma-separated subset of " + ", ".join(VARIANTS))
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = parser(prog).parse_args(argv)
     mode = QUICK if args.quick else FULL
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]

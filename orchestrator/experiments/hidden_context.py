@@ -1,13 +1,13 @@
 """Hidden context and length bias on the built-in preference data: what DPL, ODIN and the risk-averse
 reward do about them, end to end through `rlhf rm` and `rlhf ppo`.
 
-The data is `builtin:hidden-context` (`orchestrator.task.hidden_context_rows`): each pair is labelled
+The data is `builtin:hidden-context` (`orchestrator.builtin.world.hidden_context_rows`): each pair is labelled
 by one annotator, 65% from a casual group and 35% from a formal group that disagree about a casual
 ending ("lol !!", the *disputed* style: +4.0 utility for the casual group, -2.5 for the formal one,
 times the rationality 3), and every annotator prefers longer answers (+0.1 utility per word), which
 the gold score ignores. The label does not say which group labelled it: that is the hidden context.
 
-Three findings, each judged over seeds (`orchestrator.experiments.judge`: the pass rule, stated here
+Three findings, each judged over seeds (`orchestrator.experiments.common.judge`: the pass rule, stated here
 before any run, applies to the mean over seeds of the numbers below; the spread and the number of
 seeds in which it holds alone are reported with it):
 
@@ -27,10 +27,11 @@ seeds in which it holds alone are reported with it):
 
 Per seed s (`--seeds`, 3 by default, from `--seed`) the whole chain is its own: the SFT policy is the
 built-in tiny Llama initialised with seed s and warm-started by `rlhf sft` with seed s
-(`orchestrator.sft.builtin_policy_dir(size, seed)`, cached), the three reward models start from that
+(`orchestrator.builtin.policy.builtin_policy_dir(size, seed)`, cached), the three reward models start from that
 policy and train with seed s, and both PPO runs start from it with seed s. Each reward model is trained
-by `orchestrator.rm.train` and each policy by `orchestrator.ppo.train` (local mode, one thread: the
-numbers do not depend on the machine's core count), so the experiment exercises the same code as the
+by `rlhf rm` and each policy by `rlhf ppo` (`orchestrator.registry.run`; local mode, one thread: the
+numbers do not depend on the machine's core count), on the shared skeleton of the experiments
+(`orchestrator.experiments.common.Seeded`), so the experiment exercises the same code as the
 commands; all outputs (models, reports, plots, metrics) stay under `--out/seed<s>/`. A reward model
 already trained there (its final checkpoint) is reused (`run.resume=auto`), so a rerun after an
 interruption picks up where it stopped.
@@ -40,14 +41,12 @@ cached seed-0 policy, few steps and pairs; findings not expected to pass, only t
 
 from __future__ import annotations
 
-import os
-import time
+from pathlib import Path
 from typing import Sequence
 
-from orchestrator.experiments import (Finding, findings_exit_code, format_finding, judge, one_thread, seeded_main, train_ppo,
-                                      train_rm)
+from orchestrator.experiments.common import Finding, Seeded, builtin_policy, seeded_main, seeded_parser, train_ppo, train_rm
 
-__all__ = ["run", "main", "format_findings", "FINDINGS", "std_numbers", "odin_numbers", "risk_numbers"]
+__all__ = ["EXPERIMENT", "main", "FINDINGS", "std_numbers", "odin_numbers", "risk_numbers"]
 
 RM_STEPS, PPO_STEPS, SEEDS = 600, 100, 3
 QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS, QUICK_EVAL_PAIRS = 30, 2, 2000, 200
@@ -77,7 +76,7 @@ FINDINGS = (
 
 
 def std_numbers(mv_eval: dict) -> dict:
-    """Finding 1's numbers from a mean-variance model's held-out evaluation (`orchestrator.rm_eval`,
+    """Finding 1's numbers from a mean-variance model's held-out evaluation (`orchestrator.jobs.rm_eval`,
     grouped by `disputed`)."""
     by = mv_eval.get("by_group", {})
     disputed, agreed = by.get("True", {}), by.get("False", {})
@@ -125,54 +124,38 @@ def _ppo(out: str, policy: str, name: str, rm_path: str, statistic: str, steps: 
     ])
 
 
-def seed_chain(out: str, seed: int, quick: bool) -> dict:
+def seed_chain(out: Path, seed: int, quick: bool) -> dict:
     """One seed's chain (SFT policy, three reward models, two PPO runs) in `out`; each finding's numbers."""
-    from orchestrator.sft import builtin_policy_dir
-
     rm_steps, ppo_steps, max_rows, eval_pairs = ((QUICK_RM_STEPS, QUICK_PPO_STEPS, QUICK_TRAIN_PAIRS, QUICK_EVAL_PAIRS)
                                                  if quick else (RM_STEPS, PPO_STEPS, 0, 0))
-    policy = builtin_policy_dir("tiny", seed=0 if quick else seed)
-    rms = {obj: _rm(out, policy, obj, rm_steps, seed, max_rows, eval_pairs) for obj in ("mean_variance", "bradley_terry", "odin")}
-    runs = {stat: _ppo(out, policy, stat, rms["mean_variance"]["model"], stat, ppo_steps, seed) for stat in ("mean", "quantile")}
+    policy = builtin_policy(seed, quick)
+    rms = {obj: _rm(str(out), policy, obj, rm_steps, seed, max_rows, eval_pairs) for obj in ("mean_variance", "bradley_terry", "odin")}
+    runs = {stat: _ppo(str(out), policy, stat, rms["mean_variance"]["model"], stat, ppo_steps, seed) for stat in ("mean", "quantile")}
     return {"dpl_std_on_disputed_pairs": std_numbers(rms["mean_variance"]["eval"]),
             "odin_length_decorrelation": odin_numbers(rms["bradley_terry"]["eval"], rms["odin"]["eval"]),
             "risk_averse_ppo": risk_numbers(runs["mean"], runs["quantile"]),
             "policy": policy, "train_pairs": rms["mean_variance"]["train_pairs"]}
 
 
-def run(out: str, seed: int = 0, quick: bool = False, seeds: int | None = None) -> dict:
-    os.makedirs(out, exist_ok=True)
-    seed_list = [seed + i for i in range(seeds or (1 if quick else SEEDS))]
-    t0 = time.time()
-    chains = []
-    with one_thread():
-        for s in seed_list:
-            print(f"hidden-context: seed {s} ({len(chains) + 1} of {len(seed_list)})", flush=True)
-            chains.append(seed_chain(os.path.join(out, f"seed{s}"), s, quick))
-    result = {f.key: judge(f, [c[f.key] for c in chains]) for f in FINDINGS}
-    result.update({"data": DATA, "train_pairs": chains[0]["train_pairs"], "policies": [c["policy"] for c in chains],
-                   "rm_steps": QUICK_RM_STEPS if quick else RM_STEPS, "ppo_steps": QUICK_PPO_STEPS if quick else PPO_STEPS,
-                   "seeds": seed_list, "quick": quick, "wall_time_s": round(time.time() - t0, 1)})
-    result["passed"] = all(result[f.key]["passed"] for f in FINDINGS)
-    return result
+def report(folder: Path, chains: list, quick: bool) -> dict:
+    return {"data": DATA, "train_pairs": chains[0]["train_pairs"], "policies": [c["policy"] for c in chains],
+            "rm_steps": QUICK_RM_STEPS if quick else RM_STEPS, "ppo_steps": QUICK_PPO_STEPS if quick else PPO_STEPS}
 
 
-def format_findings(result: dict) -> list[str]:
-    return [format_finding(f, result[f.key]) for f in FINDINGS] + [
-        f"{result['data']}: {result['train_pairs']} training pairs, {result['rm_steps']} reward-model steps of 32 pairs, "
-        f"{result['ppo_steps']} PPO steps, seeds {', '.join(map(str, result['seeds']))}, {result['wall_time_s']:.0f} s"]
+EXPERIMENT = Seeded(
+    name="hidden-context", description="DPL std, ODIN length decorrelation and risk-averse PPO on the built-in data.",
+    findings=FINDINGS, chain=seed_chain, numbers=lambda chain: chain,
+    summary_line=lambda r: (f"{r['data']}: {r['train_pairs']} training pairs, {r['rm_steps']} reward-model steps of 32 pairs, "
+                            f"{r['ppo_steps']} PPO steps, seeds {', '.join(map(str, r['seeds']))}, {r['wall_time_s']:.0f} s"),
+    report=report, seeds=SEEDS)
 
 
-def exit_code(result: dict) -> int:
-    """`findings_exit_code` on this experiment's findings."""
-    return findings_exit_code(result, FINDINGS)
+def parser(prog: str | None = None):
+    return seeded_parser(EXPERIMENT, prog)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return seeded_main(argv, prog="hidden-context", seeds=SEEDS,
-                       description="DPL std, ODIN length decorrelation and risk-averse PPO on the built-in data.",
-                       quick_help="a few steps of each run, for smoke tests", run=run, format_findings=format_findings,
-                       exit_code=exit_code)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    return seeded_main(EXPERIMENT, argv, prog)
 
 
 if __name__ == "__main__":

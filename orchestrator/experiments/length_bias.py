@@ -2,7 +2,7 @@
 annotators' length bias, as well as the cheap baselines do or better?
 
 The data is `builtin:preferences`, whose annotators prefer longer answers (+0.1 utility per word,
-which the gold score ignores; `orchestrator.task`). Per seed, two reward models start from the SFT
+which the gold score ignores; `orchestrator.builtin.world`). Per seed, two reward models start from the SFT
 policy and train on the same pairs with the same steps: Bradley-Terry, and ODIN (a quality and a
 length head; length and orthogonality weights 0.1, as in `hidden-context`). Then PPO from the same SFT
 policy with four rewards:
@@ -32,24 +32,23 @@ Findings, with pass rules stated before any run and applied to the mean over see
 5. **ODIN against the baselines:** the `odin` run's final gold is no more than `GOLD_SLACK` below the
    better of `bt_length_penalty` and `bt_clipped`.
 
-Per seed s the chain is its own (`orchestrator.sft.builtin_policy_dir("tiny", s)`, both reward models
-and every PPO run with seed s), in this process, local mode, one thread. Outputs under `--out`:
-seed<s>/rm-<objective>/ and seed<s>/<variant>/, results.json, results.md, curves.png, findings.json.
+Per seed s the chain is its own (`orchestrator.builtin.policy.builtin_policy_dir("tiny", s)`, both reward
+models and every PPO run with seed s), in this process, local mode, one thread, on the shared skeleton
+of the experiments (`orchestrator.experiments.common.Seeded`). Outputs under `--out`:
+seed<s>/rm-<objective>/ and seed<s>/<variant>/, findings.json, results.md, curves.png.
 `--quick`: one seed on the cached seed-0 policy, 30 reward-model steps on 2000 pairs, 3 PPO steps of
 16 responses: a smoke run of the chain.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Sequence
 
-from orchestrator.experiments import (Finding, format_finding, judge, one_thread, plot_curves, ppo_outcome,
-                                      train_ppo, train_rm, variant_table, findings_exit_code, seeded_main)
+from orchestrator.experiments.common import (Finding, Seeded, builtin_policy, ppo_outcome, seeded_main,
+                                             seeded_parser, train_ppo, train_rm, variant_report)
 
-__all__ = ["VARIANTS", "FINDINGS", "run", "main", "finding_numbers", "gold_at_length"]
+__all__ = ["VARIANTS", "FINDINGS", "EXPERIMENT", "main", "finding_numbers", "gold_at_length"]
 
 DATA = "builtin:preferences"
 ODIN_COEFS = ("model.odin_length_coef=0.1", "model.odin_orth_coef=0.1")
@@ -128,23 +127,21 @@ def finding_numbers(rms: dict, rows: dict, curves: dict) -> dict:
 
 
 def seed_chain(out: Path, seed: int, quick: bool) -> tuple[dict, dict, dict]:
-    """One seed's reward models and PPO runs: (reward-model evaluations, table rows, curves)."""
-    from orchestrator.sft import builtin_policy_dir
-
-    policy = builtin_policy_dir("tiny", seed=0 if quick else seed)
+    """One seed's reward models and PPO runs in `out`: (reward-model evaluations, table rows, curves)."""
+    policy = builtin_policy(seed, quick)
     rm_extra = ([f"run.steps={QUICK['rm_steps']}", f"data.max_rows={QUICK['rm_rows']}", f"rm.eval_max_pairs={QUICK['eval_pairs']}"]
                 if quick else [f"run.steps={RM_STEPS}"])
     rms = {}
     for objective in ("bradley_terry", "odin"):
         print(f"length-bias: seed {seed}, reward model {objective}", flush=True)
-        rms[objective] = train_rm(str(out / f"seed{seed}" / f"rm-{objective}"), [
+        rms[objective] = train_rm(str(out / f"rm-{objective}"), [
             f"data.path={DATA}", "data.split=train", "data.eval_split=test", f"run.seed={seed}", f"model.path={policy}",
             f"model.objective={objective}", *ODIN_COEFS, *rm_extra])
     ppo_extra = [f"run.steps={QUICK['ppo_steps']}", "run.eval_every=0", *QUICK["ppo"]] if quick else [
         f"run.steps={PPO_STEPS}", f"run.eval_every={EVAL_EVERY}"]
     rows, curves = {}, {}
     for name, (objective, overrides) in VARIANTS.items():
-        run_dir = out / f"seed{seed}" / name
+        run_dir = out / name
         print(f"length-bias: seed {seed}, PPO {name}", flush=True)
         summary = train_ppo(str(run_dir), [f"policy.path={policy}", f"run.seed={seed}", "reward.kind=model",
                                            f"reward.path={rms[objective]['model']}", *ppo_extra, *overrides])
@@ -155,45 +152,29 @@ def seed_chain(out: Path, seed: int, quick: bool) -> tuple[dict, dict, dict]:
     return {k: v["eval"] for k, v in rms.items()}, rows, curves
 
 
-def run(out: str, seed: int = 0, quick: bool = False, seeds: int | None = None) -> dict:
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    seed_list = [seed + i for i in range(seeds or (1 if quick else SEEDS))]
-    t0 = time.time()
-    chains = []
-    with one_thread():
-        for s in seed_list:
-            chains.append(seed_chain(folder, s, quick))
-    summary, table = variant_table([rows for _, rows, _ in chains], COLUMNS)
-    result = {f.key: judge(f, [finding_numbers(*c) for c in chains]) for f in FINDINGS}
-    result.update({"variants": {k: {"reward_model": o, "overrides": v} for k, (o, v) in VARIANTS.items()},
-                   "rm_steps": QUICK["rm_steps"] if quick else RM_STEPS, "ppo_steps": QUICK["ppo_steps"] if quick else PPO_STEPS,
-                   "seeds": seed_list, "quick": quick, "table": summary, "per_seed": [rows for _, rows, _ in chains],
-                   "curves": [c for _, _, c in chains], "wall_time_s": round(time.time() - t0, 1)})
-    result["passed"] = all(result[f.key]["passed"] for f in FINDINGS)
-    (folder / "results.md").write_text(table + "\n")
-    (folder / "results.json").write_text(json.dumps(result, indent=1))
-    curves = [c for _, _, c in chains]
-    if all(len(c[v]["step"]) > 1 for c in curves for v in VARIANTS):
-        plot_curves(curves, list(VARIANTS), str(folder / "curves.png"), frontier=True)
-    print(table)
-    return result
+def report(folder: Path, chains: list, quick: bool) -> dict:
+    """The table over seeds (results.md) and the curves with the quality-length frontier (curves.png)."""
+    tables, curves = [rows for _, rows, _ in chains], [c for _, _, c in chains]
+    summary = variant_report(folder, tables, curves, COLUMNS, list(VARIANTS), frontier=True)
+    return {"variants": {k: {"reward_model": o, "overrides": v} for k, (o, v) in VARIANTS.items()},
+            "rm_steps": QUICK["rm_steps"] if quick else RM_STEPS, "ppo_steps": QUICK["ppo_steps"] if quick else PPO_STEPS,
+            "table": summary, "per_seed": tables, "curves": curves}
 
 
-def format_findings(result: dict) -> list[str]:
-    return [format_finding(f, result[f.key]) for f in FINDINGS] + [
-        f"{DATA}: {result['rm_steps']} reward-model steps, {result['ppo_steps']} PPO steps per variant, seeds "
-        f"{', '.join(map(str, result['seeds']))}, {result['wall_time_s']:.0f} s"]
+EXPERIMENT = Seeded(
+    name="length-bias", description=__doc__.split("\n\n")[0], findings=FINDINGS, chain=seed_chain,
+    numbers=lambda chain: dict.fromkeys((f.key for f in FINDINGS), finding_numbers(*chain)),
+    summary_line=lambda r: (f"{DATA}: {r['rm_steps']} reward-model steps, {r['ppo_steps']} PPO steps per variant, seeds "
+                            f"{', '.join(map(str, r['seeds']))}, {r['wall_time_s']:.0f} s"),
+    report=report, seeds=SEEDS, quick_help="one seed, a few steps of every run")
 
 
-def exit_code(result: dict) -> int:
-    """`findings_exit_code` on this experiment's findings."""
-    return findings_exit_code(result, FINDINGS)
+def parser(prog: str | None = None):
+    return seeded_parser(EXPERIMENT, prog)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return seeded_main(argv, prog="length-bias", description=__doc__.split("\n\n")[0], seeds=SEEDS,
-                       quick_help="one seed, a few steps of every run", run=run, format_findings=format_findings, exit_code=exit_code)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    return seeded_main(EXPERIMENT, argv, prog)
 
 
 if __name__ == "__main__":

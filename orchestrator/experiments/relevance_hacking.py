@@ -12,15 +12,15 @@ PPO from the SFT policy on `builtin:prompts` (open and closed questions) with th
 
 The rewards live on different scales (a bare cosine against one a tenth of it), so every variant
 normalises its rewards with running moments (`ppo.reward_norm=true`); everything else is `rlhf ppo`'s
-defaults. Measured on the 62 held-out prompts (`orchestrator.task.gold_eval` on the end samples): gold,
+defaults. Measured on the 62 held-out prompts (`orchestrator.builtin.world.gold_eval` on the end samples): gold,
 length in words, copy share (the response repeats at least half of the prompt's word trigrams,
-`task.copies_prompt`), short share (at most 3 words), hacked share (either of the two: the hacks the
+`world.copies_prompt`), short share (at most 3 words), hacked share (either of the two: the hacks the
 paper names, copying the question back and answering with a few highly relevant words), repetition
 (the mean share of repeated word trigrams) and closed accuracy (closed questions answered with the
 right value and no other).
 
 Findings, with pass rules stated before any run and applied to the mean over seeds
-(`orchestrator.experiments.judge`):
+(`orchestrator.experiments.common.judge`):
 
 1. **Bare relevance is hacked:** the hacked share after PPO with `relevance` is at least
    `HACK_GAIN` (0.10) above the SFT policy's.
@@ -31,25 +31,24 @@ Findings, with pass rules stated before any run and applied to the mean over see
 4. **The reference answer helps closed questions:** closed accuracy with `r3` is at least
    `CLOSED_GAIN` (0.05) above `relevance_x_length` (the same reward without F on closed questions).
 
-Per seed s the chain is its own: the SFT policy is `orchestrator.sft.builtin_policy_dir("tiny", s)`
-(base initialisation and SFT data order by seed, cached) and each PPO run has run.seed=s. Runs are in
-this process, in local mode, on one thread (`one_thread`). Outputs under `--out`: seed<s>/<variant>/
-(each run's folder), results.json (every number of every seed, the summary, the findings), results.md
-(the table), curves.png (held-out gold and length over training), findings.json.
+Per seed s the chain is its own: the SFT policy is `orchestrator.builtin.policy.builtin_policy_dir("tiny",
+s)` (base initialisation and SFT data order by seed, cached) and each PPO run has run.seed=s. Runs are in
+this process, in local mode, on one thread (`one_thread`), on the shared skeleton of the experiments
+(`orchestrator.experiments.common.Seeded`). Outputs under `--out`: seed<s>/<variant>/ (each run's
+folder), findings.json (every number of every seed, the table, the findings), results.md (the table),
+curves.png (held-out gold and length over training).
 `--quick`: one seed on the cached seed-0 policy, 3 steps of 16 responses: a smoke run of the chain.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Sequence
 
-from orchestrator.experiments import (Finding, format_finding, judge, one_thread, plot_curves, ppo_outcome,
-                                      train_ppo, variant_table, findings_exit_code, seeded_main)
+from orchestrator.experiments.common import (Finding, Seeded, builtin_policy, ppo_outcome, seeded_main,
+                                             seeded_parser, train_ppo, variant_report)
 
-__all__ = ["VARIANTS", "FINDINGS", "run", "main", "finding_numbers"]
+__all__ = ["VARIANTS", "FINDINGS", "EXPERIMENT", "main", "finding_numbers"]
 
 VARIANTS: dict[str, list[str]] = {
     "relevance": ["reward.length_incentive=false", "reward.repetition_penalty=false", "reward.reference_relevance=false"],
@@ -101,16 +100,14 @@ def finding_numbers(by_variant: dict) -> dict:
 
 
 def seed_runs(out: Path, seed: int, quick: bool) -> tuple[dict, dict]:
-    """One seed's PPO runs; (table rows per variant and for the start, held-out curves per variant)."""
-    from orchestrator.sft import builtin_policy_dir
-
-    policy = builtin_policy_dir("tiny", seed=0 if quick else seed)
+    """One seed's PPO runs in `out`; (table rows per variant and for the start, held-out curves per variant)."""
+    policy = builtin_policy(seed, quick)
     steps = QUICK["steps"] if quick else STEPS
     extra = QUICK["overrides"] if quick else []
     eval_every = QUICK["eval_every"] if quick else EVAL_EVERY
     rows, curves = {}, {}
     for name, overrides in VARIANTS.items():
-        run_dir = out / f"seed{seed}" / name
+        run_dir = out / name
         print(f"relevance-hacking: seed {seed}, {name}", flush=True)
         train_ppo(str(run_dir), [*BASE, *extra, *overrides, f"policy.path={policy}", f"run.seed={seed}", f"run.steps={steps}",
                                  f"run.eval_every={eval_every}"])
@@ -122,45 +119,28 @@ def seed_runs(out: Path, seed: int, quick: bool) -> tuple[dict, dict]:
     return rows, curves
 
 
-def run(out: str, seed: int = 0, quick: bool = False, seeds: int | None = None) -> dict:
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    seed_list = [seed + i for i in range(seeds or (1 if quick else SEEDS))]
-    t0 = time.time()
-    tables, curves = [], []
-    with one_thread():
-        for s in seed_list:
-            rows, c = seed_runs(folder, s, quick)
-            tables.append(rows)
-            curves.append(c)
-    summary, table = variant_table(tables, COLUMNS)
-    result = {f.key: judge(f, [finding_numbers(t) for t in tables]) for f in FINDINGS}
-    result.update({"variants": {k: BASE + v for k, v in VARIANTS.items()}, "steps": QUICK["steps"] if quick else STEPS,
-                   "seeds": seed_list, "quick": quick, "table": summary, "per_seed": tables, "curves": curves,
-                   "wall_time_s": round(time.time() - t0, 1)})
-    result["passed"] = all(result[f.key]["passed"] for f in FINDINGS)
-    (folder / "results.md").write_text(table + "\n")
-    (folder / "results.json").write_text(json.dumps(result, indent=1))
-    if all(len(c[v]["step"]) > 1 for c in curves for v in VARIANTS):
-        plot_curves(curves, list(VARIANTS), str(folder / "curves.png"))
-    print(table)
-    return result
+def report(folder: Path, chains: list, quick: bool) -> dict:
+    """The table over seeds (results.md) and the curves (curves.png)."""
+    tables, curves = [rows for rows, _ in chains], [c for _, c in chains]
+    summary = variant_report(folder, tables, curves, COLUMNS, list(VARIANTS))
+    return {"variants": {k: BASE + v for k, v in VARIANTS.items()}, "steps": QUICK["steps"] if quick else STEPS,
+            "table": summary, "per_seed": tables, "curves": curves}
 
 
-def format_findings(result: dict) -> list[str]:
-    return [format_finding(f, result[f.key]) for f in FINDINGS] + [
-        f"builtin:prompts: {result['steps']} PPO steps per variant, seeds {', '.join(map(str, result['seeds']))}, "
-        f"{result['wall_time_s']:.0f} s"]
+EXPERIMENT = Seeded(
+    name="relevance-hacking", description=__doc__.split("\n\n")[0], findings=FINDINGS, chain=seed_runs,
+    numbers=lambda chain: dict.fromkeys((f.key for f in FINDINGS), finding_numbers(chain[0])),
+    summary_line=lambda r: (f"builtin:prompts: {r['steps']} PPO steps per variant, seeds {', '.join(map(str, r['seeds']))}, "
+                            f"{r['wall_time_s']:.0f} s"),
+    report=report, seeds=SEEDS, quick_help="one seed, 3 steps of 16 responses per variant")
 
 
-def exit_code(result: dict) -> int:
-    """`findings_exit_code` on this experiment's findings."""
-    return findings_exit_code(result, FINDINGS)
+def parser(prog: str | None = None):
+    return seeded_parser(EXPERIMENT, prog)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return seeded_main(argv, prog="relevance-hacking", description=__doc__.split("\n\n")[0], seeds=SEEDS,
-                       quick_help="one seed, 3 steps of 16 responses per variant", run=run, format_findings=format_findings, exit_code=exit_code)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    return seeded_main(EXPERIMENT, argv, prog)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ In ray mode each point joins the cluster this command runs on (``RAY_ADDRESS`` u
 submit``, or ``run.ray_address=``), or starts a local one.
 
 Per point (from the run's metrics.jsonl and summary.json): step time (mean and spread over the
-measured steps) and each phase's time (phases issued together are one phase, named ``a+b``),
+measured steps) and each phase's time (`orchestrator.core.phases`: generate, forward, advantages, update, ...),
 samples/s, response tokens/s over the step and in generation, role start-up time, peak memory of each
 replica of each role (max RSS on CPU, max allocated on GPU), collective-communication time per step
 and role (DeepSpeed's comms logger, ``run.profile_comm=true``; averaged over every step of the run,
@@ -21,7 +21,7 @@ Outputs in ``--out``: results.csv and results.parquet (one row per point), resul
 and plots: throughput vs replicas with the ideal-scaling line, efficiency (speed-up / replicas),
 peak memory per replica vs ZeRO stage per role, stacked phase times per point. A rerun skips the
 points that already have a result (failed points are retried); ``--predict`` adds the cost model's
-prediction of each point (`orchestrator.costmodel`) calibrated on the others (leave one out).
+prediction of each point (`orchestrator.tools.costmodel`) calibrated on the others (leave one out).
 """
 
 from __future__ import annotations
@@ -42,9 +42,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from orchestrator.registry import JOBS
+
 log = logging.getLogger("rlhf.scaling")
 
-SAMPLES_KEY = {"ppo": "ppo.rollout_batch_size", "dpo": "dpo.batch_size", "rm": "rm.batch_size", "sft": "sft.batch_size"}
+SAMPLES_KEY = {name: e.batch_key for name, e in JOBS.items() if e.batch_key}
+"""The samples axis of each job: its batch-size key (`orchestrator.registry`)."""
 """The config key of the samples (prompts, pairs, demonstrations) one step of each job consumes."""
 
 QUICK = {
@@ -85,7 +88,7 @@ def load_grid(path: str | None, args: Sequence[str], quick: bool) -> dict:
     the command line (YAML scalars are written back as YAML) and go to the job as overrides."""
     import yaml
 
-    from orchestrator.configtree import ConfigError
+    from orchestrator.config import ConfigError
 
     spec = {"job": "ppo", "warmup": 1, "steps": 3, "fixed": {}, "grid": {}}
     if quick:
@@ -156,10 +159,10 @@ def point_id(spec: dict, point: dict[str, str]) -> str:
 
 def check_overrides(spec: dict) -> None:
     """Every point's config resolves (unknown keys, bad values) before the first run starts."""
-    from orchestrator.config import load_job_config
+    from orchestrator.registry import load_config
 
     for point in points(spec) or [{}]:
-        load_job_config(spec["job"], None, [f"{k}={v}" for k, v in {**spec["fixed"], **point}.items()])
+        load_config(spec["job"], None, [f"{k}={v}" for k, v in {**spec["fixed"], **point}.items()])
 
 
 # ---------------------------------------------------------------------------------------- one point
@@ -427,7 +430,7 @@ def plot(rows: list[dict], spec: dict, out: Path) -> list[str]:
     labels = [("\n".join(f"{k.split('.')[0][:3]}.{k.split('.')[-1]}={r.get(k)}" for k in spec["grid"]) or r["point"]) for r in ok]
     ax.set_xticks(range(len(ok)), labels, fontsize=6)
     ax.set_ylabel("seconds per step")
-    ax.set_title(f"rlhf {spec['job']}: phases per point (a+b: issued together)")
+    ax.set_title(f"rlhf {spec['job']}: phases per point")
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "phases.png", dpi=110)
@@ -439,18 +442,23 @@ def plot(rows: list[dict], spec: dict, out: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------- command line
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf experiment scaling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/scaling", help="output folder (points/, results.*, plots)")
-    parser.add_argument("--grid", help="YAML file: job, warmup, steps, fixed: {key: value}, grid: {key: [values]}")
-    parser.add_argument("--job", choices=sorted(SAMPLES_KEY), help="the job to sweep (default ppo, or the grid file's)")
-    parser.add_argument("--warmup", type=int, help="steps per point not measured (default 1)")
-    parser.add_argument("--steps", type=int, help="measured steps per point (default 3; --quick 2)")
-    parser.add_argument("--quick", action="store_true", help="6 points of ray-mode PPO on builtin:tiny-base (~3 min on 2 cores)")
-    parser.add_argument("--predict", action="store_true", help="add the cost model's predictions (leave-one-out calibration)")
-    parser.add_argument("--point-timeout", type=float, default=1800.0, help="seconds before a point's run is stopped and recorded as failed")
-    parser.add_argument("axes", nargs="*", metavar="key=v1,v2", help="grid axes and fixed keys")
-    args = parser.parse_args(argv)
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of `rlhf experiment scaling`."""
+    p = argparse.ArgumentParser(prog=prog or "rlhf experiment scaling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/scaling", help="output folder (points/, results.*, plots)")
+    p.add_argument("--grid", help="YAML file: job, warmup, steps, fixed: {key: value}, grid: {key: [values]}")
+    p.add_argument("--job", choices=sorted(SAMPLES_KEY), help="the job to sweep (default ppo, or the grid file's)")
+    p.add_argument("--warmup", type=int, help="steps per point not measured (default 1)")
+    p.add_argument("--steps", type=int, help="measured steps per point (default 3; --quick 2)")
+    p.add_argument("--quick", action="store_true", help="6 points of ray-mode PPO on builtin:tiny-base (~3 min on 2 cores)")
+    p.add_argument("--predict", action="store_true", help="add the cost model's predictions (leave-one-out calibration)")
+    p.add_argument("--point-timeout", type=float, default=1800.0, help="seconds before a point's run is stopped and recorded as failed")
+    p.add_argument("axes", nargs="*", metavar="key=v1,v2", help="grid axes and fixed keys")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = parser(prog).parse_args(argv)
     spec = load_grid(args.grid, args.axes, args.quick)
     for k in ("job", "warmup", "steps"):
         if getattr(args, k) is not None:
@@ -463,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = sweep(spec, out, args.point_timeout)
     if args.predict:
-        from orchestrator import costmodel
+        from orchestrator.tools import costmodel
 
         report = costmodel.calibrate_on_sweep(rows, spec, out)
         print(report["text"])
