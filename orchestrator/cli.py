@@ -29,8 +29,11 @@ import argparse
 import logging
 import sys
 
-from orchestrator.config import ConfigError
-from orchestrator.registry import JOBS
+from orchestrator.config import ConfigError, to_yaml
+from orchestrator.data import DataError
+from orchestrator.experiments import EXPERIMENTS
+from orchestrator.registry import JOBS, load_config, run
+from orchestrator.tools import bench, costmodel, data_check, serve
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -68,25 +71,21 @@ def _failed(exc: BaseException, output_dir: str) -> RunFailed:
     return RunFailed(f"{_one_line(exc)} ({where})")
 
 
-def _user_errors() -> tuple:
-    """Errors that mean bad user input (printed as one line), as opposed to bugs (tracebacks)."""
-    from orchestrator.data import DataError
-
-    return ConfigError, DataError
+USER_ERRORS = (ConfigError, DataError)
+"""Errors that mean bad user input (printed as one line), as opposed to bugs (tracebacks)."""
 
 
 def run_job(name: str, cfg, dry_run: bool = False) -> int:
     """Run job `name` (`orchestrator.registry.run`) as a command: a failure after it started is one line
     (`RunFailed`, the traceback in <output_dir>/error.log); a preemption returns its exit code."""
-    from orchestrator.core.job import Preempted
-    from orchestrator.registry import run
+    from orchestrator.core.job import Preempted  # torch: imported when a job runs, not for `rlhf --help`
 
     try:
         run(name, cfg, dry_run=dry_run)
     except Preempted as e:
         print(f"rlhf: {e}", file=sys.stderr)
         return e.exit_code
-    except (*_user_errors(), KeyboardInterrupt):
+    except (*USER_ERRORS, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001  (after start: one line, the traceback to a file)
         raise _failed(e, cfg.run.output_dir) from e
@@ -94,23 +93,16 @@ def run_job(name: str, cfg, dry_run: bool = False) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from orchestrator.config import to_yaml
-    from orchestrator.registry import load_config
-
     print(to_yaml(load_config(args.job, args.config, args.overrides), comments=not args.no_comments))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from orchestrator.registry import load_config
-
     cfg = load_config(args.job, args.config, args.overrides)  # every key checked before anything starts
     return run_job(args.job, cfg, dry_run=args.dry_run)
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
-    from orchestrator.registry import load_config, run
-
     overrides = list(args.overrides)
     if overrides[:1] == ["eval"]:
         overrides = overrides[1:] + ([f"path={args.path}"] if args.path else [])
@@ -127,15 +119,10 @@ def _cmd_tool(module):
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from orchestrator.experiments import EXPERIMENTS
-
     return EXPERIMENTS[args.name].load().main(args.options, prog=f"rlhf experiment {args.name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.experiments import EXPERIMENTS
-    from orchestrator.tools import bench, costmodel, data_check, serve
-
     parser = argparse.ArgumentParser(
         prog="rlhf",
         description="Distributed RLHF on Ray: PPO with DeepSpeed ZeRO roles, DPO, and distributional reward models.",
@@ -207,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         print(f"rlhf: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except RunFailed as e:

@@ -106,12 +106,13 @@ def load_config(name: str, path: str | None = None, overrides: list[str] | None 
 
 def run(name: str, cfg, *, dry_run: bool = False, hooks: tuple = ()) -> dict:
     """Run job `name` with the config `cfg`: built-in model names become folders, then the job runs in the
-    skeleton (`dry_run`: the checks and the placement plan only; `hooks` watch it). Returns its summary."""
+    skeleton (`dry_run`: the checks and the placement plan only, no built-in model trained for them;
+    `hooks` watch it). Returns its summary."""
     from orchestrator.builtin.policy import resolve
     from orchestrator.core.job import run as run_job
 
     e = entry(name)
-    cfg = resolve(cfg)
+    cfg = resolve(cfg, build=not dry_run)
     if e.evaluate is not None:
         return e.evaluate(cfg)
     return run_job(e.job()(cfg), cfg, dry_run=dry_run, hooks=hooks)

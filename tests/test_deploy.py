@@ -47,16 +47,21 @@ def test_rayjob_manifest_is_consistent():
 
 def test_rayjob_entrypoint_dry_run_plans_what_the_workers_hold(tmp_path):
     """The manifest's entrypoint, exactly, plus --dry-run: config, data and models are checked, the
-    placement plan printed, nothing written (the /shared output_dir does not exist here and is not made)."""
+    placement plan printed, nothing written (the /shared output_dir does not exist here and is not made),
+    nothing trained: on an empty cache the SFT warm start of builtin:tiny is checked through its base."""
     job, _ = _rayjob()
     argv = shlex.split(job["spec"]["entrypoint"])
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RLHF_CACHE": str(cache)}
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv[1:], "--dry-run"], capture_output=True,
                           text=True, env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "nothing was written or started" in out and "a fresh run" in out
     assert not Path("/shared/runs/ppo").exists()
+    built = sorted(p.name.rsplit("-", 1)[0] for p in (cache / "builtin").iterdir())
+    assert not [name for name in built if "-sft" in name], built  # the base model and tokenizer only
+    assert "checked through builtin:tiny-base" in proc.stderr
     total = re.search(r"in all: (\{.*?\})", out).group(1)
     gpus_needed = float(yaml.safe_load(total.replace("'", '"')).get("GPU", 0))
     assert gpus_needed == 5  # policy+reference 2 x 1, critic 2 x 1, reward 1 x 1
