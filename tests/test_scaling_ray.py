@@ -1,5 +1,6 @@
-"""`rlhf experiment scaling --quick`, exactly as docs/experiments.md gives it: six ray-mode PPO runs (policy
-replicas 1, 2 x ZeRO 0, 2, 3), each on its own local Ray cluster, into the table, CSV, Parquet and plots."""
+"""`rlhf experiment scaling --quick` as docs/experiments.md gives it, its ZeRO axis narrowed to 0 and 3:
+four ray-mode PPO runs (policy replicas 1, 2 x ZeRO 0, 3), each on its own local Ray cluster, into the
+table, CSV, Parquet and plots. Replicas at ZeRO 2 are checked against one replica in tests/test_ppo_ray.py."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import csv
 import pytest
 
 
-@pytest.mark.slow  # six ray-mode PPO runs (~2.5 min)
+@pytest.mark.slow  # four ray-mode PPO runs (~3 min on 2 cores)
 def test_quick_sweep_writes_the_table_the_csv_and_the_plots(tmp_path, capsys):
     from orchestrator.cli import main
 
     out = tmp_path / "quick"
-    assert main(["experiment", "scaling", "--quick", "--out", str(out)]) == 0
+    # the --quick preset with its ZeRO axis narrowed by an argument (the preset's 6 points cost 4.5 min)
+    assert main(["experiment", "scaling", "--quick", "--out", str(out), "policy.zero_stage=0,3"]) == 0
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["policy.replicas"], r["policy.zero_stage"]) for r in rows] == [
-        ("1", "0"), ("1", "2"), ("1", "3"), ("2", "0"), ("2", "2"), ("2", "3")]
+        ("1", "0"), ("1", "3"), ("2", "0"), ("2", "3")]
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     for r in rows:
         assert int(r["replicas/policy"]) == int(r["policy.replicas"])  # the point's layout was the run's
