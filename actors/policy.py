@@ -6,12 +6,14 @@ Receives only its `PolicyConfig` slice and the folder of its initial weights.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 
 from actors.engine import build_engine, export_pretrained, gathered_params, load_checkpoint, save_checkpoint, unwrap
 from actors.lm import forward_micro_batches, micro_batches, response_logprobs
 from actors.modeling import load_causal_lm, load_tokenizer
+from actors.sampling import pad_responses, to_rollout
 from actors.trainer import MicroLoss, TrainStats, train_step
 from actors.types import Experience, LogProbs, PromptBatch, Rollout
 from cluster.group import alone_threads, gather_as
@@ -93,38 +95,9 @@ class PolicyActor:
                 use_cache=True,
             )
         self.engine.train()
-        response = out[:, P:].cpu()
-        B, gen_len = response.shape
-        # tokens up to and including the first EOS are actions; after it, padding
-        is_eos = response == self.eos_id
-        ended = is_eos.any(dim=1)
-        first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full((B,), gen_len))
-        length = torch.where(ended, first_eos + 1, torch.full((B,), gen_len))
-        padded = torch.full((B, T), self.pad_id, dtype=torch.long)
-        padded[:, :gen_len] = response
-        action_mask = (torch.arange(T).unsqueeze(0) < length.unsqueeze(1)).long()
-        padded = torch.where(action_mask.bool(), padded, torch.full_like(padded, self.pad_id))
-        logprobs = None
-        if recorder is not None:
-            logprobs = torch.zeros(B, T)
-            logprobs[:, :gen_len] = recorder.finish(out).cpu()
-            logprobs = logprobs * action_mask
-        texts = [
-            self.tokenizer.decode(padded[i, : int(first_eos[i]) if ended[i] else int(length[i])], skip_special_tokens=True)
-            for i in range(B)
-        ]
-        return Rollout(
-            sequences=torch.cat([prompts.input_ids, padded], dim=1),
-            attention_mask=torch.cat([prompts.attention_mask.long(), action_mask], dim=1),
-            action_mask=action_mask,
-            ended_with_eos=ended,
-            prompts=list(prompts.prompts),
-            messages=None if prompts.messages is None else list(prompts.messages),
-            responses=texts,
-            references=list(prompts.references),
-            query_types=list(prompts.query_types),
-            logprobs=logprobs,
-        )
+        recorded = recorder.finish(out).cpu() if recorder is not None else None
+        return to_rollout(prompts, out[:, P:].cpu(), recorded, eos_id=self.eos_id, pad_id=self.pad_id,
+                          max_new_tokens=T, tokenizer=self.tokenizer)
 
     # ---------------------------------------------------------------- log-probs
     @gather_as("cat")
@@ -179,21 +152,30 @@ class PolicyActor:
     # ---------------------------------------------------------------- weight sync
     @gather_as("first")
     @torch.no_grad()
-    def weights(self) -> dict[str, torch.Tensor]:
-        """The weights the generator role samples with (ppo.rollout_ahead=1), as CPU copies named as in the
-        plain model: every tensor of the state dict, or with LoRA only the adapted layers, merged
-        (W + scale B A, the base weights untouched). A collective under ZeRO-3 (every rank calls it; rank 0
-        returns the weights, the others an empty dict)."""
+    def weights(self, full: bool = False) -> dict[str, torch.Tensor]:
+        """The weights the generator role samples with, as CPU copies named as in the plain model: every
+        tensor of the state dict; with LoRA the adapted layers merged (W + scale B A, the base weights
+        untouched), only those unless `full` (a vLLM engine reloads whole layers). A collective under ZeRO-3
+        (every rank calls it; rank 0 returns the weights, the others an empty dict)."""
         with gathered_params(self.engine) as model:
             if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
                 return {}
-            if self.cfg.lora.enabled:
-                prefix = "base_model.model."
-                return {f"{name.removeprefix(prefix)}.weight": (m.base_layer.weight + m.get_delta_weight("default")).cpu()
-                        for name, m in model.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
             copies: dict[int, torch.Tensor] = {}  # tied weights (embeddings and LM head) copied once
-            return {name: copies.setdefault(t.data_ptr(), t.detach().to("cpu", copy=True))
-                    for name, t in model.state_dict().items()}
+            if not self.cfg.lora.enabled:
+                return {name: copies.setdefault(t.data_ptr(), t.detach().to("cpu", copy=True))
+                        for name, t in model.state_dict().items()}
+            prefix = "base_model.model."
+            merged = {f"{name.removeprefix(prefix)}.weight": (m.base_layer.weight + m.get_delta_weight("default")).cpu()
+                      for name, m in model.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+            if not full:
+                return merged
+            plain = {}
+            for name, t in model.state_dict().items():
+                if ".lora_" in name:
+                    continue
+                name = name.removeprefix(prefix).replace(".base_layer.", ".")
+                plain[name] = merged[name] if name in merged else copies.setdefault(t.data_ptr(), t.detach().to("cpu", copy=True))
+            return plain
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder: str) -> None:
@@ -208,23 +190,78 @@ class PolicyActor:
 
 
 class GeneratorActor(PolicyActor):
-    """PPO's generator role (ppo.rollout_ahead=1): samples rollouts exactly as the policy does (`generate`,
-    behaviour log-probs recorded), from a frozen copy of the policy's weights on devices of its own, while the
-    policy trains; `load_weights` takes the policy's after each update (`PolicyActor.weights`).
+    """PPO's generator role: samples the rollouts from a frozen copy of the policy's weights on devices of its
+    own (ppo.rollout_ahead=1: while the policy trains; generator.engine=vllm: every step), with the log-probs
+    of the sampled tokens recorded; `load_weights` takes the policy's after each update (`PolicyActor.weights`)
+    and counts them as a version, which every rollout it samples carries (`Rollout.weight_version`).
+
+    The engine (`generator.engine`): hf samples exactly as the policy does (`PolicyActor.generate`); vllm holds
+    a vLLM engine (`actors.vllm_engine`) and no Hugging Face model. Either way the sampled tokens become a
+    Rollout through `actors.sampling.to_rollout`.
 
     Receives the policy's config slice placed as `generator.*` says (`PPOConfig.generator_slice`): no ZeRO
     (every replica holds the whole model), no optimizer; with LoRA the base model, adapters merged by the sync."""
 
     borrows_cores = False  # it samples while the other roles compute: its own threads only
 
-    def __init__(self, cfg, *, model_path: str, seed: int):
-        super().__init__(cfg, model_path=model_path, seed=seed, train=False)
+    def __init__(self, cfg, *, model_path: str, seed: int, engine=None, max_model_len: int = 0):
+        """`engine`: the `GeneratorConfig` (None: hf); `max_model_len`: the longest prompt plus response in
+        tokens a vLLM engine must hold."""
+        self.kind = getattr(engine, "engine", "hf")
+        self.version = 0
+        if self.kind == "hf":
+            super().__init__(cfg, model_path=model_path, seed=seed, train=False)
+            return
+        from actors.modeling import resolve_dtype
+        from actors.vllm_engine import VLLMEngine
+
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
+        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self.vllm = VLLMEngine(model_path, name="generator", dtype=resolve_dtype(cfg.dtype), seed=seed,
+                               max_model_len=max_model_len, kv_cache_gb=engine.kv_cache_gb,
+                               gpu_memory_utilization=engine.gpu_memory_utilization,
+                               tensor_parallel=engine.tensor_parallel, threads=0, trust_remote_code=cfg.trust_remote_code,
+                               sleep=engine.sleep, bucket_mb=engine.sync_bucket_mb, sync_timeout_s=engine.sync_timeout_s,
+                               temperature=cfg.temperature)
+
+    @gather_as("cat")
+    @torch.no_grad()
+    def generate(self, prompts: PromptBatch, seed: int, record_logprobs: bool = True) -> Rollout:
+        """One response per prompt row, with the log-probs of the sampled tokens; the rollout carries this
+        engine's weight version. vllm: row i is sampled with its own seed, `prompts.seeds[i]` when the batch
+        has them (set by the driver, so that a row's sample does not depend on the replica it went to), else
+        seed + i."""
+        if self.kind == "hf":
+            rollout = super().generate(prompts, seed, record_logprobs=record_logprobs)
+        else:
+            cfg = self.cfg
+            ids = [row[mask.bool()].tolist() for row, mask in zip(prompts.input_ids, prompts.attention_mask)]
+            seeds = prompts.seeds.tolist() if prompts.seeds is not None else [seed + i for i in range(len(ids))]
+            tokens, lps = self.vllm.sample(ids, seeds=seeds, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                           top_p=cfg.top_p, top_k=cfg.top_k, eos_id=self.eos_id, logprobs=record_logprobs)
+            response, logprobs = pad_responses(tokens, lps, cfg.max_new_tokens, self.pad_id)
+            rollout = to_rollout(prompts, response, logprobs, eos_id=self.eos_id, pad_id=self.pad_id,
+                                 max_new_tokens=cfg.max_new_tokens, tokenizer=self.tokenizer)
+        rollout.weight_version = torch.full((rollout.num_rows,), self.version, dtype=torch.long)
+        return rollout
 
     @torch.no_grad()
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> int:
-        """Copy the policy's weights in (every tensor, or with LoRA the merged adapted layers); returns the
-        number of tensors. A name the model does not have, a missing tensor (without LoRA) or a shape
-        mismatch is an error naming it."""
+    def load_weights(self, weights: dict[str, torch.Tensor], version: int | None = None) -> dict:
+        """Take the policy's weights (every tensor, or with LoRA and hf the merged adapted layers) as weight
+        version `version` (default: one more than now); returns {tensors, bytes, version, seconds}. A name the model
+        does not have, a missing tensor (without LoRA) or a shape mismatch is an error naming it."""
+        version = self.version + 1 if version is None else version
+        start = time.perf_counter()
+        if self.kind == "vllm":
+            stats = self.vllm.load_weights(weights, version)
+        else:
+            stats = {"tensors": self._copy_in(weights),
+                     "bytes": sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in weights.values()}.values())}
+        self.version = version
+        return {**stats, "version": version, "seconds": time.perf_counter() - start}
+
+    def _copy_in(self, weights: dict[str, torch.Tensor]) -> int:
         model = unwrap(self.engine)
         own = model.state_dict()
         unknown = sorted(set(weights) - set(own))
@@ -237,3 +274,18 @@ class GeneratorActor(PolicyActor):
                 raise ValueError(f"generator: {name} has shape {tuple(value.shape)} in the policy, {tuple(own[name].shape)} here")
             own[name].copy_(value)
         return len(weights)
+
+    def sleep(self) -> None:
+        """vllm on GPU with generator.sleep: free the KV cache (and offload the weights) while the policy trains."""
+        if self.kind == "vllm":
+            self.vllm.sleep()
+
+    def wake_up(self) -> None:
+        if self.kind == "vllm":
+            self.vllm.wake_up()
+
+    def shutdown(self) -> None:
+        """Free the engine (vllm); called when the run ends, however it ends."""
+        engine = self.__dict__.pop("vllm", None)
+        if engine is not None:
+            engine.shutdown()

@@ -38,6 +38,7 @@ class PromptBatch(Batch):
     messages: list = None  # (B,) the whole prompt as a chat list [{role, content}] (what a reward model renders)
     references: list = None  # (B,) reference answer or None
     query_types: list = None  # (B,) 'open' | 'closed' | None
+    seeds: torch.Tensor = spec("B", torch.long, optional=True)  # (B,) a sampling seed per row (the vLLM engine's; HF seeds the call)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Rollout(Batch):
     references: list = None  # (B,) reference answer or None
     query_types: list = None  # (B,) 'open' | 'closed' | None
     logprobs: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) behaviour log-probs recorded while sampling (0 after the end)
+    weight_version: torch.Tensor = spec("B", torch.long, optional=True)  # (B,) the generator's weight version each row was sampled with
 
     @property
     def prompt_len(self) -> int:

@@ -335,7 +335,8 @@ class RoleGroup(abc.ABC):
         replicas to their role objects built, placement wait included)."""
 
     def shutdown(self) -> None:
-        """Release the replicas (ray: kill the actors; local: drop the object)."""
+        """Release the replicas: the role's own `shutdown()` first when it has one (an inference engine
+        frees its memory and processes), then ray: kill the actors; local: drop the object."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.role_cls.__name__}, replicas={self.world_size})"
@@ -416,6 +417,11 @@ class LocalGroup(RoleGroup):
         return [{"rank": 0, **where(), "startup_s": self.startup_s, "busy_s": self.busy_s}]
 
     def shutdown(self) -> None:
+        if self.role is not None and callable(getattr(self.role, "shutdown", None)):
+            try:
+                self.role.shutdown()
+            except Exception as exc:  # the run's own outcome stands; a role that did not stop cleanly is logged
+                log.warning("%s: shutdown failed: %s", _label(self.name, 0, 1), exc)
         self.role = None
 
 
@@ -533,7 +539,7 @@ class RayGroup(RoleGroup):
         num_cpus, num_gpus = request.num_cpus, request.num_gpus
         self.placement = placement
         placement._acquire()
-        env = {"OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
+        env = {"OMP_NUM_THREADS": str(max(1, int(num_cpus))), "RLHF_ROLE": name}  # RLHF_ROLE: which process is which (ps, tests)
         if num_gpus == 0:
             env["DS_ACCELERATOR"] = "cpu"
         if self.hosting.profile_comm:
@@ -590,6 +596,12 @@ class RayGroup(RoleGroup):
     def shutdown(self) -> None:
         import ray
 
+        if self._actors and callable(getattr(self.role_cls, "shutdown", None)):
+            refs = [actor.call.remote("shutdown", (), {}) for actor in self._actors]
+            try:
+                ray.get(refs, timeout=60)
+            except Exception as exc:  # dead or stuck replicas are killed below all the same
+                log.warning("%s: shutdown failed: %s", self.name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []

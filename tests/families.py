@@ -50,6 +50,8 @@ _TOKENIZERS = {
 }
 
 SMALL = dict(hidden=32, layers=2, heads=2, inter=64)
+VLLM = dict(hidden=64, layers=2, heads=2, inter=128)
+"""vLLM's CPU attention needs a head dimension of at least 32 (SMALL's is 16)."""
 
 
 def build_families(root: Path) -> dict:
@@ -95,11 +97,11 @@ def family_tokenizer(family: str, cache: Path):
     return fast
 
 
-def family_config(family: str, tok):
-    """A tiny random config of the family for tokenizer `tok`."""
+def family_config(family: str, tok, dims: dict = SMALL):
+    """A tiny random config of the family for tokenizer `tok`, of size `dims` (SMALL, or VLLM)."""
     import transformers
 
-    s = SMALL
+    s = dims
     ids = dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
                pad_token_id=tok.pad_token_id)
     if family == "llama":
@@ -116,12 +118,12 @@ def family_config(family: str, tok):
     if family == "mistral":
         return transformers.MistralConfig(sliding_window=64, **common)
     if family == "gemma":
-        return transformers.GemmaConfig(head_dim=16, **common)
+        return transformers.GemmaConfig(head_dim=s["hidden"] // s["heads"], **common)
     raise ValueError(f"unknown family {family!r}; families: {FAMILIES}")
 
 
-def build_family(family: str, root: Path, seed: int = 0) -> dict:
-    """Build the family's causal LM folder and data files under `root`. Returns their paths:
+def build_family(family: str, root: Path, seed: int = 0, dims: dict = SMALL) -> dict:
+    """Build the family's causal LM folder (of size `dims`) and data files under `root`. Returns their paths:
     model, sft (chat rows), prefs (prompt/chosen/rejected with chat prompts), prompts (multi-turn chats
     and plain strings), hh (HH-RLHF layout pairs), and the tokenizer object."""
     import transformers
@@ -130,7 +132,7 @@ def build_family(family: str, root: Path, seed: int = 0) -> dict:
 
     root.mkdir(parents=True, exist_ok=True)
     tok = family_tokenizer(family, root / "cache")
-    config = family_config(family, tok)
+    config = family_config(family, tok, dims)
     model = _seeded(seed, lambda: transformers.AutoModelForCausalLM.from_config(config))
     model_dir = root / "model"
     model.save_pretrained(model_dir)

@@ -133,7 +133,7 @@ class PPOConfig:
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(function=BUILTIN_REWARD))
     """The reward. (Default: the built-in task's annotator reward, for builtin:prompts.)"""
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    """Where the rollouts are sampled with ppo.rollout_ahead=1 (a copy of the policy's model and generation settings); unused otherwise."""
+    """Where the rollouts are sampled with ppo.rollout_ahead=1 or generator.engine=vllm (a copy of the policy's model and generation settings); unused otherwise."""
     ppo: PPOAlgoConfig = field(default_factory=PPOAlgoConfig)
     """PPO algorithm: batch sizes, GAE, KL penalty, reward shaping."""
 
@@ -166,10 +166,16 @@ class PPOConfig:
                 f"({cfg.micro_batch_size}) must divide the per-replica minibatch "
                 f"ppo.minibatch_size / {role}.replicas = {per_replica}",
             )
-        ahead = self.ppo.rollout_ahead == 1
+        ahead = self.uses_generator
         if ahead:
             check(n % self.generator.replicas == 0, "ppo.rollout_batch_size",
                   f"({n} responses) must be divisible by generator.replicas={self.generator.replicas}")
+            check(self.generator.engine == "hf" or self.policy.temperature == 1.0 or (self.policy.top_p == 1.0 and self.policy.top_k == 0),
+                  "policy.temperature", "other than 1 with top_p or top_k set: vLLM reports log-probs of the truncated "
+                  "distribution only, not the untruncated ones the trainer computes; use generator.engine=hf, or temperature 1")
+        check(not self.generator.sleep or (self.generator.engine == "vllm" and self.ppo.rollout_ahead == 0),
+              "generator.sleep", "needs generator.engine=vllm and ppo.rollout_ahead=0 (an engine one step ahead "
+              "samples while the policy trains)")
         names = ("policy", "reference", "critic", "reward") + (("generator",) if ahead else ())
         for role in names:
             other = getattr(self, role).colocate_with
@@ -178,13 +184,19 @@ class PPOConfig:
                       f"{self.ppo.advantage_estimator} does not start (no critic without GAE)")
                 continue
             if not ahead and other == "generator":
-                check(False, f"{role}.colocate_with", "names the generator, which only ppo.rollout_ahead=1 starts")
+                check(False, f"{role}.colocate_with", "names the generator, which only ppo.rollout_ahead=1 or "
+                      "generator.engine=vllm starts")
                 continue
             check(other in (None, *names), f"{role}.colocate_with", f"must be one of {', '.join(names)} (got {other!r})")
             check(other != role, f"{role}.colocate_with", "cannot name the role itself")
 
+    @property
+    def uses_generator(self) -> bool:
+        """Whether a generator role samples the rollouts (ppo.rollout_ahead=1, or generator.engine=vllm)."""
+        return self.ppo.rollout_ahead == 1 or self.generator.engine == "vllm"
+
     def generator_slice(self) -> PolicyConfig:
-        """The generator role's config slice (ppo.rollout_ahead=1): the policy's model, dtype and generation
+        """The generator role's config slice (`uses_generator`): the policy's model, dtype and generation
         settings, placed as `generator.*` says, frozen (no ZeRO: each replica holds the whole model, as a
         vLLM engine does)."""
         import dataclasses
@@ -202,13 +214,13 @@ class PPOConfig:
     def hosted_roles(self) -> dict:
         """The roles this run starts and their config slices: policy and reward; the critic unless the
         advantage estimator is critic-free; the reference unless the policy's LoRA adapters double as it
-        (LoRA without reference.path: adapters off = the reference); the generator with ppo.rollout_ahead=1."""
+        (LoRA without reference.path: adapters off = the reference); the generator when `uses_generator`."""
         roles = {"policy": self.policy, "reward": self.reward}
         if not self.ppo.critic_free:
             roles["critic"] = self.critic
         if not (self.policy.lora.enabled and not self.reference.path):
             roles["reference"] = self.reference
-        if self.ppo.rollout_ahead:
+        if self.uses_generator:
             roles["generator"] = self.generator_slice()
         return roles
 

@@ -35,6 +35,7 @@ from actors.types import LogProbs, PromptBatch, Rollout
 from cluster import RoleSpec, create_groups
 from losses.common import RunningMoments
 from losses.kl import KLController
+from losses.mismatch import logprob_mismatch
 from orchestrator.builtin.datasets import GOLD_DATA
 from orchestrator.config import ConfigError, PPOConfig
 from orchestrator.core import preflight
@@ -63,7 +64,7 @@ class Roles:
     critic: object | None  # None with a critic-free estimator (ppo.advantage_estimator != gae)
     reward: object
     reference: object | None  # None with a LoRA policy: reference = policy with adapters disabled
-    generator: object | None = None  # ppo.rollout_ahead=1 only: samples the rollouts while the policy trains
+    generator: object | None = None  # ppo.rollout_ahead=1 or generator.engine=vllm only: samples the rollouts
 
     def all(self) -> list:
         return [g for g in (self.policy, self.reference, self.critic, self.reward, self.generator) if g is not None]
@@ -85,7 +86,7 @@ class PPOJob(Job):
         self.pad_id = tokenizer.pad_token_id
         self.train_rows = load_prompts(cfg.data, tokenizer)[0].to_list()
         self.eval_rows = load_prompts(cfg.data, tokenizer, eval_set=True)[0].to_list()
-        longest = preflight.longest_row(self.train_rows + self.eval_rows) + cfg.policy.max_new_tokens
+        self.longest = longest = preflight.longest_row(self.train_rows + self.eval_rows) + cfg.policy.max_new_tokens
         for role, info in self.infos.items():
             if role != "reward":  # the reward model renders text with its own tokenizer
                 preflight.check_positions(info, longest, "policy.max_new_tokens", "the longest prompt + policy.max_new_tokens")
@@ -114,6 +115,13 @@ class PPOJob(Job):
             infos["reference"] = preflight.model_info("reference.path", cfg.reference.path, cfg.reference.trust_remote_code)
         if cfg.reward.kind == "model":
             infos["reward"] = preflight.model_info("reward.path", cfg.reward.path, cfg.reward.trust_remote_code)
+        if cfg.generator.engine == "vllm":
+            from actors.vllm_engine import check_loadable
+
+            try:
+                check_loadable(cfg.policy.path, "policy.path", cfg.policy.trust_remote_code)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if "critic" in cfg.hosted_roles():
             critic = infos.get(cfg.critic.init_from)  # the backbone critic.init_from names: the policy's, or the reward model's
             if critic is not None:
@@ -154,7 +162,8 @@ class PPOJob(Job):
                 model_path=cfg.reference.path or cfg.policy.path, temperature=cfg.policy.temperature,
                 micro_batch_size=cfg.policy.micro_batch_size, micro_batch_tokens=cfg.policy.micro_batch_tokens))
         if "generator" in hosted:
-            specs["generator"] = RoleSpec(GeneratorActor, hosted["generator"], kwargs=dict(model_path=cfg.policy.path, seed=cfg.run.seed))
+            specs["generator"] = RoleSpec(GeneratorActor, hosted["generator"], kwargs=dict(
+                model_path=cfg.policy.path, seed=cfg.run.seed, engine=cfg.generator, max_model_len=self.longest))
         t0 = time.perf_counter()
         groups = create_groups(cfg.run.hosting(), specs)
         log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - t0, cfg.run.mode)
@@ -233,8 +242,11 @@ class PPOJob(Job):
         bad = nonfinite_inputs(rollout, views["score"], views["reference"], old, views.get("values"), describe(cfg.reward))
         if bad is not None:
             raise NonFiniteError(bad)
-        return make_experience(rollout, views["score"], views["reference"], old, views.get("values"), cfg.ppo, self.kl_ctl,
-                               self.moments, std_threshold=cfg.reward.std_threshold, length_penalty=cfg.reward.length_penalty)
+        exp, metrics = make_experience(rollout, views["score"], views["reference"], old, views.get("values"), cfg.ppo, self.kl_ctl,
+                                       self.moments, std_threshold=cfg.reward.std_threshold, length_penalty=cfg.reward.length_penalty)
+        if rollout.logprobs is not None and "old_logprobs" in views:  # the sampler's log-probs against the trainer's
+            metrics.update(logprob_mismatch(rollout.logprobs, views["old_logprobs"].logprobs, rollout.action_mask))
+        return exp, metrics
 
     def minibatches(self, exp, step: int) -> dict:
         """Each trained role's plan of the update (`schedule`): the same minibatches for both, cut for its replicas."""

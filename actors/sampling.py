@@ -1,0 +1,69 @@
+"""Sampled tokens to a `Rollout`, for every engine (HF `generate` in `actors.policy`, vLLM in
+`actors.vllm_engine`): the one place that decides where a response ends, which tokens are actions and
+what text the reward reads.
+
+A response is its tokens up to and including the first EOS (an action: the policy chose to stop), or all
+`max_new_tokens` of them when it never emitted EOS. Tokens after the end are padding, outside the action
+mask, and their recorded log-probs are 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from actors.types import PromptBatch, Rollout
+
+__all__ = ["pad_responses", "to_rollout"]
+
+
+def pad_responses(tokens: list[list[int]], logprobs: list[list[float]] | None, width: int, pad_id: int
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ragged sampled token ids (and their log-probs) as (B, width) tensors, right-padded with `pad_id` (0.0).
+    A row longer than `width` is an engine that ignored max_new_tokens: an error, not a silent cut."""
+    B = len(tokens)
+    ids = torch.full((B, width), pad_id, dtype=torch.long)
+    lps = None if logprobs is None else torch.zeros(B, width)
+    for i, row in enumerate(tokens):
+        if len(row) > width:
+            raise ValueError(f"row {i}: the engine returned {len(row)} tokens, max_new_tokens is {width}")
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        if lps is not None:
+            if len(logprobs[i]) != len(row):
+                raise ValueError(f"row {i}: {len(row)} tokens but {len(logprobs[i])} log-probs")
+            lps[i, : len(row)] = torch.as_tensor(logprobs[i], dtype=torch.float32)
+    return ids, lps
+
+
+def to_rollout(prompts: PromptBatch, response: torch.Tensor, logprobs: torch.Tensor | None, *, eos_id: int,
+               pad_id: int, max_new_tokens: int, tokenizer) -> Rollout:
+    """The Rollout of `prompts` (left-padded) answered by `response` ((B, n) sampled ids, n <= max_new_tokens,
+    anything after a row's first EOS ignored) with the log-probs recorded while sampling ((B, n) or None)."""
+    B, n = response.shape
+    T = max_new_tokens
+    is_eos = response == eos_id
+    ended = is_eos.any(dim=1)
+    first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full((B,), n))
+    length = torch.where(ended, first_eos + 1, torch.full((B,), n))
+    action_mask = (torch.arange(T).unsqueeze(0) < length.unsqueeze(1)).long()
+    padded = torch.full((B, T), pad_id, dtype=torch.long)
+    padded[:, :n] = response
+    padded = torch.where(action_mask.bool(), padded, torch.full_like(padded, pad_id))
+    recorded = None
+    if logprobs is not None:
+        recorded = torch.zeros(B, T)
+        recorded[:, :n] = logprobs.float()
+        recorded = recorded * action_mask
+    texts = [tokenizer.decode(padded[i, : int(first_eos[i]) if ended[i] else int(length[i])], skip_special_tokens=True)
+             for i in range(B)]
+    return Rollout(
+        sequences=torch.cat([prompts.input_ids, padded], dim=1),
+        attention_mask=torch.cat([prompts.attention_mask.long(), action_mask], dim=1),
+        action_mask=action_mask,
+        ended_with_eos=ended,
+        prompts=list(prompts.prompts),
+        messages=None if prompts.messages is None else list(prompts.messages),
+        responses=texts,
+        references=list(prompts.references),
+        query_types=list(prompts.query_types),
+        logprobs=recorded,
+    )
