@@ -111,13 +111,14 @@ class PlacementConfig:
 
 @dataclass
 class GeneratorConfig(PlacementConfig):
-    """Placement of PPO's generator role (ppo.rollout_ahead=1): replicas that sample the rollouts with a copy
-    of the policy's weights while the policy trains. The model, dtype and sampling settings are the policy's."""
+    """The generator role: replicas that sample with a copy of the policy's weights (PPO's rollouts with
+    engine=vllm or ppo.max_staleness >= 1; SFT's and DPO's held-out answers with engine=vllm), where they run,
+    and how the weights reach them. The model, dtype and sampling settings are the policy's."""
 
     replicas: int = 1
     """Generator replicas (Ray actors; with engine=vllm, one vLLM engine each); each holds the whole model (no ZeRO) and samples its share of the rollout."""
     engine: Literal["hf", "vllm"] = "hf"
-    """What samples: hf (Hugging Face `generate`, the policy's own code) or vllm (a vLLM engine per replica: paged KV cache, continuous batching; needs `pip install -e '.[vllm]'`). With vllm the generator role samples every step's rollout, also on-policy (ppo.rollout_ahead=0: the weights go to it before each step's sampling)."""
+    """What samples: hf (Hugging Face `generate`, the policy's own code) or vllm (a vLLM engine per replica: paged KV cache, continuous batching; needs `pip install -e '.[vllm]'`). With vllm the generator role samples every step's rollout, also on-policy (ppo.max_staleness=0: the weights go to it before each step's sampling)."""
     kv_cache_gb: float = 1.0
     """engine=vllm on CPU: the KV cache's size in GiB per engine (what VLLM_CPU_KVCACHE_SPACE sets); too small for one prompt plus max_new_tokens is an error at start."""
     gpu_memory_utilization: float = 0.5
@@ -126,10 +127,12 @@ class GeneratorConfig(PlacementConfig):
     """engine=vllm: GPUs per engine (tensor parallel); 1 on CPU. num_gpus should equal it."""
     sleep: bool = False
     """engine=vllm on GPU, colocated with the policy: free the KV cache while the policy trains (vLLM sleep mode; CUDA only, unverified here)."""
+    sync_transport: Literal["object_store", "collective"] = "object_store"
+    """How the policy's weights reach the generator. object_store: the policy's rank 0 puts them in Ray's object store and each replica takes them from there when its queue reaches the sync (the policy never waits for the generator). collective (run.mode=ray): the policy's rank 0 broadcasts them over a process group of its own with every replica (every vLLM worker), NCCL on GPUs (as OpenRLHF and verl do; unverified here), gloo on CPU, one broadcast per bucket; the policy waits until the generator takes them, so it suits ppo.max_staleness <= 1."""
     sync_bucket_mb: float = 256.0
-    """engine=vllm: the weight sync sends the policy's weights in buckets of at most this many MiB."""
+    """The weight sync sends the policy's weights in buckets of at most this many MiB (engine=vllm, or sync_transport=collective)."""
     sync_timeout_s: float = 600.0
-    """engine=vllm: seconds a weight sync may take before the run stops with an error naming the engine and version."""
+    """Seconds a weight sync may take before the run stops with an error naming the engine and version (engine=vllm, or sync_transport=collective: the transfer group's timeout)."""
 
     def validate(self, check: Check) -> None:
         super().validate(check)
@@ -210,6 +213,8 @@ class PolicyConfig(TrainableConfig):
     """Nucleus sampling: keep the smallest token set with this much probability (1.0 = off)."""
     top_k: int = 0
     """Keep only the k most likely tokens (0 = off)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: a response ends with the token whose text completes one of them (kept in the text and trained on, as an EOS is), in either engine (HF `stop_strings`, vLLM `stop`); e.g. ["</answer>"]. Empty: EOS and max_new_tokens only."""
     clip_eps: float = 0.2
     """PPO ratio clip range epsilon: ratio is clipped to [1-eps, 1+eps]."""
     entropy_coef: float = 0.0
@@ -221,6 +226,7 @@ class PolicyConfig(TrainableConfig):
         check(self.temperature > 0, "temperature", "must be > 0")
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(self.top_k >= 0, "top_k", "must be >= 0")
+        check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be a list of non-empty strings")
         check(self.clip_eps > 0, "clip_eps", "must be > 0")
         check(self.entropy_coef >= 0, "entropy_coef", "must be >= 0")
 

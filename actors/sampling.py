@@ -2,9 +2,12 @@
 `actors.vllm_engine`): the one place that decides where a response ends, which tokens are actions and
 what text the reward reads.
 
-A response is its tokens up to and including the first EOS (an action: the policy chose to stop), or all
-`max_new_tokens` of them when it never emitted EOS. Tokens after the end are padding, outside the action
-mask, and their recorded log-probs are 0.
+A response is its tokens up to and including the first EOS (an action: the policy chose to stop), or up
+to and including the token whose text completes one of the stop strings (`policy.stop`; the stop string
+stays in the text), whichever comes first, or all `max_new_tokens` of them when it did neither. Both
+engines stop sampling there (HF's `stop_strings`, vLLM's `stop`), and this rule, applied to what they
+return, decides the end the same way for both. Tokens after the end are padding, outside the action mask,
+and their recorded log-probs are 0.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 
 from actors.types import PromptBatch, Rollout
 
-__all__ = ["pad_responses", "to_rollout"]
+__all__ = ["pad_responses", "to_rollout", "stop_length"]
 
 
 def pad_responses(tokens: list[list[int]], logprobs: list[list[float]] | None, width: int, pad_id: int
@@ -34,16 +37,38 @@ def pad_responses(tokens: list[list[int]], logprobs: list[list[float]] | None, w
     return ids, lps
 
 
+def stop_length(tokens: list[int], stop: tuple[str, ...] | list[str], tokenizer) -> int | None:
+    """The number of leading `tokens` up to and including the one whose decoded text first contains one of
+    the `stop` strings, or None when their text contains none (decodes log2(len) prefixes)."""
+    def hit(n: int) -> bool:
+        text = tokenizer.decode(tokens[:n], skip_special_tokens=False)
+        return any(s in text for s in stop)
+
+    if not stop or not tokens or not hit(len(tokens)):
+        return None
+    lo, hi = 1, len(tokens)  # the shortest prefix that contains a stop string is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if hit(mid) else (mid + 1, hi)
+    return lo
+
+
 def to_rollout(prompts: PromptBatch, response: torch.Tensor, logprobs: torch.Tensor | None, *, eos_id: int,
-               pad_id: int, max_new_tokens: int, tokenizer) -> Rollout:
+               pad_id: int, max_new_tokens: int, tokenizer, stop: tuple[str, ...] | list[str] = ()) -> Rollout:
     """The Rollout of `prompts` (left-padded) answered by `response` ((B, n) sampled ids, n <= max_new_tokens,
-    anything after a row's first EOS ignored) with the log-probs recorded while sampling ((B, n) or None)."""
+    anything after a row's end ignored: its first EOS, or the token completing a `stop` string) with the
+    log-probs recorded while sampling ((B, n) or None)."""
     B, n = response.shape
     T = max_new_tokens
     is_eos = response == eos_id
     ended = is_eos.any(dim=1)
     first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full((B,), n))
     length = torch.where(ended, first_eos + 1, torch.full((B,), n))
+    if stop:  # a stop string completed before the EOS ends the row there (its text keeps the stop string)
+        for i in range(B):
+            k = stop_length(response[i, : int(length[i]) - int(ended[i])].tolist(), stop, tokenizer)
+            if k is not None:
+                length[i], first_eos[i], ended[i] = k, k, True
     action_mask = (torch.arange(T).unsqueeze(0) < length.unsqueeze(1)).long()
     padded = torch.full((B, T), pad_id, dtype=torch.long)
     padded[:, :n] = response

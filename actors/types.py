@@ -46,7 +46,7 @@ class Rollout(Batch):
     sequences: torch.Tensor = spec("B L", torch.long)  # (B, P+T) prompt + response tokens
     attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, P+T) 1 on real tokens
     action_mask: torch.Tensor = spec("B T", torch.long)  # (B, T) 1 on response tokens (EOS included)
-    ended_with_eos: torch.Tensor = spec("B", torch.bool)  # (B,) response stopped at EOS
+    ended_with_eos: torch.Tensor = spec("B", torch.bool)  # (B,) response stopped at EOS or a stop string (policy.stop), not at max_new_tokens
     prompts: list = None  # (B,) plain prompt text (as in PromptBatch)
     messages: list = None  # (B,) the whole prompt as a chat list
     responses: list = None  # (B,) decoded response text (without EOS)
@@ -86,6 +86,7 @@ class Experience(Batch):
     old_values: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) V_old(s_t); None without a critic
     returns: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) A + V_old: the critic's target; None without a critic
     ref_logprobs: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) log pi_ref(a_t | s_t) for a KL in the loss, else None
+    is_weights: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) truncated importance weights pi_old / pi_sampler (ppo.tis_cap), else None
 
     @property
     def prompt_len(self) -> int:

@@ -100,6 +100,32 @@ class WeightReceiver:
         self.model_runner.reload_weights(weights_iterator=weights())
         return count
 
+    def rlhf_join(self, host: str, port: int, first_rank: int, world_size: int, layout, timeout_s: float) -> int:
+        """generator.sync_transport=collective: join the weight-transfer group (`cluster.transfer`) as rank
+        first_rank + this worker's rank in its engine (every tensor-parallel worker receives all the weights and
+        reloads its shard); returns that rank."""
+        from cluster.transfer import TransferGroup
+
+        rank = first_rank + int(getattr(self, "rank", 0) or 0)
+        device = getattr(self, "device", None) or "cpu"
+        self.__dict__["_rlhf_transfer"] = (TransferGroup(host, port, rank, world_size, device, timeout_s), layout)
+        return rank
+
+    def rlhf_receive(self) -> int:
+        """Receive the weights broadcast over the transfer group, bucket by bucket, and reload them in place as
+        they arrive; returns the number of tensors."""
+        group, layout = self.__dict__["_rlhf_transfer"]
+        count = 0
+
+        def weights() -> Iterator[tuple[str, torch.Tensor]]:
+            nonlocal count
+            for item in group.receive(layout):
+                count += 1
+                yield item
+
+        self.model_runner.reload_weights(weights_iterator=weights())
+        return count
+
 
 def _buckets(weights: dict[str, torch.Tensor], bucket_mb: float) -> Iterator[bytes]:
     """The state dict as safetensors blobs of at most `bucket_mb` each (a larger tensor is a bucket alone).
@@ -200,21 +226,28 @@ class VLLMEngine:
             try:
                 self.llm = vllm.LLM(**kwargs)
             except Exception as e:  # vLLM's own message last: the architecture, the memory it wanted
+                said = _first_line(e)
+                if "kv cache" in said.lower() or "cache blocks" in said.lower():  # vLLM's two ways of saying it
+                    raise RuntimeError(f"{name}: the engine's KV cache cannot hold one sequence of {kwargs['max_model_len']} "
+                                       f"tokens (the longest prompt + policy.max_new_tokens): {_memory_hint(self.on_gpu)} "
+                                       f"(vLLM: {said.split('. Try')[0]})") from e
                 raise RuntimeError(f"{name}: vLLM could not load {model_path}: {_first_line(e)} "
-                                   f"({_memory_hint(self.on_gpu)})") from e
+                                   f"(if it ran out of memory: {_memory_hint(self.on_gpu)})") from e
         self.checkpoint_shapes = _checkpoint_shapes(model_path)
         logger.info("%s: vLLM engine on %s ready in %.1f s", name, model_path, time.perf_counter() - start)
 
     # ---------------------------------------------------------------- sampling
     def sample(self, prompt_ids: list[list[int]], *, seeds: list[int], max_new_tokens: int, temperature: float,
-               top_p: float, top_k: int, eos_id: int, logprobs: bool) -> tuple[list[list[int]], list[list[float]] | None]:
-        """One response per prompt: the sampled ids (EOS included when it ended there) and, with `logprobs`,
-        the log-prob of each (module doc)."""
+               top_p: float, top_k: int, eos_id: int, logprobs: bool, stop: list[str] | tuple[str, ...] = (),
+               min_new_tokens: int = 0) -> tuple[list[list[int]], list[list[float]] | None]:
+        """One response per prompt: the sampled ids (EOS included when it ended there, and the token that
+        completed a `stop` string) and, with `logprobs`, the log-prob of each (module doc)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens,
-                                 seed=int(s), ignore_eos=True, stop_token_ids=[eos_id], detokenize=False,
+                                 min_tokens=min_new_tokens, seed=int(s), ignore_eos=True, stop_token_ids=[eos_id], detokenize=bool(stop),
+                                 stop=list(stop) or None, include_stop_str_in_output=True,
                                  logprobs=0 if logprobs else None) for s in seeds]
         with _keep_torch_threads():
             outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
@@ -246,25 +279,49 @@ class VLLMEngine:
             raise RuntimeError(f"{self.name}: the weight sync to version {version} {what} while sending "
                                f"(generator.sync_timeout_s={self.sync_timeout_s:g}); the engine still holds version "
                                f"{self.version}") from e
+        tensors = self._reload("rlhf_apply", version, self._left(start), "while reloading")
+        return {"tensors": tensors, "bytes": sent, "buckets": buckets, "seconds": time.perf_counter() - start}
+
+    def _reload(self, method: str, version: int, timeout: float, where: str) -> int:
+        """Run the workers' reload (`WeightReceiver.<method>`) of weight version `version`; the prefix cache is
+        reset after it. A failure leaves the engine unusable: an error naming it and the version."""
         try:
-            counts = self.llm.collective_rpc("rlhf_apply", timeout=self._left(start))
+            counts = self.llm.collective_rpc(method, timeout=timeout)
         except Exception as e:
             what = "timed out" if isinstance(e, TimeoutError) else f"failed: {_first_line(e)}"
-            raise RuntimeError(f"{self.name}: the weight sync to version {version} {what} while reloading "
+            raise RuntimeError(f"{self.name}: the weight sync to version {version} {what} {where} "
                                f"(generator.sync_timeout_s={self.sync_timeout_s:g}); the engine is unusable") from e
         self.llm.reset_prefix_cache()
         self.version = version
-        return {"tensors": int(counts[0]), "bytes": sent, "buckets": buckets, "seconds": time.perf_counter() - start}
+        return int(counts[0])
 
-    def _check(self, weights: dict[str, torch.Tensor], version: int) -> None:
+    def join_transfer(self, host: str, port: int, first_rank: int, world_size: int, layout, timeout_s: float) -> None:
+        """generator.sync_transport=collective: every worker of this engine joins the weight-transfer group
+        (`WeightReceiver.rlhf_join`), after the layout is checked against the engine's model as a sync is."""
+        self._check({name: torch.empty(shape, device="meta") for bucket in layout.buckets for name, shape, _, _ in bucket}
+                    | {alias: torch.empty(0, device="meta") for alias in layout.aliases}, self.version + 1,
+                    aliases=layout.aliases)
+        self.llm.collective_rpc("rlhf_join", args=(host, port, first_rank, world_size, layout, timeout_s))
+
+    def receive_weights(self, version: int) -> dict:
+        """The weights of `version` over the transfer group (module doc); returns {tensors, seconds}. A failure
+        or a timeout (the group's, generator.sync_timeout_s) leaves the engine unusable: the run stops."""
+        start = time.perf_counter()
+        tensors = self._reload("rlhf_receive", version, self.sync_timeout_s, "while receiving over the transfer group")
+        return {"tensors": tensors, "seconds": time.perf_counter() - start}
+
+    def _check(self, weights: dict[str, torch.Tensor], version: int, aliases: dict[str, str] | None = None) -> None:
         """Every tensor of the folder's checkpoint sent, each with its shape; a name it does not have only as
         another name's tied copy (e.g. lm_head.weight of tied embeddings, which save_pretrained leaves out)."""
         expected = self.checkpoint_shapes
         missing = sorted(set(expected) - set(weights))
-        stored = {t.data_ptr() for n, t in weights.items() if n in expected}
-        unknown = sorted(n for n, t in weights.items() if n not in expected and t.data_ptr() not in stored)
+        if aliases is None:  # tensors sharing storage: a name the folder leaves out (a tied copy) is not unknown
+            stored = {t.data_ptr() for n, t in weights.items() if n in expected}
+            unknown = sorted(n for n, t in weights.items() if n not in expected and t.data_ptr() not in stored)
+        else:
+            unknown = sorted(n for n in weights if n not in expected and aliases.get(n) not in expected)
         wrong = [f"{n} is {tuple(t.shape)}, the engine's {expected[n]}" for n, t in weights.items()
-                 if n in expected and tuple(t.shape) != expected[n]]
+                 if n in expected and n not in (aliases or {}) and tuple(t.shape) != expected[n]]
         if missing or unknown or wrong:
             listed = lambda names: ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") or "none"  # noqa: E731
             raise ValueError(f"{self.name}: the weights for version {version} do not fit the engine's model (missing: "
@@ -363,5 +420,6 @@ def _first_line(e: BaseException) -> str:
 
 
 def _memory_hint(on_gpu: bool) -> str:
-    return ("if it ran out of memory: lower generator.gpu_memory_utilization or max_new_tokens" if on_gpu else
-            "if it ran out of memory: generator.kv_cache_gb sizes the KV cache, as VLLM_CPU_KVCACHE_SPACE does")
+    return ("raise generator.gpu_memory_utilization (the share of the GPU vLLM may take) or lower policy.max_new_tokens"
+            if on_gpu else "raise generator.kv_cache_gb (the KV cache in GiB, what VLLM_CPU_KVCACHE_SPACE sets for vLLM's "
+            "CPU backend) or lower policy.max_new_tokens")

@@ -45,7 +45,7 @@ def variants(job: str, model: str, data: str, held_out: str, out: Path) -> dict[
                 "ppo.epochs=1", f"policy.max_new_tokens={RESPONSE_LEN}", "run.save_every=0", "run.resume=never", "run.steps={steps}"]
         auto = [f"{r}.dtype=auto" for r in ("policy", "reference", "critic", "reward")]
         rollout = ["ppo.old_logprobs=rollout"]
-        ahead = ["ppo.rollout_ahead=1"]  # a generator actor samples the next rollout while this step trains
+        ahead = ["ppo.max_staleness=1"]  # a generator actor samples the next rollout while this step trains
         return {
             "trl fp32": (trl, 32),
             "trl bf16 (autocast)": ([*trl, "--bf16"], 32),

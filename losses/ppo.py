@@ -37,6 +37,7 @@ def policy_loss(
     ref_logprobs: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate policy loss, per token, with an optional entropy bonus and KL term.
 
@@ -48,6 +49,11 @@ def policy_loss(
 
     With A > 0 the loss stops improving once ratio > 1 + eps; with A < 0 once ratio < 1 - eps. In
     those regions the clipped term is the larger one and the gradient is 0.
+
+    Truncated importance sampling (Yao et al. 2025): with ``is_weights`` given (``(B, T)``, no gradient,
+    `losses.mismatch.truncated_is_weights`), the clipped term of token t is multiplied by w_t before the
+    entropy and KL terms are added: ``w_t * max(-A ratio, -A clip(ratio))``. The tokens were sampled by
+    another policy than pi_old (an inference engine, or stale weights), and w_t corrects towards pi_old.
 
     Entropy bonus (the same paper, eq. 9, ``- c2 S[pi](s_t)``): with ``entropy`` given, the per-token
     loss becomes ``loss - entropy_coef * H_t``, which rewards keeping the policy spread out.
@@ -79,6 +85,7 @@ def policy_loss(
         ref_logprobs: ``(B, T)`` log pi_ref(a_t | s_t) for the KL term, or None (no KL term).
         kl_coef: the KL term's weight beta (used when ``ref_logprobs`` is given).
         kl_estimator: "k1", "k2" or "k3" for D_t.
+        is_weights: ``(B, T)`` truncated importance weights pi_old / pi_sampler of the policy-gradient term, or None.
 
     Returns:
         ``(per_token_loss, metrics)``: ``(B, T)`` loss, 0 at masked positions; dict of 0-dim tensors
@@ -94,6 +101,8 @@ def policy_loss(
     pg_loss_unclipped = -advantages * ratio  # (B, T)
     pg_loss_clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
     pg_loss = torch.maximum(pg_loss_unclipped, pg_loss_clipped)  # (B, T)
+    if is_weights is not None:
+        pg_loss = pg_loss * _zero_masked(is_weights.detach(), mask)
     if entropy is not None:
         pg_loss = pg_loss - entropy_coef * _zero_masked(entropy, mask)
     kl = None

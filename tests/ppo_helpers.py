@@ -1,5 +1,5 @@
 """Shared set-up of the PPO and reward tests: a tiny random-init model folder, a fast config, a test
-reward, a saved tiny reward model.
+reward, a saved tiny reward model, a run killed in the middle (`run_killed_at`).
 
 Importable as `ppo_helpers` by the driver (pytest puts tests/ on sys.path) and by Ray workers
 (tests/conftest.py puts tests/ on their PYTHONPATH).
@@ -176,3 +176,53 @@ def training_path_scores(folder: str, family: dict):
     rows = load_preferences(DataConfig(path=family["pairs"]), actor.tokenizer)[0].to_list()
     out = actor.outputs(collate_pairs(rows, actor.pad_id))
     return torch.stack([out.chosen[:, 0], out.rejected[:, 0]], dim=1)
+
+
+def role_processes(role: str | None = None) -> list:
+    """The Ray actor processes hosting role replicas (`psutil.Process`), those of `role` only when given
+    (the RLHF_ROLE its group sets in each actor's environment)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if cmd and cmd[0].startswith("ray::_Replica"):
+            try:
+                if role is None or p.environ().get("RLHF_ROLE") == role:
+                    found.append(p)
+            except psutil.Error:
+                pass
+    return found
+
+
+def run_killed_at(cfg, step: int, role: str | None = None) -> dict:
+    """`rlhf ppo` of `cfg` in a thread; once its metrics record `step`, SIGKILL to one actor process (of `role`,
+    which must have exactly one; else the first role actor found); returns the run's summary after it healed
+    and finished (its error, if it did not, fails the calling test)."""
+    import json
+    import signal
+    import threading
+
+    from orchestrator.registry import run
+
+    path = os.path.join(cfg.run.output_dir, "metrics.jsonl")
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["summary"] = run("ppo", cfg)
+        except BaseException as e:  # noqa: BLE001  (reported below)
+            result["error"] = e
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    deadline = time.time() + 600
+    while not (os.path.exists(path) and any(json.loads(line)["step"] == step for line in open(path) if line.strip())):
+        assert worker.is_alive() and time.time() < deadline, result
+        time.sleep(0.02)
+    victims = role_processes(role)
+    assert victims and (role is None or len(victims) == 1), victims
+    os.kill(victims[0].pid, signal.SIGKILL)
+    worker.join(timeout=900)
+    assert "error" not in result, result.get("error")
+    return result["summary"]

@@ -183,14 +183,14 @@ def test_a_sweep_point_becomes_a_workload(tmp_path):
 
 
 def test_one_step_off_policy_overlaps_sampling_with_the_rest_of_the_step(tmp_path):
-    """ppo.rollout_ahead=1: the generator is a device group of its own, and a step takes
+    """ppo.max_staleness=1: the generator is a device group of its own, and a step takes
     weight_sync + driver + max(generate, score + updates) instead of their sum."""
     from ppo_helpers import tiny_model_dir
 
     from orchestrator.registry import load_config
 
     model = tiny_model_dir(str(tmp_path / "cache"))
-    cfg = load_config("ppo", None, [f"policy.path={model}", "ppo.rollout_ahead=1", "ppo.old_logprobs=rollout",
+    cfg = load_config("ppo", None, [f"policy.path={model}", "ppo.max_staleness=1", "ppo.old_logprobs=rollout",
                                         "generator.replicas=2"])
     w = cm.workload_of_config(cfg, prompt_len=20, response_len=48)
     assert (w.generator, w.generator_devices, w.overlap) == ("separate", 2, True)

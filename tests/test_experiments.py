@@ -75,6 +75,26 @@ def test_relevance_hacking_numbers_and_rules():
     assert not closed.holds({**n, "closed_gain": 0.04})
 
 
+def test_engine_flag_reaches_every_ppo_run_of_the_experiment_and_only_those(tmp_path, monkeypatch):
+    """--engine vllm: every `train_ppo` of the experiment's chains resolves generator.engine=vllm (the config it
+    would run is captured, nothing trains), and the setting is gone when the experiment ends."""
+    from orchestrator.experiments import common
+
+    seen = []
+    monkeypatch.setattr("orchestrator.registry.run", lambda job, cfg, **kw: seen.append(cfg.generator.engine) or {})
+
+    def chain(folder, seed, quick):
+        common.train_ppo(str(folder / "ppo"), ["run.steps=1"])
+        return {}
+
+    exp = common.Seeded(name="probe", description="", findings=(), chain=chain, numbers=lambda c: {}, summary_line=lambda r: "")
+    result = common.run_seeded(exp, str(tmp_path), quick=True, engine="vllm")
+    assert seen == ["vllm"] and result["engine"] == "vllm" and common.ENGINE == []
+    common.run_seeded(exp, str(tmp_path / "hf"), quick=True)
+    assert seen == ["vllm", "hf"]
+    assert common.seeded_parser(exp).parse_args(["--engine", "vllm"]).engine == "vllm"
+
+
 def test_answer_numbers_by_hand():
     rows = world.prompt_rows("test")
     open_row = next(r for r in rows if r["query_type"] == "open")

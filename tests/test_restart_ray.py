@@ -4,14 +4,10 @@ every step's metrics written once, the restart in the metrics and the summary; f
 the trajectory equals an uninterrupted run's."""
 
 import json
-import os
-import signal
-import threading
-import time
 
 import pytest
 
-from ppo_helpers import tiny_model_dir, tiny_ppo_config
+from ppo_helpers import run_killed_at, tiny_model_dir, tiny_ppo_config
 
 pytestmark = pytest.mark.slow  # two ray-mode PPO runs and a restart (~2 min)
 
@@ -23,43 +19,13 @@ def _records(out) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _role_processes() -> list:
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info.get("cmdline") or []
-        if cmd and cmd[0].startswith("ray::_Replica"):
-            found.append(p)
-    return found
-
-
 def test_a_killed_role_is_restarted_and_the_run_finishes_as_if_uninterrupted(ray_cluster, tmp_path):
     from orchestrator.registry import run
 
     model_dir = tiny_model_dir(str(tmp_path / "cache"))
     common = ["run.mode=ray", "run.steps=6", "run.save_every=2", "run.keep_checkpoints=5"]
     out, whole = tmp_path / "killed", tmp_path / "whole"
-    result: dict = {}
-
-    def killed_run() -> None:
-        try:
-            result["summary"] = run("ppo", tiny_ppo_config(model_dir, str(out), *common))
-        except BaseException as e:  # noqa: BLE001  (reported by the assertions below)
-            result["error"] = e
-
-    worker = threading.Thread(target=killed_run)
-    worker.start()
-    deadline = time.time() + 600
-    while not any(r["step"] == 3 for r in _records(out)):  # after the step-2 checkpoint
-        assert worker.is_alive() and time.time() < deadline, result
-        time.sleep(0.02)
-    victims = _role_processes()
-    assert victims, "no role actor process found"
-    os.kill(victims[0].pid, signal.SIGKILL)
-    worker.join(timeout=900)
-    assert "error" not in result, result.get("error")
-    summary = result["summary"]
+    summary = run_killed_at(tiny_ppo_config(model_dir, str(out), *common), step=3)  # after the step-2 checkpoint
     assert len(summary["restarts"]) == 1 and summary["restarts"][0]["resumed_at_step"] == 2, summary["restarts"]
     assert "the actor died" in summary["restarts"][0]["cause"] or "died" in summary["restarts"][0]["cause"]
     killed = _records(out)

@@ -1,7 +1,7 @@
-"""ppo.rollout_ahead=1 (one-step off-policy, local mode): the generator samples exactly what the policy
+"""ppo.max_staleness=K (asynchronous rollouts, local mode): the generator samples exactly what the policy
 would with the same weights, the weight sync carries LoRA merged (a GPT-2 Conv1D family too), the PPO
-ratio is against the weights the rollout was sampled with, and with a frozen policy the run is the
-on-policy run. The same in ray mode: test_ppo_ray.py."""
+ratio is against the weights the rollout was sampled with, with a frozen policy the run is the on-policy
+run, and K=2 resumed is the uninterrupted run. The same in ray mode: test_ppo_ray.py; with vLLM: test_vllm.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from ppo_helpers import read_metrics, tiny_model_dir, tiny_ppo_config
 
-AHEAD = ("ppo.old_logprobs=rollout", "ppo.rollout_ahead=1")
+AHEAD = ("ppo.old_logprobs=rollout", "ppo.max_staleness=1")
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,7 @@ def test_with_a_policy_that_does_not_move_one_step_off_policy_is_the_on_policy_r
         run("ppo", tiny_ppo_config(model_dir, str(tmp_path / name), "run.steps=3", "policy.lr=1e-30", *extra))
         runs[name] = read_metrics(tmp_path / name)
     assert [r.get("rollout/lag") for r in runs["ahead"]] == [None, 0.0, 1.0, 1.0]
+    assert [r.get("rollout/lag_1") for r in runs["ahead"]] == [None, 0.0, 1.0, 1.0]
     for a, b in zip(runs["on"], runs["ahead"]):
         for key, value in a.items():
             if not key.startswith("time/"):
@@ -148,25 +149,32 @@ def test_the_ratio_is_against_the_weights_the_rollout_was_sampled_with(model_dir
 
 
 @pytest.mark.slow  # three PPO runs
-def test_resume_equals_uninterrupted_with_a_rollout_in_flight(model_dir, tmp_path):
-    """The checkpoint holds the rollout sampled ahead (from the weights before the last update): resumed,
-    the run trains on the samples an uninterrupted one does."""
+def test_two_steps_stale_resumed_equals_uninterrupted(model_dir, tmp_path):
+    """max_staleness=2: the rollout of step t is sampled with the weights of step max(0, t-2), and the
+    checkpoint holds the two rollouts sampled ahead: resumed, the run trains on the samples an uninterrupted
+    one does."""
     from orchestrator.registry import run
 
-    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "full"), "run.steps=4", *AHEAD))
-    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), "run.steps=2", *AHEAD))
-    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), "run.steps=4", *AHEAD))
+    stale = ("ppo.old_logprobs=rollout", "ppo.max_staleness=2")
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "full"), "run.steps=5", *stale))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), "run.steps=3", *stale))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), "run.steps=5", *stale))
     a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "split")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    assert b[3]["rollout/lag"] == 1.0  # the resumed step trained on the checkpoint's rollout
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4, 5]
+    assert [r.get("rollout/lag") for r in a] == [None, 0.0, 1.0, 2.0, 2.0, 2.0]
+    assert [[r[f"rollout/lag_{k}"] for k in range(3)] for r in a[1:3]] == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     for ra, rb in zip(a, b):
         for key, value in ra.items():
-            if not key.startswith("time/"):
+            if not key.startswith(("time/", "sync/")):  # the resumed run's first rollouts came with no sync
                 assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), (ra["step"], key)
 
 
 @pytest.mark.parametrize("override, message", [
-    ("ppo.old_logprobs=recompute", "'ppo.old_logprobs': must be rollout with ppo.rollout_ahead=1"),
+    ("ppo.old_logprobs=recompute", "'ppo.old_logprobs': must be rollout with ppo.max_staleness=1, or set ppo.tis_cap"),
+    ("ppo.max_staleness=17", "'ppo.max_staleness': must be 0 (on-policy) to 16"),
+    ("ppo.tis_cap=2", "'ppo.tis_cap': needs ppo.old_logprobs=recompute"),
+    ("ppo.tis_cap=0.5", "'ppo.tis_cap': must be 0 (off) or >= 1"),
+    ("ppo.rollout_ahead=1", "config key 'ppo.rollout_ahead' is now 'ppo.max_staleness'"),
     ("generator.replicas=3", "'ppo.rollout_batch_size': (8 responses) must be divisible by generator.replicas=3"),
     ("reward.colocate_with=generatr", "'reward.colocate_with': must be one of policy, reference, critic, reward, generator"),
 ])
@@ -176,7 +184,5 @@ def test_bad_settings_are_one_line(model_dir, tmp_path, override, message):
     with pytest.raises(ConfigError) as err:
         tiny_ppo_config(model_dir, str(tmp_path), *AHEAD, override)
     assert message in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="'ppo.rollout_ahead': must be 0"):
-        tiny_ppo_config(model_dir, str(tmp_path), "ppo.old_logprobs=rollout", "ppo.rollout_ahead=2")
-    with pytest.raises(ConfigError, match="names the generator, which only ppo.rollout_ahead=1 or generator.engine=vllm starts"):
+    with pytest.raises(ConfigError, match="names the generator, which only ppo.max_staleness >= 1 or generator.engine=vllm starts"):
         tiny_ppo_config(model_dir, str(tmp_path), "reward.colocate_with=generator")

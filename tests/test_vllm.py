@@ -117,6 +117,35 @@ def test_seeded_rows_do_not_depend_on_their_batch(tmp_path):
         gen.shutdown()
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_stop_strings_end_a_response_at_the_same_token_in_both_engines(family, tmp_path):
+    """policy.stop with greedy decoding (top_k=1) in the HF and the vLLM generator: the same tokens, the same
+    ends (the token completing the stop string is the last action, its text kept, the row counted as ended)."""
+    from actors.config import PolicyConfig
+    from actors.policy import GeneratorActor
+
+    folder = build_family(family, tmp_path, dims=VLLM)["model"]
+    batch, tok = _batch(folder)
+    gen = _generator(folder, max_model_len=64, top_k=1)
+    try:
+        free = gen.generate(batch, seed=0)
+        text = tok.decode(free.sequences[0, free.prompt_len + 3: free.prompt_len + 4])
+        stop = [text]
+        gen.cfg.stop = stop
+        cut = gen.generate(batch, seed=0)
+    finally:
+        gen.shutdown()
+    hf = GeneratorActor(PolicyConfig(path=folder, max_new_tokens=16, top_k=1, stop=stop), model_path=folder, seed=0)
+    ref = hf.generate(batch, seed=0)
+    lengths = cut.action_mask.sum(-1)
+    assert torch.equal(cut.sequences, ref.sequences) and torch.equal(cut.action_mask, ref.action_mask)
+    assert cut.responses == ref.responses and torch.equal(cut.ended_with_eos, ref.ended_with_eos)
+    assert int(lengths[0]) <= 4 and cut.responses[0].endswith(text) and bool(cut.ended_with_eos[0])
+    stopped = [i for i in range(batch.num_rows) if text in cut.responses[i]]
+    assert all(cut.responses[i].endswith(text) and bool(cut.ended_with_eos[i]) for i in stopped)
+    assert (lengths < free.action_mask.sum(-1)).sum() >= 1
+
+
 def test_a_weight_sync_that_does_not_fit_names_the_engine_and_version(tmp_path):
     folder = build_family("llama", tmp_path, dims=VLLM)["model"]
     batch, tok = _batch(folder)
@@ -170,12 +199,80 @@ def test_every_step_samples_from_the_policy_s_current_weights(model_dir, tmp_pat
     for r in rows:
         assert r["mismatch/abs_max"] < LOGPROB_TOL and 0 <= r["mismatch/kl"] < 1e-8, r
         assert r["rollout/lag"] == 0.0 and r["sync/version"] == r["step"] - 1 and r["sync/mb"] > 0
-        assert "time/weight_sync" in r
+        assert r["sync/apply_s"] > 0  # (the start's evaluation made step 1's sync: no time/weight_sync there)
+    assert all("time/weight_sync" in r for r in rows[1:])
     assert rows[-1]["kl/mean"] > 1e-2  # the policy moved from its start by far more than the engine's gap
 
 
+def test_two_steps_stale_with_tis_resumed_equals_uninterrupted(model_dir, tmp_path):
+    """ppo.max_staleness=2 with the recomputed log-probs and ppo.tis_cap (AReaL's decoupled PPO): the engine
+    samples two updates behind, the truncated importance weights pi_old / pi_engine are 1 up to the engine's
+    gap while the rollout is fresh and spread away from 1 once it is stale, and a run resumed from a checkpoint
+    holding the two rollouts in flight trains on the samples an uninterrupted one does."""
+    from orchestrator.registry import run
+
+    stale = (*VLLM_RUN, "ppo.max_staleness=2", "ppo.tis_cap=2")
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "full"), "run.steps=5", *stale))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), "run.steps=3", *stale))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "split"), "run.steps=5", *stale))
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "split")
+    assert [r.get("rollout/lag") for r in a] == [None, 0.0, 1.0, 2.0, 2.0, 2.0]
+    # (the weights' mean is 1 in expectation under the sampler, stale or not: their spread says how stale)
+    assert a[1]["tis/weight_max"] < 1 + LOGPROB_TOL and a[1]["tis/capped_share"] == 0.0
+    assert all(r["tis/weight_max"] > 1.1 for r in a[2:]), [r["tis/weight_max"] for r in a[1:]]
+    for ra, rb in zip(a, b):
+        for key, value in ra.items():
+            if not key.startswith(("time/", "sync/")):  # the resumed run's first rollouts came with no sync
+                assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), (ra["step"], key)
+
+
+def _same_records(a: list[dict], b: list[dict], skip: tuple[str, ...]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        shared = [k for k in ra if not k.startswith(skip)]
+        assert shared and all(k in rb for k in shared), (ra["step"], sorted(set(shared) - set(rb)))
+        for key in shared:
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-7, nan_ok=True), (ra["step"], key)
+
+
+def test_greedy_ppo_is_the_same_run_with_either_engine(model_dir, tmp_path):
+    """policy.top_k=1 samples greedily in both engines, so a PPO run whose rollouts and held-out evaluations
+    are sampled by vLLM (each after a weight sync) is the run sampled by the policy's own HF `generate`: the
+    same tokens, rewards, updates and held-out gold. A stale engine, or weights lost in a sync, would sample
+    other tokens and change every number after the first step."""
+    from orchestrator.registry import run
+
+    greedy = ("run.steps=2", "run.eval_every=1", "policy.top_k=1")
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "hf"), *greedy))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "vllm"), *greedy, *VLLM_RUN))
+    hf, vllm = read_metrics(tmp_path / "hf"), read_metrics(tmp_path / "vllm")
+    assert all("eval/gold" in r for r in hf)
+    _same_records(hf, vllm, skip=("time/", "sync/", "mismatch/", "rollout/"))
+
+
+def test_greedy_sft_evaluation_is_the_same_with_either_engine(model_dir, tmp_path):
+    """rlhf sft with generator.engine=vllm samples its held-out answers through a vLLM engine given the
+    trained weights before each evaluation: greedy, the answers and every metric are the HF run's."""
+    import json
+
+    from orchestrator.registry import load_config, run
+
+    def sft(out, *extra):
+        run("sft", load_config("sft", None, [
+            f"policy.path={model_dir}", f"run.output_dir={out}", "run.steps=2", "run.save_every=0", "sft.batch_size=8",
+            "policy.micro_batch_size=4", "policy.warmup_steps=0", "policy.lr=1e-2", "data.max_rows=64", "sft.eval_rows=16",
+            "policy.max_new_tokens=8", "policy.top_k=1", *extra]))
+        return read_metrics(out), [json.loads(line)["response"] for line in (out / "samples_end.jsonl").read_text().splitlines()]
+
+    hf, hf_answers = sft(tmp_path / "hf")
+    vllm, vllm_answers = sft(tmp_path / "vllm", *VLLM_RUN)
+    start = [json.loads(line)["response"] for line in (tmp_path / "vllm" / "samples_start.jsonl").read_text().splitlines()]
+    assert vllm_answers == hf_answers and vllm_answers != start  # the end's answers come from the trained weights
+    _same_records(hf, vllm, skip=("time/",))
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (("generator.sleep=true",), "config key 'generator.sleep': needs generator.engine=vllm and ppo.rollout_ahead=0"),
+    (("generator.sleep=true",), "config key 'generator.sleep': needs generator.engine=vllm and ppo.max_staleness=0"),
     (("generator.engine=vllm", "policy.temperature=0.7", "policy.top_p=0.9"),
      "config key 'policy.temperature': other than 1 with top_p or top_k set"),
     (("generator.engine=vllm", "generator.kv_cache_gb=0"), "config key 'generator.kv_cache_gb': must be > 0"),
@@ -186,6 +283,23 @@ def test_bad_engine_settings_are_one_line(overrides, message):
 
     with pytest.raises(ConfigError, match=f"^{message}"):
         load_config("ppo", None, list(overrides))
+
+
+def test_a_kv_cache_too_small_for_one_sequence_is_one_line_naming_the_knob(model_dir, tmp_path, capsys):
+    """generator.kv_cache_gb below one sequence's KV cache: one line naming the generator, the sequence length
+    and the knob (and the vLLM variable it stands for), exit 1, no traceback on stderr, no checkpoint."""
+    from orchestrator.cli import main
+
+    code = main(["ppo", f"policy.path={model_dir}", f"run.output_dir={tmp_path / 'run'}", "run.mode=local", "data.max_rows=8",
+                 "ppo.rollout_batch_size=8", "ppo.minibatch_size=8", "policy.max_new_tokens=8",
+                 "reward.kind=function", "reward.function=ppo_helpers:length_reward",
+                 "generator.engine=vllm", "generator.kv_cache_gb=0.00001"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("rlhf:")]
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, lines
+    assert "generator: the engine's KV cache cannot hold one sequence of" in lines[0]
+    assert "raise generator.kv_cache_gb" in lines[0] and "VLLM_CPU_KVCACHE_SPACE" in lines[0]
+    assert not list((tmp_path / "run").glob("checkpoint*"))
 
 
 def test_an_architecture_vllm_cannot_load_is_refused_before_anything_starts(tmp_path):

@@ -1,19 +1,15 @@
 """generator.engine=vllm in ray mode, with real vLLM engines in generator actors: local == ray with the
 policy on 2 ZeRO-3 replicas (its weights gathered for each sync) and 2 engines (rows seeded one by one, so
-the split does not matter); GRPO; and an engine actor killed mid-run is started again, gets the current
+the split does not matter), the weights sent over a gloo transfer group; GRPO one step ahead; and an engine actor killed mid-run is started again, gets the current
 weights before it samples, and the run finishes as an uninterrupted one does."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 
 import pytest
 
-from ppo_helpers import tiny_ppo_config
+from ppo_helpers import run_killed_at, tiny_ppo_config
 
 pytestmark = pytest.mark.slow  # ray-mode PPO runs with vLLM engines (~6 min)
 
@@ -43,17 +39,20 @@ def _assert_same(a: dict, b: dict, rel=2e-4, abs_=1e-5):  # as test_ppo_ray.py's
     assert not bad, bad
 
 
-def test_local_and_ray_give_the_same_run_with_zero3_and_two_engines(model_dir, tmp_path, ray_cluster):
+def test_local_and_ray_give_the_same_run_with_zero3_two_engines_and_the_collective_transport(model_dir, tmp_path, ray_cluster):
+    """The policy on 2 ZeRO-3 replicas sends its gathered weights to 2 engines over a gloo transfer group
+    (generator.sync_transport=collective, the NCCL path's code on CPU): three steps and the held-out
+    evaluations (sampled by the engines, row seeds independent of the split) equal local mode's, where the
+    weights pass in memory, and every step's engine log-probs are the trainer's."""
     from orchestrator.registry import run
 
-    extra = ("run.steps=3", *VLLM_RUN)
+    extra = ("run.steps=3", "run.eval_every=2", *VLLM_RUN)
     run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *extra))
     summary = run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "ray"), *extra, "run.mode=ray", "policy.replicas=2",
-                                    "policy.zero_stage=3", "generator.replicas=2"))
+                                    "policy.zero_stage=3", "generator.replicas=2", "generator.sync_transport=collective"))
     assert len(summary["roles"]["generator"]) == 2
-    # held-out evaluation still samples with the policy's HF generate, whose random stream depends on the sharding
-    local, ray = _records(tmp_path / "local", ("time/", "eval/")), _records(tmp_path / "ray", ("time/", "eval/"))
-    assert [r["step"] for r in ray] == [0, 1, 2, 3]
+    local, ray = _records(tmp_path / "local", ("time/", "sync/mb")), _records(tmp_path / "ray", ("time/", "sync/mb"))
+    assert [r["step"] for r in ray] == [0, 1, 2, 3] and "eval/gold" in ray[2] and "eval/gold" in ray[3]
     for a, b in zip(local, ray):
         _assert_same(a, b)
     for r in ray[1:]:
@@ -61,33 +60,20 @@ def test_local_and_ray_give_the_same_run_with_zero3_and_two_engines(model_dir, t
 
 
 def test_grpo_in_ray_mode_one_step_ahead(model_dir, tmp_path, ray_cluster):
-    """GRPO with the engine one step ahead (ppo.rollout_ahead=1): the rollouts are one update behind, the
+    """GRPO with the engine one step ahead (ppo.max_staleness=1): the rollouts are one update behind, the
     engine's log-probs are the ones the ratio is taken against."""
     from orchestrator.registry import run
 
     out = tmp_path / "grpo"
     run("ppo", tiny_ppo_config(model_dir, str(out), "run.steps=3", "run.mode=ray", *VLLM_RUN,
                                "ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4",
-                               "ppo.rollout_ahead=1", "ppo.old_logprobs=rollout"))
+                               "ppo.max_staleness=1", "ppo.old_logprobs=rollout"))
     rows = _records(out)[1:]
     assert [r["rollout/lag"] for r in rows] == [0.0, 1.0, 1.0]
-    assert [r["sync/version"] for r in rows] == [0.0, 1.0, 2.0]  # the weights the next rollout is sampled with
+    # the sync read with each rollout: the start's evaluation made the first step's sync (version 0, read with
+    # the rollout that step issues, the second); step 2's sync (version 1) is read with the third
+    assert [r.get("sync/version") for r in rows] == [None, 0.0, 1.0]
     assert all("grpo/zero_std_groups" in r for r in rows)
-
-
-def _generator_processes() -> list:
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info.get("cmdline") or []
-        if cmd and cmd[0].startswith("ray::_Replica"):
-            try:
-                if p.environ().get("RLHF_ROLE") == "generator":
-                    found.append(p)
-            except psutil.Error:
-                pass
-    return found
 
 
 def test_a_killed_engine_is_restarted_with_the_current_weights(model_dir, tmp_path, ray_cluster):
@@ -98,26 +84,7 @@ def test_a_killed_engine_is_restarted_with_the_current_weights(model_dir, tmp_pa
 
     common = ["run.mode=ray", "run.steps=5", "run.save_every=2", "run.keep_checkpoints=5", *VLLM_RUN]
     out, whole = tmp_path / "killed", tmp_path / "whole"
-    result: dict = {}
-
-    def killed_run() -> None:
-        try:
-            result["summary"] = run("ppo", tiny_ppo_config(model_dir, str(out), *common))
-        except BaseException as e:  # noqa: BLE001  (reported by the assertions below)
-            result["error"] = e
-
-    worker = threading.Thread(target=killed_run)
-    worker.start()
-    deadline = time.time() + 600
-    while not any(r["step"] == 3 for r in _records(out)):
-        assert worker.is_alive() and time.time() < deadline, result
-        time.sleep(0.02)
-    victims = _generator_processes()
-    assert len(victims) == 1, victims
-    os.kill(victims[0].pid, signal.SIGKILL)
-    worker.join(timeout=900)
-    assert "error" not in result, result.get("error")
-    summary = result["summary"]
+    summary = run_killed_at(tiny_ppo_config(model_dir, str(out), *common), step=3, role="generator")
     assert len(summary["restarts"]) == 1 and summary["restarts"][0]["resumed_at_step"] == 2, summary["restarts"]
     killed = _records(out, drop=("time/", "run/"))
     assert [r["step"] for r in killed] == [0, 1, 2, 3, 4, 5]

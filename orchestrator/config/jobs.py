@@ -56,8 +56,10 @@ class PPOAlgoConfig:
     """How the policy loss adds up over a minibatch (`losses.ppo.aggregate`): token_mean (every token alike), seq_mean_token_mean (every response alike: GRPO's paper), seq_mean_token_sum_norm (token sums over policy.max_new_tokens: Dr. GRPO). Exact under any replicas and micro-batch sizes."""
     old_logprobs: Literal["recompute", "rollout"] = "recompute"
     """Where PPO's log pi_old comes from. recompute: a no-grad forward of the policy over the rollout (its own phase). rollout: recorded while sampling (log-softmax of the sampled token under the logits / temperature, before top-k/top-p, as recompute computes it): the behaviour policy's own log-probs, one forward pass fewer per step; they equal recompute's up to float rounding (incremental decoding sums in another order), so a run is not bit-identical to a recompute run."""
-    rollout_ahead: int = 0
-    """0: on-policy, the policy samples each step's rollout itself. 1: one-step off-policy, as OpenRLHF's and verl's asynchronous modes: a generator role (`generator.*`, a copy of the policy's weights on devices of its own) samples step t+1's rollout while step t trains, from the weights before step t's update; the weights go to it after every update (the `weight_sync` phase) and the PPO ratio is against the log-probs it sampled with (needs ppo.old_logprobs=rollout)."""
+    max_staleness: int = 0
+    """How many policy updates a rollout may be behind the policy it trains. 0: on-policy, each step's rollout is sampled from the current weights (by the policy itself, or by the generator role after a weight sync). K >= 1: asynchronous, as OpenRLHF's and verl's async modes (K=1) and AReaL (K >= 1): a generator role (`generator.*`, devices of its own) keeps K rollouts in flight and samples while the policy scores and trains; the weights go to it after every update (the `weight_sync` phase) and the rollout of step t is sampled with the weights of step max(0, t - K) (`rollout/lag`). The PPO ratio must then be against the log-probs the rollout was sampled with (ppo.old_logprobs=rollout), or against the recomputed ones with the behaviour gap corrected by ppo.tis_cap (AReaL's decoupled PPO)."""
+    tis_cap: float = 0.0
+    """0: off. > 0: truncated importance sampling (Yao et al. 2025, as verl and OpenRLHF ship it): each token's policy-gradient term is weighted by min(pi_old / pi_sampler, tis_cap), pi_old the trainer's recomputed log-probs and pi_sampler the ones the rollout was sampled with (a vLLM engine's, or weights ppo.max_staleness updates behind), correcting the gap between them (`losses.ppo.truncated_is_weights`; 2.0 is verl's default). Needs ppo.old_logprobs=recompute."""
     kl_in_loss: bool = False
     """Put the KL to the reference in the policy loss (GRPO: kl_loss_coef x the kl_loss_estimator per token) instead of in the reward; kl_coef then is not used."""
     kl_loss_coef: float = 0.04
@@ -79,7 +81,7 @@ class PPOAlgoConfig:
     reward_clip: float = 0.0
     """Clip sequence rewards to [-c, c] after normalisation (0 = off)."""
     no_eos_penalty: float = 0.0
-    """Subtracted from the reward of responses that end without EOS (0 = off)."""
+    """Subtracted from the reward of responses that end without EOS or a stop string, cut at policy.max_new_tokens (0 = off)."""
 
     @property
     def critic_free(self) -> bool:
@@ -109,11 +111,33 @@ class PPOAlgoConfig:
         check(self.kl_horizon >= 1, "kl_horizon", "must be >= 1")
         check(self.reward_clip >= 0, "reward_clip", "must be >= 0")
         check(self.no_eos_penalty >= 0, "no_eos_penalty", "must be >= 0")
-        check(self.rollout_ahead in (0, 1), "rollout_ahead", "must be 0 (on-policy) or 1 (one step off-policy)")
-        check(self.rollout_ahead == 0 or self.old_logprobs == "rollout", "old_logprobs",
-              "must be rollout with ppo.rollout_ahead=1: the generator samples with weights one update behind the "
-              "policy, so the PPO ratio must be against the log-probs it sampled with (a recompute would be the "
-              "policy's own)")
+        check(0 <= self.max_staleness <= 16, "max_staleness", "must be 0 (on-policy) to 16 (each rollout in flight is a batch "
+              "held in memory)")
+        check(self.tis_cap == 0 or self.tis_cap >= 1, "tis_cap", "must be 0 (off) or >= 1 (a cap below 1 would shrink "
+              "every on-policy token's gradient)")
+        check(self.tis_cap == 0 or self.old_logprobs == "recompute", "tis_cap", "needs ppo.old_logprobs=recompute: with "
+              "rollout the PPO ratio is already against the sampler's log-probs, and every weight would be 1")
+        check(self.max_staleness == 0 or self.old_logprobs == "rollout" or self.tis_cap > 0, "old_logprobs",
+              f"must be rollout with ppo.max_staleness={self.max_staleness}, or set ppo.tis_cap: the generator samples with "
+              "weights behind the policy's, so the PPO ratio must be against the log-probs it sampled with, or the "
+              "recomputed ones corrected towards them (a plain recompute would be the policy's own)")
+
+
+def generator_slice(policy: PolicyConfig, generator: GeneratorConfig) -> PolicyConfig:
+    """A generator role's config slice: the policy's model, dtype and generation settings, placed as
+    `generator.*` says, frozen (no ZeRO: each replica holds the whole model, as a vLLM engine does)."""
+    import dataclasses
+
+    g = generator
+    return dataclasses.replace(policy, replicas=g.replicas, num_gpus=g.num_gpus, num_cpus=g.num_cpus,
+                               threads=g.threads, colocate_with=g.colocate_with, zero_stage=0,
+                               offload_params=False, gradient_checkpointing=False, offload_optimizer=False)
+
+
+def _check_eval_generator(cfg, check: Check) -> None:
+    check(not cfg.generator.sleep, "generator.sleep", "is rlhf ppo's (the engine sleeps while the policy trains)")
+    check(cfg.generator.replicas == 1, "generator.replicas", "must be 1: one engine samples the held-out answers")
+    check(cfg.generator.sync_transport == "object_store", "generator.sync_transport", "collective is rlhf ppo's")
 
 
 @dataclass
@@ -133,7 +157,7 @@ class PPOConfig:
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(function=BUILTIN_REWARD))
     """The reward. (Default: the built-in task's annotator reward, for builtin:prompts.)"""
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    """Where the rollouts are sampled with ppo.rollout_ahead=1 or generator.engine=vllm (a copy of the policy's model and generation settings); unused otherwise."""
+    """Where the rollouts are sampled with ppo.max_staleness >= 1 or generator.engine=vllm (a copy of the policy's model and generation settings); unused otherwise."""
     ppo: PPOAlgoConfig = field(default_factory=PPOAlgoConfig)
     """PPO algorithm: batch sizes, GAE, KL penalty, reward shaping."""
 
@@ -173,9 +197,12 @@ class PPOConfig:
             check(self.generator.engine == "hf" or self.policy.temperature == 1.0 or (self.policy.top_p == 1.0 and self.policy.top_k == 0),
                   "policy.temperature", "other than 1 with top_p or top_k set: vLLM reports log-probs of the truncated "
                   "distribution only, not the untruncated ones the trainer computes; use generator.engine=hf, or temperature 1")
-        check(not self.generator.sleep or (self.generator.engine == "vllm" and self.ppo.rollout_ahead == 0),
-              "generator.sleep", "needs generator.engine=vllm and ppo.rollout_ahead=0 (an engine one step ahead "
-              "samples while the policy trains)")
+        check(self.generator.sync_transport == "object_store" or self.run.mode == "ray", "generator.sync_transport",
+              "collective needs run.mode=ray (in local mode the policy and the generator share one process, and the "
+              "weights pass in memory)")
+        check(not self.generator.sleep or (self.generator.engine == "vllm" and self.ppo.max_staleness == 0),
+              "generator.sleep", "needs generator.engine=vllm and ppo.max_staleness=0 (an engine ahead of the "
+              "policy samples while it trains)")
         names = ("policy", "reference", "critic", "reward") + (("generator",) if ahead else ())
         for role in names:
             other = getattr(self, role).colocate_with
@@ -184,7 +211,7 @@ class PPOConfig:
                       f"{self.ppo.advantage_estimator} does not start (no critic without GAE)")
                 continue
             if not ahead and other == "generator":
-                check(False, f"{role}.colocate_with", "names the generator, which only ppo.rollout_ahead=1 or "
+                check(False, f"{role}.colocate_with", "names the generator, which only ppo.max_staleness >= 1 or "
                       "generator.engine=vllm starts")
                 continue
             check(other in (None, *names), f"{role}.colocate_with", f"must be one of {', '.join(names)} (got {other!r})")
@@ -192,19 +219,12 @@ class PPOConfig:
 
     @property
     def uses_generator(self) -> bool:
-        """Whether a generator role samples the rollouts (ppo.rollout_ahead=1, or generator.engine=vllm)."""
-        return self.ppo.rollout_ahead == 1 or self.generator.engine == "vllm"
+        """Whether a generator role samples the rollouts (ppo.max_staleness >= 1, or generator.engine=vllm)."""
+        return self.ppo.max_staleness >= 1 or self.generator.engine == "vllm"
 
     def generator_slice(self) -> PolicyConfig:
-        """The generator role's config slice (`uses_generator`): the policy's model, dtype and generation
-        settings, placed as `generator.*` says, frozen (no ZeRO: each replica holds the whole model, as a
-        vLLM engine does)."""
-        import dataclasses
-
-        g = self.generator
-        return dataclasses.replace(self.policy, replicas=g.replicas, num_gpus=g.num_gpus, num_cpus=g.num_cpus,
-                                   threads=g.threads, colocate_with=g.colocate_with, zero_stage=0,
-                                   offload_params=False, gradient_checkpointing=False, offload_optimizer=False)
+        """The generator role's config slice (`uses_generator`; `generator_slice`)."""
+        return generator_slice(self.policy, self.generator)
 
     @property
     def critic_path(self) -> str:
@@ -333,8 +353,11 @@ class DPOConfig:
     """The trained policy and its reference (its own initial weights, or with LoRA its adapter-free base). replicas = data-parallel replicas; micro_batch_size counts pairs; the generation fields set the held-out gold evaluation's sampling; clip_eps and entropy_coef are PPO's and unused. (Defaults suit the built-in tiny model; use lr ~5e-7 for billion-parameter models.)"""
     dpo: DPOAlgoConfig = field(default_factory=DPOAlgoConfig)
     """Loss, beta, batch size, evaluation pairs."""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    """The engine that samples the held-out answers of each evaluation: hf (the policy's own `generate`) or vllm (a vLLM engine given the trained weights before each evaluation, placed as generator.* says; one replica)."""
 
     def validate(self, check: Check) -> None:
+        _check_eval_generator(self, check)
         per_step = self.policy.replicas * self.policy.micro_batch_size
         check(self.dpo.batch_size % per_step == 0, "dpo.batch_size",
               f"({self.dpo.batch_size}) must be divisible by policy.replicas x policy.micro_batch_size = {per_step}")
@@ -375,8 +398,11 @@ class SFTConfig:
     """The model to fine-tune (replicas, ZeRO, LoRA, optimizer); micro_batch_size counts rows; the generation fields set the held-out generation evaluation's sampling. (Defaults suit the built-in tiny model; use lr ~1e-5 for billion-parameter models.)"""
     sft: SFTAlgoConfig = field(default_factory=SFTAlgoConfig)
     """Batch size and evaluation rows."""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    """The engine that samples the held-out answers of each evaluation: hf (the policy's own `generate`) or vllm (a vLLM engine given the trained weights before each evaluation, placed as generator.* says; one replica)."""
 
     def validate(self, check: Check) -> None:
+        _check_eval_generator(self, check)
         per_step = self.policy.replicas * self.policy.micro_batch_size
         check(self.sft.batch_size % per_step == 0, "sft.batch_size",
               f"({self.sft.batch_size}) must be divisible by policy.replicas x policy.micro_batch_size = {per_step}")

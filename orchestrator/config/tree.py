@@ -171,7 +171,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported field type {tp!r}")
 
 
+RENAMED = {"ppo.rollout_ahead": "ppo.max_staleness"}
+"""Keys that were renamed: old -> new (an old key is refused with the new name)."""
+
+
 def _unknown(key: str, valid: list[str]) -> ConfigError:
+    if key in RENAMED:
+        return ConfigError(f"config key '{key}' is now '{RENAMED[key]}'")
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     if not close:  # compare the last part too: "policy.learning_rate" vs "policy.lr"
         leaf = key.rsplit(".", 1)[-1]

@@ -175,3 +175,16 @@ def _short(value) -> str:
 def _looks_local(path: str) -> bool:
     """A path meant as a folder: hub names are 'name' or 'org/name'."""
     return path.startswith(("/", ".", "~")) or path.count("/") > 1
+
+
+def check_engine(policy, generator) -> None:
+    """With generator.engine=vllm: vLLM installed and able to load the policy's architecture (a `ConfigError`
+    naming policy.path otherwise), before any role starts."""
+    if generator.engine != "vllm":
+        return
+    from actors.vllm_engine import check_loadable
+
+    try:
+        check_loadable(policy.path, "policy.path", policy.trust_remote_code)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

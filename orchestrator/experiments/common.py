@@ -130,31 +130,43 @@ class Seeded:
     quick_help: str = "a few steps of every run, for smoke tests (findings computed, not expected to pass)"
 
 
-def run_seeded(exp: Seeded, out: str, seed: int = 0, quick: bool = False, seeds: int | None = None) -> dict:
-    """`exp` over seeds seed, seed+1, ... (`seeds`, default `exp.seeds`; quick: 1) under one thread; the
-    result: each finding's verdict, the experiment's report, the seeds, quick, the wall time and passed."""
+ENGINE: list[str] = []
+"""Overrides every PPO run of the running experiment gets (`--engine vllm`: generator.engine=vllm), set by
+`run_seeded` for its duration and read by `train_ppo`."""
+
+
+def run_seeded(exp: Seeded, out: str, seed: int = 0, quick: bool = False, seeds: int | None = None,
+               engine: str = "hf") -> dict:
+    """`exp` over seeds seed, seed+1, ... (`seeds`, default `exp.seeds`; quick: 1) under one thread, every PPO
+    run sampling with `engine` (generator.engine); the result: each finding's verdict, the experiment's
+    report, the seeds, quick, the engine, the wall time and passed."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     seed_list = [seed + i for i in range(seeds or (1 if quick else exp.seeds))]
     t0 = time.time()
     chains = []
-    with one_thread():
-        for s in seed_list:
-            print(f"{exp.name}: seed {s} ({len(chains) + 1} of {len(seed_list)})", flush=True)
-            chains.append(exp.chain(folder / f"seed{s}", s, quick))
+    ENGINE[:] = [f"generator.engine={engine}"] if engine != "hf" else []
+    try:
+        with one_thread():
+            for s in seed_list:
+                print(f"{exp.name}: seed {s} ({len(chains) + 1} of {len(seed_list)})", flush=True)
+                chains.append(exp.chain(folder / f"seed{s}", s, quick))
+    finally:
+        ENGINE.clear()
     result = {f.key: judge(f, [exp.numbers(c)[f.key] for c in chains]) for f in exp.findings}
     result.update(exp.report(folder, chains, quick))
-    result.update(seeds=seed_list, quick=quick, wall_time_s=round(time.time() - t0, 1))
+    result.update(seeds=seed_list, quick=quick, engine=engine, wall_time_s=round(time.time() - t0, 1))
     result["passed"] = all(result[f.key]["passed"] for f in exp.findings)
     return result
 
 
 def add_seeded_args(p: argparse.ArgumentParser, exp: Seeded) -> None:
-    """The options of an experiment over seeds: --out --seed --seeds --quick."""
+    """The options of an experiment over seeds: --out --seed --seeds --quick --engine."""
     p.add_argument("--out", default=f"runs/{exp.name}", help="output directory")
     p.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
     p.add_argument("--seeds", type=int, help=f"seeds (default {exp.seeds}; --quick 1)")
     p.add_argument("--quick", action="store_true", help=exp.quick_help)
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="what samples in the PPO runs (generator.engine)")
 
 
 def seeded_parser(exp: Seeded, prog: str | None = None) -> argparse.ArgumentParser:
@@ -168,7 +180,7 @@ def seeded_main(exp: Seeded, argv: Sequence[str] | None = None, prog: str | None
     """The command line of an experiment over seeds: run it, print the findings, write findings.json; 0
     when it showed what it is for (`findings_exit_code`)."""
     args = seeded_parser(exp, prog).parse_args(argv)
-    result = run_seeded(exp, args.out, seed=args.seed, quick=args.quick, seeds=args.seeds)
+    result = run_seeded(exp, args.out, seed=args.seed, quick=args.quick, seeds=args.seeds, engine=args.engine)
     lines = [format_finding(f, result[f.key]) for f in exp.findings] + [exp.summary_line(result)]
     write_findings(result, lines, os.fspath(args.out))
     return findings_exit_code(result, exp.findings)
@@ -198,7 +210,7 @@ def train_ppo(out_dir: str, overrides: Sequence[str]) -> dict:
     from orchestrator.registry import load_config, run
 
     cfg = load_config("ppo", None, [f"run.output_dir={out_dir}", "run.mode=local", "run.resume=never", "run.save_every=0",
-                                    *overrides])
+                                    *ENGINE, *overrides])
     done, written = os.path.join(out_dir, "summary.json"), os.path.join(out_dir, "config.yaml")
     if os.path.exists(done) and os.path.exists(written):
         with open(written) as fh:

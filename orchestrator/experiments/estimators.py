@@ -167,6 +167,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help=f"seeds per variant (default {FULL['seeds']}; --quick {QUICK['seeds']})")
     p.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps of 16 responses per variant, one seed")
     p.add_argument("--variants", help="comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="what samples the rollouts (generator.engine)")
     return p
 
 
@@ -185,7 +186,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     print(f"rlhf experiment estimators: {len(variants)} estimator(s) x {len(seeds)} seed(s), {mode['steps']} steps each, "
           f"into {out}", flush=True)
     t0 = time.perf_counter()
-    rows = run(out, mode["steps"], seeds, mode.get("fixed", {}), variants)
+    fixed = {**mode.get("fixed", {}), **({"generator.engine": args.engine} if args.engine != "hf" else {})}
+    rows = run(out, mode["steps"], seeds, fixed, variants)
     summary = summarise(rows)
     table = format_table(summary)
     (out / "results.json").write_text(json.dumps({"steps": mode["steps"], "seeds": seeds, "variants": {v: VARIANTS[v] for v in variants},

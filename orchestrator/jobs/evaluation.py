@@ -13,7 +13,8 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from actors.policy import PolicyActor
+import torch
+
 from actors.reward import RewardActor
 from actors.trainer import NonFiniteError
 from cluster import LocalGroup, RoleGroup, get
@@ -57,10 +58,12 @@ class GenerationEval:
 def sample_and_score(policy: RoleGroup, reward: RoleGroup | None, rows: list[dict], pad_id: int, gold: bool,
                      on_nonfinite: str = "raise", reward_name: str = "the reward") -> GenerationEval:
     """One sampled answer per row of `rows` (held-out prompt rows, fixed seed `EVAL_SEED`) from the
-    `policy` role, scored by the `reward` role (if any) and, with `gold`, by the gold score. A non-finite
-    reward raises `NonFiniteError` naming the first such prompt (on_nonfinite="skip": it is left out of
+    `policy` role (a `PolicyActor`, or a `GeneratorActor`: a vLLM engine given the policy's weights), scored
+    by the `reward` role (if any) and, with `gold`, by the gold score. A non-finite reward raises `NonFiniteError` naming the first such prompt (on_nonfinite="skip": it is left out of
     the mean, with a warning)."""
-    rollout = get(policy.scatter_padded(PolicyActor.generate, to_prompt_batch(rows, pad_id), seed=EVAL_SEED))
+    batch = to_prompt_batch(rows, pad_id)
+    batch.seeds = EVAL_SEED * 65_537 + torch.arange(batch.num_rows)  # a vLLM engine's per-row seeds: the same on any replica
+    rollout = get(policy.scatter_padded(policy.role_cls.generate, batch, seed=EVAL_SEED))  # PolicyActor's or GeneratorActor's
     k = len(rows)
     rewards = get(reward.scatter_padded(RewardActor.score, rollout)).reward.tolist() if reward is not None else [None] * k
     responses = rollout.responses

@@ -34,6 +34,8 @@ def nonfinite_inputs(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, o
     views = [("the reference log-probs", ref_logprobs.logprobs), ("the policy's log-probs", old_logprobs.logprobs)]
     if values is not None:
         views.append(("the critic's values", values.values))
+    if rollout.logprobs is not None and rollout.logprobs is not old_logprobs.logprobs:
+        views.append(("the sampler's log-probs", rollout.logprobs))
     for name, view in views:
         checks.append((name, (~torch.isfinite(view) & mask).any(-1)))
     for name, bad in checks:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.modeling import load_tokenizer
-from cluster import RoleSpec, create_groups
+from actors.policy import GeneratorActor, PolicyActor
+from cluster import RoleSpec, create_groups, get
+from orchestrator.config.jobs import generator_slice
 from orchestrator.core import preflight
 from orchestrator.core.job import Evaluation, Job, Trained
 from orchestrator.jobs.evaluation import annotator_reward_group, gold_prompt_rows, sample_and_score
@@ -18,7 +20,8 @@ class PolicyJob(Job):
     `role_cls` (a `PolicyActor` subclass), its tokenizer, the checks before any role starts (model path,
     LoRA targets, lengths against the position limit), and held-out samples at the start and end: on the
     built-in world's data its held-out prompts, scored by the gold score and the annotator reward; on
-    other data the first `SAMPLE_PROMPTS` distinct prompts of the held-out set, unscored. Subclasses set
+    other data the first `SAMPLE_PROMPTS` distinct prompts of the held-out set, unscored. They are sampled
+    by the policy itself, or with generator.engine=vllm by a generator role given the policy's weights first. Subclasses set
     `role_cls`, load their data, call `prepare(train_rows, eval_set, answers)`, and give the role's extra
     constructor arguments."""
 
@@ -28,12 +31,13 @@ class PolicyJob(Job):
     def __init__(self, cfg):
         self.cfg = cfg
         self.policy_info = preflight.check_model("policy", cfg.policy)
+        preflight.check_engine(cfg.policy, cfg.generator)
         self.tokenizer = load_tokenizer(cfg.policy.path, trust_remote_code=cfg.policy.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
         self.gold_rows = gold_prompt_rows(cfg.data.path, self.tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat_template)
         self.sample_rows = self.gold_rows
         self.n_train = 0
-        self.policy = self.reward = None
+        self.policy = self.reward = self.generator = None
 
     def prepare(self, train_rows: list[dict], eval_set, answers: tuple[str, ...]) -> None:
         """Checks of the loaded data before any role starts: the longest prompt + answer of `train_rows`
@@ -67,10 +71,15 @@ class PolicyJob(Job):
 
     def start(self) -> None:
         cfg = self.cfg
-        spec = RoleSpec(self.role_cls, cfg.policy, kwargs=dict(model_path=cfg.policy.path, seed=cfg.run.seed,
-                                                               total_steps=cfg.run.steps, **self.role_kwargs()))
-        self.policy = create_groups(cfg.run.hosting(), {"policy": spec})["policy"]
-        self.groups = [self.policy]
+        specs = {"policy": RoleSpec(self.role_cls, cfg.policy, kwargs=dict(model_path=cfg.policy.path, seed=cfg.run.seed,
+                                                                           total_steps=cfg.run.steps, **self.role_kwargs()))}
+        if cfg.generator.engine == "vllm" and self.sample_rows:
+            longest = preflight.longest_row(self.sample_rows) + cfg.policy.max_new_tokens
+            specs["generator"] = RoleSpec(GeneratorActor, generator_slice(cfg.policy, cfg.generator), kwargs=dict(
+                model_path=cfg.policy.path, seed=cfg.run.seed, engine=cfg.generator, max_model_len=longest))
+        groups = create_groups(cfg.run.hosting(), specs)
+        self.policy, self.generator = groups["policy"], groups.get("generator")
+        self.groups = list(groups.values())
         if self.gold_rows:
             self.reward = annotator_reward_group()
             self.groups.append(self.reward)
@@ -83,7 +92,11 @@ class PolicyJob(Job):
         sampled prompts: its metrics, its record (under "generation") and its samples."""
         record["generation"], samples = None, []
         if self.sample_rows:
-            gen = sample_and_score(self.policy, self.reward, self.sample_rows, self.pad_id, gold=bool(self.gold_rows))
+            sampler = self.policy
+            if self.generator is not None:  # the engine gets the weights trained so far (LoRA merged)
+                get(self.generator.broadcast(GeneratorActor.load_weights, self.policy.broadcast(PolicyActor.weights, full=True)))
+                sampler = self.generator
+            gen = sample_and_score(sampler, self.reward, self.sample_rows, self.pad_id, gold=bool(self.gold_rows))
             metrics.update(gen.metrics())
             record["generation"], samples = gen.record(), gen.samples
         return Evaluation(metrics, record, samples)

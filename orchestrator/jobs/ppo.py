@@ -35,7 +35,7 @@ from actors.types import LogProbs, PromptBatch, Rollout
 from cluster import RoleSpec, create_groups
 from losses.common import RunningMoments
 from losses.kl import KLController
-from losses.mismatch import logprob_mismatch
+from losses.mismatch import logprob_mismatch, truncated_is_weights
 from orchestrator.builtin.datasets import GOLD_DATA
 from orchestrator.config import ConfigError, PPOConfig
 from orchestrator.core import preflight
@@ -64,7 +64,7 @@ class Roles:
     critic: object | None  # None with a critic-free estimator (ppo.advantage_estimator != gae)
     reward: object
     reference: object | None  # None with a LoRA policy: reference = policy with adapters disabled
-    generator: object | None = None  # ppo.rollout_ahead=1 or generator.engine=vllm only: samples the rollouts
+    generator: object | None = None  # ppo.max_staleness=1 or generator.engine=vllm only: samples the rollouts
 
     def all(self) -> list:
         return [g for g in (self.policy, self.reference, self.critic, self.reward, self.generator) if g is not None]
@@ -103,6 +103,7 @@ class PPOJob(Job):
         self.kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
         self.moments = RunningMoments()
         self.rollouts = rollout_source(cfg, self.next_prompts)
+        self.updates = 0  # the policy's updates so far: the weight version of its current weights
         self.roles: Roles | None = None
 
     def check_models(self) -> dict:
@@ -115,13 +116,7 @@ class PPOJob(Job):
             infos["reference"] = preflight.model_info("reference.path", cfg.reference.path, cfg.reference.trust_remote_code)
         if cfg.reward.kind == "model":
             infos["reward"] = preflight.model_info("reward.path", cfg.reward.path, cfg.reward.trust_remote_code)
-        if cfg.generator.engine == "vllm":
-            from actors.vllm_engine import check_loadable
-
-            try:
-                check_loadable(cfg.policy.path, "policy.path", cfg.policy.trust_remote_code)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        preflight.check_engine(cfg.policy, cfg.generator)
         if "critic" in cfg.hosted_roles():
             critic = infos.get(cfg.critic.init_from)  # the backbone critic.init_from names: the policy's, or the reward model's
             if critic is not None:
@@ -205,6 +200,7 @@ class PPOJob(Job):
             plans = self.minibatches(exp, step)
         updates = phases.run("update", **self.update_calls(plans))           # critic and policy PPO epochs
         self.rollouts.updated()
+        self.updates = step + 1
         for stats in updates.values():
             experience_metrics.update(merge_stats(stats))
         out = {**experience_metrics, **metrics, **phases.metrics()}
@@ -246,6 +242,9 @@ class PPOJob(Job):
                                        self.moments, std_threshold=cfg.reward.std_threshold, length_penalty=cfg.reward.length_penalty)
         if rollout.logprobs is not None and "old_logprobs" in views:  # the sampler's log-probs against the trainer's
             metrics.update(logprob_mismatch(rollout.logprobs, views["old_logprobs"].logprobs, rollout.action_mask))
+            if cfg.ppo.tis_cap > 0:  # correct the policy gradient towards pi_old (`losses.mismatch`)
+                exp.is_weights, tis = truncated_is_weights(old.logprobs, rollout.logprobs, rollout.action_mask, cfg.ppo.tis_cap)
+                metrics.update(tis)
         return exp, metrics
 
     def minibatches(self, exp, step: int) -> dict:
@@ -271,13 +270,18 @@ class PPOJob(Job):
         return calls
 
     def evaluate(self, stage: str) -> Evaluation:
-        ev = sample_and_score(self.roles.policy, self.roles.reward, self.eval_rows, self.pad_id, self.gold,
+        """Held-out answers sampled from the policy's current weights, by the rollout engine: the policy's own
+        `generate` (generator.engine=hf), or the generator's vLLM engine after a weight sync."""
+        sampler = self.roles.policy
+        if self.cfg.generator.engine == "vllm":
+            sampler = self.rollouts.synced_generator(self.updates)
+        ev = sample_and_score(sampler, self.roles.reward, self.eval_rows, self.pad_id, self.gold,
                               on_nonfinite=self.cfg.run.on_nonfinite, reward_name=f"the reward ({describe(self.cfg.reward)})")
         return Evaluation(ev.metrics(), ev.record(), ev.samples)
 
     def state_dict(self) -> dict:
         return {"kl": self.kl_ctl.state_dict(), "moments": self.moments.state_dict(), "data": self.prompts.state_dict(),
-                "skipped": dict(self.skipped), "ahead": self.rollouts.state_dict()}
+                "skipped": dict(self.skipped), "ahead": self.rollouts.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl"])
@@ -285,6 +289,7 @@ class PPOJob(Job):
         self.prompts.load_state_dict(state["data"])
         self.skipped = dict(state.get("skipped", self.skipped))
         self.rollouts.load_state_dict(state.get("ahead"))
+        self.updates = int(state.get("updates", 0))
 
     def finish(self, out: Path) -> dict:
         return {"policy": self.export("policy", out / "policy")}

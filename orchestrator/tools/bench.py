@@ -1,5 +1,6 @@
 """`rlhf bench ppo|dpo|rm|sft`: time per step and per phase, tokens/s, samples/s, peak memory per role and
-MFU, on any model, on data synthesised at the lengths asked.
+MFU, on any model, on data synthesised at the lengths asked. `rlhf bench generate --engine hf|vllm`: the
+rollout engine alone (`bench_generate`).
 
 The model (`--model`) is a built-in one (`builtin:tiny-base`, the default), a Hugging Face folder or hub
 name, or a size spec such as `llama:vocab=8192,hidden=256,intermediate=704,layers=4,heads=4` built with
@@ -48,7 +49,7 @@ TRAINING = [name for name, e in JOBS.items() if e.job is not None]
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job", choices=TRAINING, help="what to benchmark")
+    p.add_argument("job", choices=[*TRAINING, "generate"], help="what to benchmark (generate: the rollout engine alone)")
     p.add_argument("--model", default="builtin:tiny-base",
                    help="builtin:<size>[-base], a model folder or hub name, or a size spec family:key=value,... "
                         "(e.g. llama:vocab=8192,hidden=256,intermediate=704,layers=4,heads=4)")
@@ -61,6 +62,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1, help="steps run before the measured ones")
     p.add_argument("--out", default="runs/bench", help="folder for bench_<job>_<mode>.json and the synthesised data")
     p.add_argument("--config", help="YAML file with config values")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generate: the engine (generator.engine)")
+    p.add_argument("--lengths", choices=["fixed", "spread"], default="fixed",
+                   help="generate: fixed (EOS held back, every answer --response-len tokens) or spread (answers end at EOS)")
+    p.add_argument("--threads", type=int, default=0, help="generate: torch threads (0: torch's default)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. run.mode=local policy.dtype=bf16")
 
 
@@ -178,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.registry import run as run_job
     from orchestrator.tools.costmodel import measure_peak
 
+    if args.job == "generate":
+        return bench_generate(args)
     if args.steps < 1 or args.warmup < 0 or args.rows < 1:
         raise ConfigError("rlhf bench: --steps and --rows must be >= 1 and --warmup >= 0")
     if args.job == "ppo" and not isinstance(args.response_len, int):
@@ -234,7 +241,7 @@ def _threads(cfg, job: Job) -> dict:
     roles = job.role_configs()
     out = {name: replica_threads(cfg.run.mode, rc.num_cpus, rc.threads, alone=len(roles) == 1, replicas=rc.replicas)
            for name, rc in roles.items()}
-    if isinstance(cfg, PPOConfig) and not cfg.ppo.rollout_ahead:  # on-policy generation runs alone (`cluster.group.alone_threads`)
+    if isinstance(cfg, PPOConfig) and not cfg.ppo.max_staleness:  # on-policy generation runs alone (`cluster.group.alone_threads`)
         p = cfg.policy
         out["policy while generating"] = replica_threads(cfg.run.mode, p.num_cpus, p.threads, alone=True, replicas=p.replicas)
     return out
@@ -367,3 +374,73 @@ def print_result(r: dict) -> None:
     shared = " (local mode: one process hosts every role, so these are the same number)" if r["mode"] == "local" and len(r["peak_memory_mb"]) > 1 else ""
     print("peak memory per role (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_memory_mb"].items()) + shared
           + f"; role start-up {r['startup_s']:.1f} s")
+
+
+def bench_generate(args: argparse.Namespace) -> int:
+    """`rlhf bench generate`: the generator role's engine alone (`GeneratorActor`, as PPO samples with it, in this
+    process, as a local role group), `--rows` prompts of `--prompt-len` synthesised tokens per call, answered with up to
+    `--response-len` new tokens (policy.max_new_tokens): with `--lengths fixed` EOS is held back so every
+    answer is that long (the same work for every engine), with `spread` answers end at EOS (a trained policy's
+    answers end at different lengths: HF `generate` computes every row to the longest, vLLM's continuous
+    batching frees a finished row's slot). Tokens/s counts the response tokens sampled; each of the `--steps`
+    calls after `--warmup` is timed, and the mean, min and max are printed and written to
+    bench_generate_<engine>.json. Config overrides reach the policy (sampling) and generator.* (the engine)."""
+    import torch
+
+    from actors.modeling import load_tokenizer
+    from actors.policy import GeneratorActor
+    from cluster import LocalGroup, get
+    from orchestrator.config import ConfigError
+    from orchestrator.data import to_prompt_batch
+    from orchestrator.registry import load_config
+    from orchestrator.tools.synth import synth_rows
+
+    if args.steps < 1 or args.warmup < 0 or args.rows < 1 or args.threads < 0:
+        raise ConfigError("rlhf bench generate: --steps and --rows must be >= 1, --warmup and --threads >= 0")
+    if not isinstance(args.response_len, int):
+        raise ConfigError("rlhf bench generate: --response-len is policy.max_new_tokens: give one number "
+                          "(--lengths spread lets answers end at EOS)")
+    model_dir = resolve_model(args.model)
+    cfg = load_config("ppo", args.config, [f"policy.path={model_dir}", f"policy.max_new_tokens={args.response_len}",
+                                           f"generator.engine={args.engine}", *args.overrides])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(model_dir)
+    texts = synth_rows("prompt", tokenizer, args.rows, args.prompt_len, 0, seed=0)
+    rows = [{"prompt": r["prompt"], "prompt_ids": tokenizer(r["prompt"])["input_ids"], "reference": None, "query_type": None}
+            for r in texts]
+    batch = to_prompt_batch(rows, tokenizer.pad_token_id)
+    longest = batch.input_ids.shape[1] + args.response_len
+    floor = args.response_len if args.lengths == "fixed" else 0
+    t0 = time.perf_counter()
+    gen = LocalGroup(GeneratorActor, cfg.generator_slice(), name="generator",
+                     kwargs=dict(model_path=model_dir, seed=cfg.run.seed, engine=cfg.generator, max_model_len=longest))
+    startup_s = time.perf_counter() - t0
+    seconds, tokens = [], []
+    try:
+        for i in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            rollout = get(gen.scatter(GeneratorActor.generate, batch, seed=i, min_new_tokens=floor))
+            if i >= args.warmup:
+                seconds.append(time.perf_counter() - t0)
+                tokens.append(int(rollout.action_mask.sum()))
+    finally:
+        gen.shutdown()
+    rates = [n / s for n, s in zip(tokens, seconds)]
+    lengths = [n / args.rows for n in tokens]
+    result = {"job": "generate", "engine": args.engine, "model": args.model, "lengths": args.lengths, "rows": args.rows,
+              "prompt_len": args.prompt_len, "response_len": args.response_len, "threads": torch.get_num_threads(),
+              "dtype": cfg.policy.dtype, "steps_measured": args.steps, "warmup_steps": args.warmup,
+              "tokens_per_s": round(statistics.mean(rates), 1), "tokens_per_s_spread": [round(min(rates), 1), round(max(rates), 1)],
+              "call_s": [round(s, 4) for s in seconds], "mean_response_tokens": round(statistics.mean(lengths), 1),
+              "startup_s": round(startup_s, 2)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench_generate_{args.engine}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"rlhf bench generate: {args.engine} on {args.model}, {args.rows} prompts of {_shown(args.prompt_len, '..')} tokens, "
+          f"{args.lengths} answers (mean {result['mean_response_tokens']} of up to {args.response_len} tokens), "
+          f"{result['threads']} thread(s): {result['tokens_per_s']:.0f} tokens/s (min {min(rates):.0f}, max {max(rates):.0f}; "
+          f"{args.steps} calls after {args.warmup} warm-up; engine start {startup_s:.1f} s)")
+    print(f"written {path}")
+    return 0

@@ -157,7 +157,7 @@ class Workload:
     generator_devices: int = 0
     generator_tp: int = 1
     overlap: bool = False
-    """One step off-policy (ppo.rollout_ahead=1): the separate generator samples the next rollout while this
+    """One step off-policy (ppo.max_staleness=1): the separate generator samples the next rollout while this
     step scores and trains, so a step takes weight_sync + driver + max(generate, the rest)."""
 
 
@@ -406,7 +406,7 @@ def workload_of_config(cfg, prompt_len: float, response_len: float) -> Workload:
              "critic": cfg.critic_path}
     shapes: dict[str, ModelShape] = {}
     roles = {}
-    gen = hosted.pop("generator", None)  # ppo.rollout_ahead=1: engines of their own, one step ahead
+    gen = hosted.pop("generator", None)  # ppo.max_staleness=1: engines of their own, one step ahead
     for name, rc in hosted.items():
         if name == "reward" and cfg.reward.kind != "model":
             continue  # no model to run
