@@ -9,17 +9,17 @@ import csv
 import pytest
 
 
-@pytest.mark.slow  # four ray-mode PPO runs (~3 min on 2 cores)
+@pytest.mark.slow  # two ray-mode PPO runs (~2 min on 2 cores)
 def test_quick_sweep_writes_the_table_the_csv_and_the_plots(tmp_path, capsys):
     from orchestrator.cli import main
 
     out = tmp_path / "quick"
-    # the --quick preset with its ZeRO axis narrowed by an argument (the preset's 6 points cost 4.5 min)
-    assert main(["experiment", "scaling", "--quick", "--out", str(out), "policy.zero_stage=0,3"]) == 0
+    # the --quick preset with its ZeRO axis narrowed by an argument to ZeRO-3 (the preset's 6 points cost 4.5 min;
+    # every stage's equality is tested in test_cluster_ray.py and test_ppo_ray.py)
+    assert main(["experiment", "scaling", "--quick", "--out", str(out), "policy.zero_stage=3"]) == 0
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["policy.replicas"], r["policy.zero_stage"]) for r in rows] == [
-        ("1", "0"), ("1", "3"), ("2", "0"), ("2", "3")]
+    assert [r["policy.replicas"] for r in rows] == ["1", "2"]  # one value is a fixed key, not an axis
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     for r in rows:
         assert int(r["replicas/policy"]) == int(r["policy.replicas"])  # the point's layout was the run's
@@ -30,4 +30,4 @@ def test_quick_sweep_writes_the_table_the_csv_and_the_plots(tmp_path, capsys):
     assert all(float(r["comm_mb/policy"]) > 0 for r in two)
     for name in ("results.md", "results.parquet", "throughput.png", "efficiency.png", "memory.png", "phases.png"):
         assert (out / name).stat().st_size > 0, name
-    assert "| policy.replicas | policy.zero_stage | status |" in (out / "results.md").read_text()
+    assert "| policy.replicas | status |" in (out / "results.md").read_text()
