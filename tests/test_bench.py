@@ -183,3 +183,23 @@ def test_bench_takes_length_ranges_and_a_token_budget(tmp_path, capsys):
     assert "micro-batches of up to 40 tokens, prompts 2..6 + responses 1..9 tokens" in capsys.readouterr().out
     assert main(["bench", "ppo", "--model", SPEC, "--response-len", "4:8", "--out", str(tmp_path)]) == 2
     assert "rlhf: error: rlhf bench ppo: --response-len is policy.max_new_tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_bench_generate_counts_the_tokens_each_engine_samples(engine, tmp_path, capsys):
+    """`rlhf bench generate`: at fixed lengths every answer has --response-len tokens in either engine (EOS held
+    back), and the one printed line and the JSON give tokens/s over the timed calls; at spread lengths answers
+    end at EOS (the built-in SFT policy's, well before the cap)."""
+    from orchestrator.cli import main
+
+    common = ["bench", "generate", "--engine", engine, "--model", "builtin:tiny", "--rows", "4", "--prompt-len", "8",
+              "--steps", "2", "--warmup", "0", "--threads", "1", "--out", str(tmp_path), "generator.kv_cache_gb=0.05"]
+    assert main([*common, "--response-len", "12"]) == 0
+    result = json.loads((tmp_path / f"bench_generate_{engine}.json").read_text())
+    assert result["mean_response_tokens"] == 12.0 and len(result["call_s"]) == 2 and result["threads"] == 1
+    lo, hi = result["tokens_per_s_spread"]
+    assert 0 < lo <= result["tokens_per_s"] <= hi
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("rlhf bench generate:")]
+    assert len(line) == 1 and f": {result['tokens_per_s']:.0f} tokens/s (min" in line[0], line
+    assert main([*common, "--response-len", "120", "--lengths", "spread"]) == 0
+    assert json.loads((tmp_path / f"bench_generate_{engine}.json").read_text())["mean_response_tokens"] < 120

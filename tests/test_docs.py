@@ -93,7 +93,9 @@ def _check(argv: list[str]) -> None:
     elif args.command in JOBS or args.command == "config":
         load_config(args.job if args.command == "config" else args.command, None, overrides)
     elif args.command == "bench":
-        load_config(args.job, None, overrides)
+        from orchestrator.tools.bench import config_job
+
+        load_config(config_job(args.job), None, overrides)
     elif args.command == "serve":
         from orchestrator.tools.serve import _Served
 

@@ -69,6 +69,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. run.mode=local policy.dtype=bf16")
 
 
+def config_job(job: str) -> str:
+    """The job whose config a bench's overrides are keys of (`generate`: PPO's policy.* and generator.*)."""
+    return "ppo" if job == "generate" else job
+
+
 def _longest(length: int | tuple[int, int]) -> int:
     return length if isinstance(length, int) else length[1]
 
@@ -401,7 +406,7 @@ def bench_generate(args: argparse.Namespace) -> int:
         raise ConfigError("rlhf bench generate: --response-len is policy.max_new_tokens: give one number "
                           "(--lengths spread lets answers end at EOS)")
     model_dir = resolve_model(args.model)
-    cfg = load_config("ppo", args.config, [f"policy.path={model_dir}", f"policy.max_new_tokens={args.response_len}",
+    cfg = load_config(config_job("generate"), args.config, [f"policy.path={model_dir}", f"policy.max_new_tokens={args.response_len}",
                                            f"generator.engine={args.engine}", *args.overrides])
     if args.threads:
         torch.set_num_threads(args.threads)
