@@ -128,10 +128,3 @@ class TransferGroup:
             for alias, name in layout.aliases.items():
                 if name in here:
                     yield alias, here[name]
-
-    def close(self) -> None:
-        import contextlib
-
-        with contextlib.suppress(Exception):
-            self.group.abort() if hasattr(self.group, "abort") else None
-        self.group = self.store = None
