@@ -38,3 +38,20 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
+
+@pytest.fixture(autouse=True)
+def _no_closed_log_streams():
+    """A library that configures logging once per process (vLLM's handler on sys.stdout, set at its first
+    import) keeps the stream of the test that imported it: pytest closes that test's capture, and every later
+    log line would print a "--- Logging error ---" traceback into the current test's stderr. Such handlers are
+    pointed at the process's real stderr (pytest's fd capture still holds it)."""
+    import logging
+    import sys
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for handler in lg.handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = sys.__stderr__
+    yield
