@@ -253,8 +253,8 @@ class CriticConfig(TrainableConfig):
 class RewardConfig(ModelConfig):
     """The PPO reward (actors/reward.py builds one scorer per kind)."""
 
-    kind: Literal["model", "function", "relevance", "remote", "weighted"] = "function"
-    """Reward source: model (a saved reward model), function ('module:function'), relevance (R^3: embedding relevance x length incentive x repetition penalty), remote (an HTTP endpoint of `rlhf serve reward`), weighted (a weighted sum of `components`)."""
+    kind: Literal["model", "function", "relevance", "remote", "weighted", "none"] = "function"
+    """Reward source: model (a saved reward model), function ('module:function'), relevance (R^3: embedding relevance x length incentive x repetition penalty), remote (an HTTP endpoint of `rlhf serve reward`), weighted (a weighted sum of `components`), none (0: an environment's turn rewards alone, env.path). With env.path set, any kind scores the whole conversation and adds to the environment's rewards."""
     path: str = ""
     """kind=model: folder or hub name of a saved reward model (a sequence classifier; its config's rlhf_reward describes the head, none means Bradley-Terry)."""
     function: str = ""

@@ -33,15 +33,16 @@ SPECIAL_TOKENS = (PAD, EOS, BOS, UNK) + ROLE_TOKENS
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('role must be system, user or assistant, got ' + message['role']) }}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
+    "{{ raise_exception('role must be system, user, assistant or tool, got ' + message['role']) }}"
     "{% endif %}"
     "{{ '<|' + message['role'] + '|>' + message['content'] }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
-"""`<|bos|><|system|>S<|user|>U<|assistant|>A<|eos|>...`, then `<|assistant|>` with add_generation_prompt."""
+"""`<|bos|><|system|>S<|user|>U<|assistant|>A<|eos|>...`, then `<|assistant|>` with add_generation_prompt; a tool
+result is `<|tool|>T` (not a special token: the tool role came after the vocabulary, which it would change)."""
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -18,6 +18,16 @@ Prompt: a string (one user turn) or a chat list ``[{"role", "content"}, ...]`` e
   (its `chat` column is null for a string prompt) and PPO scoring passes it on, so a reward model
   sees the layout it was trained on.
 
+Conversations with model turns (multi-turn episodes, `orchestrator.jobs.episodes`; SFT and prompt rows whose chat
+has assistant turns before its end): token in, token out. The leading messages are a prompt as above; each
+assistant turn is its response ids (below: content, then EOS), as the policy samples it; each run of other
+messages after it (user or tool turns) is `turn_ids`: the tokens the rendering adds for them, ending with the
+cue for the next model turn. With a chat template that is the template's text after an assistant turn's
+content (its end-of-turn token left out where the model's EOS already is it), for these messages, with the
+generation prompt; plain, the HH layout ``"\n\nHuman: ...\n\nAssistant:"`` (tool turns as
+``"\n\nTool: ..."``). A conversation is never decoded and re-tokenised as a whole: the ids a policy sampled
+are the ids it is trained on, and SFT data with earlier turns is assembled the same way (`episode_ids`).
+
 Response: the tokenizer's ids of the response text alone (no special tokens) followed by the EOS id:
 the tokens a policy generates before it stops. A conversation is prompt ids + response ids, nothing in
 between and nothing after the EOS (a chat template's trailing newline after its end-of-turn token is
@@ -34,9 +44,10 @@ __all__ = ["Prompt", "ROLES", "HH_ASSISTANT", "as_messages", "plain_prompt", "Re
 Prompt = Union[str, list]
 """A prompt: a string (one user turn) or a chat list of {"role", "content"} messages ending with a user turn."""
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 HH_ASSISTANT = "\n\nAssistant:"
-_HH_LABEL = {"system": "System", "user": "Human", "assistant": "Assistant"}
+_HH_LABEL = {"system": "System", "user": "Human", "assistant": "Assistant", "tool": "Tool"}
+_SENTINEL = "RLHF-TURN-SENTINEL"  # stands for a model turn's content when the template's text around one is read
 _ENCODE_CHUNK = 1024
 
 
@@ -117,6 +128,54 @@ class Rendering:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         prompt_ids = self.prompt_ids([self.prompt_text(p) for p in prompts])
         return [p + r for p, r in zip(prompt_ids, self.response_ids(responses))]
+
+    # ------------------------------------------------------------------ episodes
+
+    def turn_ids(self, messages: Sequence[dict], after_eos: bool = True) -> list[int]:
+        """The tokens that follow a model turn for the environment's `messages` (user, tool or system turns),
+        ending with the cue for the next model turn (module docstring). `after_eos`: the model's turn ended with
+        its EOS token (else it was cut: a template's end-of-turn text is then written in full).
+        `RenderError` if the template fails or is not append-only (it rewrites earlier turns)."""
+        if not messages:
+            raise RenderError("an environment turn needs at least one message")
+        if not self.templated:
+            return self._encode([_hh_text(messages)], add_special_tokens=False)[0]
+        base = [{"role": "user", "content": "RLHF-USER"}, {"role": "assistant", "content": _SENTINEL}]
+        try:
+            before = self.tokenizer.apply_chat_template(base, tokenize=False)
+            after = self.tokenizer.apply_chat_template(base + [{"role": m["role"], "content": m["content"]} for m in messages],
+                                                       tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001  (Jinja raises whatever the template author chose)
+            raise RenderError(str(e)) from None
+        if not after.startswith(before) or _SENTINEL not in before:
+            raise RenderError("the chat template is not append-only: it rewrites earlier turns when a "
+                              f"{messages[0]['role']} message follows an assistant turn")
+        close = before[before.rindex(_SENTINEL) + len(_SENTINEL):]  # what the template writes after a turn's content
+        eos = self.tokenizer.eos_token or ""
+        if after_eos and eos and close.startswith(eos):  # the model sampled that token itself
+            close = close[len(eos):]
+        return self._encode([close + after[len(before):]], add_special_tokens=False)[0]
+
+    def episode_ids(self, messages: Sequence[dict]) -> list[int]:
+        """A conversation with assistant turns before its end (it ends with another role's message) as an
+        episode's context holds it: the messages before the first assistant turn as a prompt, each assistant
+        turn as its response ids (content, then EOS), each run of other messages as `turn_ids`."""
+        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        if first == 0:
+            raise RenderError("a conversation must start with a message before the first assistant turn")
+        ids = self.prompt_ids([self.prompt_text(list(messages[:first]))])[0]
+        i = first
+        while i < len(messages):
+            if messages[i]["role"] == "assistant":
+                ids += self.response_ids([messages[i]["content"]])[0]
+                i += 1
+                continue
+            j = i
+            while j < len(messages) and messages[j]["role"] != "assistant":
+                j += 1
+            ids += self.turn_ids(messages[i:j])
+            i = j
+        return ids
 
     def _encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         out: list[list[int]] = []

@@ -16,7 +16,7 @@ import torch
 
 from actors.types import PromptBatch, Rollout
 
-__all__ = ["pad_responses", "to_rollout", "stop_length"]
+__all__ = ["pad_responses", "to_rollout", "stop_length", "episode_rollout"]
 
 
 def pad_responses(tokens: list[list[int]], logprobs: list[list[float]] | None, width: int, pad_id: int
@@ -92,3 +92,38 @@ def to_rollout(prompts: PromptBatch, response: torch.Tensor, logprobs: torch.Ten
         query_types=list(prompts.query_types),
         logprobs=recorded,
     )
+
+
+def episode_rollout(prompt_ids: list[list[int]], tokens: list[list[int]], actions: list[list[int]],
+                    logprobs: list[list[float]] | None, rewards: list[list[float]], ended: list[bool], *, width: int, pad_id: int,
+                    prompts: list, messages: list, responses: list, references: list, query_types: list, episodes: list) -> Rollout:
+    """The Rollout of multi-turn episodes (`orchestrator.jobs.episodes`): row i is its first prompt `prompt_ids[i]`
+    (left-padded to the longest) then `tokens[i]`, the model's turns and the environment's between them
+    (right-padded to `width`, the longest episode's), with `actions[i]` 1 on the model's tokens, `logprobs[i]` the
+    sampler's log-probs of them (0 on the environment's) and `rewards[i]` each turn's reward on its last token."""
+    B = len(tokens)
+    P = max(len(p) for p in prompt_ids)
+    sequences = torch.full((B, P + width), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, P + width), dtype=torch.long)
+    action_mask = torch.zeros((B, width), dtype=torch.long)
+    recorded = None if logprobs is None else torch.zeros(B, width)
+    turn_rewards = torch.zeros(B, width)
+    for i in range(B):
+        p, n = len(prompt_ids[i]), len(tokens[i])
+        if n > width:
+            raise ValueError(f"episode {i}: {n} tokens after its prompt, wider than the rollout's {width}")
+        if len(actions[i]) != n or len(rewards[i]) != n or (logprobs is not None and len(logprobs[i]) != n):
+            raise ValueError(f"episode {i}: {n} tokens but {len(actions[i])} action flags, {len(rewards[i])} rewards")
+        sequences[i, P - p:P] = torch.as_tensor(prompt_ids[i], dtype=torch.long)
+        sequences[i, P:P + n] = torch.as_tensor(tokens[i], dtype=torch.long)
+        attention[i, P - p:P + n] = 1
+        action_mask[i, :n] = torch.as_tensor(actions[i], dtype=torch.long)
+        turn_rewards[i, :n] = torch.as_tensor(rewards[i], dtype=torch.float32)
+        if recorded is not None:
+            recorded[i, :n] = torch.as_tensor(logprobs[i], dtype=torch.float32)
+    if recorded is not None:
+        recorded = recorded * action_mask
+    return Rollout(sequences=sequences, attention_mask=attention, action_mask=action_mask,
+                   ended_with_eos=torch.as_tensor(ended, dtype=torch.bool), prompts=list(prompts), messages=list(messages),
+                   responses=list(responses), references=list(references), query_types=list(query_types),
+                   logprobs=recorded, turn_rewards=turn_rewards * action_mask, episodes=list(episodes))

@@ -1,7 +1,8 @@
 """The batches that cross role boundaries, one class per stage, checked at every crossing.
 
 PPO: `PromptBatch` -> `Rollout` -> `Scores`, `LogProbs`, `Values` -> `Experience`. Rollout sequences
-are `prompt (left-padded to P) + response (right-padded to T = max_new_tokens)`: every shard of a
+are `prompt (left-padded to P) + response (right-padded to T = max_new_tokens; for multi-turn episodes, whose
+response holds the model's turns and the environment's between them, T = the batch's longest episode)`: every shard of a
 rollout has the same P and T, so shards concatenate without re-padding. SFT and preference pairs:
 `Sequences` (right-padded prompt + response; `actors.pairs` for pairs).
 """
@@ -16,9 +17,10 @@ from cluster.batch import Batch, spec
 
 
 def _prompt_response_extents(batch) -> torch.Tensor:
-    """(B, 2): real prompt tokens (the prompt is left-padded to P) and response tokens (right-padded to T) per row."""
+    """(B, 2): real prompt tokens (the prompt is left-padded to P) and response tokens (right-padded to T; in a
+    multi-turn episode the model's and the environment's) per row."""
     P = batch.prompt_len
-    return torch.stack([batch.attention_mask[:, :P].sum(-1), batch.action_mask.sum(-1)], dim=1)
+    return torch.stack([batch.attention_mask[:, :P].sum(-1), batch.attention_mask[:, P:].sum(-1)], dim=1)
 
 
 def _prompt_response_trimmed(batch):
@@ -39,14 +41,15 @@ class PromptBatch(Batch):
     references: list = None  # (B,) reference answer or None
     query_types: list = None  # (B,) 'open' | 'closed' | None
     seeds: torch.Tensor = spec("B", torch.long, optional=True)  # (B,) a sampling seed per row (the vLLM engine's; HF seeds the call)
+    rows: list = None  # (B,) multi-turn (env.path): each prompt's data row, all of its columns, for the environment's reset
 
 
 @dataclass
 class Rollout(Batch):
     sequences: torch.Tensor = spec("B L", torch.long)  # (B, P+T) prompt + response tokens
     attention_mask: torch.Tensor = spec("B L", torch.long)  # (B, P+T) 1 on real tokens
-    action_mask: torch.Tensor = spec("B T", torch.long)  # (B, T) 1 on response tokens (EOS included)
-    ended_with_eos: torch.Tensor = spec("B", torch.bool)  # (B,) response stopped at EOS or a stop string (policy.stop), not at max_new_tokens
+    action_mask: torch.Tensor = spec("B T", torch.long)  # (B, T) 1 on the tokens the policy sampled (EOS included); 0 on an episode's environment tokens
+    ended_with_eos: torch.Tensor = spec("B", torch.bool)  # (B,) response stopped at EOS or a stop string (policy.stop), not at max_new_tokens; an episode: the environment said done
     prompts: list = None  # (B,) plain prompt text (as in PromptBatch)
     messages: list = None  # (B,) the whole prompt as a chat list
     responses: list = None  # (B,) decoded response text (without EOS)
@@ -54,6 +57,8 @@ class Rollout(Batch):
     query_types: list = None  # (B,) 'open' | 'closed' | None
     logprobs: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) behaviour log-probs recorded while sampling (0 after the end)
     weight_version: torch.Tensor = spec("B", torch.long, optional=True)  # (B,) the generator's weight version each row was sampled with
+    turn_rewards: torch.Tensor = spec("B T", torch.float32, optional=True)  # (B, T) an episode's per-turn rewards, each on the last token of its turn (0 elsewhere)
+    episodes: list = None  # (B,) multi-turn only: the episode turn by turn ([{role, content, reward?}]) and its counts (`orchestrator.jobs.episodes`)
 
     @property
     def prompt_len(self) -> int:

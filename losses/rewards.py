@@ -51,6 +51,7 @@ def shape_rewards(
     moments: RunningMoments | None = None,
     reward_clip: float = 0.0,
     length_penalty: float = 0.0,
+    turn_rewards: Tensor | None = None,
 ) -> ShapedRewards:
     """Per-token rewards of Stiennon et al. 2020 ("Learning to summarize from human feedback", eq. 1)
     and InstructGPT: ``r_t = -beta KL_t`` on every response token, plus the sequence score on the last one.
@@ -69,6 +70,10 @@ def shape_rewards(
         ended_with_eos: ``(B,)`` bool.
         kl_coef: beta.
         kl_estimator: "k1", "k2" or "k3" (`losses.kl.kl_penalty`).
+        turn_rewards: ``(B, T)`` or None: a multi-turn episode's per-turn rewards, each on the last token of its
+            turn, added to the token rewards as they are (no penalty, standardisation or clip: those shape the
+            sequence score); the returned ``scores`` (the sequence-level signal of the critic-free estimators)
+            then are the shaped score plus the episode's summed turn rewards (its return with gamma 1).
     """
     scores = scores.to(torch.float32).clone()
     if no_eos_penalty:
@@ -83,4 +88,8 @@ def shape_rewards(
     valid = mask.bool()
     kl = torch.where(valid, kl_penalty(logprobs, ref_logprobs, estimator=kl_estimator), 0.0)
     rewards = -kl_coef * kl + on_last_token(scores.to(kl.dtype), mask)
+    if turn_rewards is not None:
+        turn_rewards = torch.where(valid, turn_rewards.to(kl.dtype), 0.0)
+        rewards = rewards + turn_rewards
+        scores = scores + turn_rewards.sum(-1).to(scores.dtype)
     return ShapedRewards(rewards=torch.where(valid, rewards, 0.0), kl=kl, scores=scores)

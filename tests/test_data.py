@@ -236,7 +236,7 @@ PROMPT_ERRORS = [
     ({"prompt": "q", "query_type": "yes/no"}, "field 'query_type' must be 'open', 'closed' or null (got 'yes/no')"),
     (
         {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
-        "field 'messages[1].role' must be one of 'system', 'user', 'assistant' (got 'bot')",
+        "field 'messages[1].role' must be one of 'system', 'user', 'assistant', 'tool' (got 'bot')",
     ),
     ({"messages": [{"role": "user"}]}, "field 'messages[0].content' is missing"),
     ({"messages": [{"role": "user", "content": ["x"]}]}, "field 'messages[0].content' must be a string (got list)"),
@@ -347,7 +347,7 @@ def test_skip_mode_counts_each_reason(tmp_path, tok, caplog):
         "field 'rejected' is identical to 'chosen'": 1,
         "invalid JSON": 1,
         "field 'rejected' is empty": 1,
-        "field 'rejected[*].role' must be one of 'system', 'user', 'assistant'": 2,
+        "field 'rejected[*].role' must be one of 'system', 'user', 'assistant', 'tool'": 2,
     }
     assert stats.rows_read == 9 and stats.kept == 2 == len(ds) and stats.n_skipped == 7
     assert stats.rows_read == stats.kept + stats.dropped_long + stats.n_skipped

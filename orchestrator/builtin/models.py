@@ -26,9 +26,13 @@ BUILTIN_SIZES = ("tiny", "small", "50m")
 
 
 def _fingerprint(params: dict) -> str:
-    """The cache key of a built folder: `params`, the builder version and the world's corpus."""
+    """The cache key of a built folder: `params`, the builder version, the world's corpus and the chat template
+    the tokenizer is saved with."""
+    from actors.modeling import CHAT_TEMPLATE
+
     corpus = hashlib.sha256("\n".join(world.corpus_texts()).encode()).hexdigest()
-    return fingerprint({**params, "builder_version": BUILDER_VERSION, "corpus": corpus})
+    return fingerprint({**params, "builder_version": BUILDER_VERSION, "corpus": corpus,
+                        "chat_template": hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest()})
 
 
 def builtin_tokenizer_dir(cache_dir: Optional[str] = None, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> str:

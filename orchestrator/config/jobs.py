@@ -23,7 +23,7 @@ from actors.config import (  # noqa: F401  (the role sections, re-exported: one 
     RewardModelConfig,
     TrainableConfig,
 )
-from orchestrator.config.sections import DataConfig, RunConfig
+from orchestrator.config.sections import DataConfig, EnvConfig, RunConfig
 from orchestrator.config.tree import Check
 
 BUILTIN_REWARD = "builtin:annotator"
@@ -160,6 +160,8 @@ class PPOConfig:
     """Where the rollouts are sampled with ppo.max_staleness >= 1 or generator.engine=vllm (a copy of the policy's model and generation settings); unused otherwise."""
     ppo: PPOAlgoConfig = field(default_factory=PPOAlgoConfig)
     """PPO algorithm: batch sizes, GAE, KL penalty, reward shaping."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Multi-turn rollouts: the environment the policy talks to (unset: one prompt, one response)."""
 
     def validate(self, check: Check) -> None:
         builtin_reward = [part for part in ([self.reward] + list(self.reward.components))
@@ -175,6 +177,15 @@ class PPOConfig:
             check(not verifiable or path != "builtin:prompts", "reward.function",
                   f"is {VERIFIABLE_REWARD}, which scores closed questions only, but {key}=builtin:prompts has open ones "
                   "too; use data.path=builtin:closed-prompts")
+        env = self.env.path
+        check(not env or not builtin_reward, "reward.function",
+              f"is the built-in task's annotator reward ({BUILTIN_REWARD}), which scores single answers to the built-in "
+              f"prompts, but env.path={env!r} runs episodes: set reward.kind=none (the environment's rewards alone) or a "
+              "reward for the whole conversation")
+        check(env or self.reward.kind != "none", "reward.kind", "none needs env.path (an environment whose turn rewards are the reward)")
+        if env.startswith("builtin:"):
+            data = "builtin:" + env.removeprefix("builtin:")
+            check(self.data.path == data, "data.path", f"must be {data} for env.path={env} (its prompts), got {self.data.path!r}")
         n = self.ppo.rollout_batch_size
         trained = ("policy",) if self.ppo.critic_free else ("policy", "critic")  # no critic role without GAE
         for role in ("policy", "reference", "reward") + trained[1:]:

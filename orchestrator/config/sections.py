@@ -8,7 +8,7 @@ from typing import Literal
 
 from orchestrator.config.tree import Check
 
-__all__ = ["RunConfig", "DataConfig"]
+__all__ = ["RunConfig", "DataConfig", "EnvConfig"]
 
 
 @dataclass
@@ -87,6 +87,8 @@ class RunConfig:
     """A NaN or infinity in a reward, log-prob, value or loss: raise (stop with a message naming its source) or skip (PPO drops the step, counts it in nonfinite/skipped_steps, and stops after run.max_skipped_steps in a row). No optimizer step ever sees one."""
     max_skipped_steps: int = 3
     """run.on_nonfinite=skip: consecutive skipped steps before the run stops."""
+    on_env_error: Literal["raise", "skip"] = "raise"
+    """An environment (env.path) whose reset or step raises, returns the wrong types or passes env.step_timeout_s: raise (stop with one line naming the class, the method, the prompt row and the turn) or skip (the episode is dropped from training: no token of it is an action; counted in env/errors)."""
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Trackers besides metrics.jsonl: tensorboard, wandb (pip install wandb; WANDB_MODE=offline needs no network). [] for none."""
     wandb_project: str = "rlhf"
@@ -116,3 +118,30 @@ class RunConfig:
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.eval_every >= 0, "eval_every", "must be >= 0")
         check(self.log_every >= 1, "log_every", "must be >= 1")
+
+
+@dataclass
+class EnvConfig:
+    """Multi-turn rollouts (`orchestrator.jobs.episodes`): an environment the policy talks to, one object per
+    episode. Unset (path empty), a rollout is one prompt and one response."""
+
+    path: str = ""
+    """The environment class: 'module:Class' (importable where the driver runs; a file's folder on PYTHONPATH), or a built-in one: builtin:lookup (a per-episode fact only a lookup tool call reveals), builtin:clarify (a vague request that needs a clarifying question). The class needs no import of ours: __init__(**env.kwargs), reset(row) -> the first message (a string, or chat messages), step(response) -> (the next message(s) or None, this turn's reward, done)."""
+    kwargs: dict = field(default_factory=dict)
+    """Keyword arguments of the class's __init__ (e.g. env.kwargs.max_value=9, or in YAML a mapping)."""
+    max_turns: int = 4
+    """Model turns per episode at most; the episode ends after the last one whatever the environment says."""
+    max_tokens: int = 256
+    """Tokens of an episode at most, its first prompt included (the models and engines are sized for it): a model turn that would pass it is cut there and the episode ends, as it does when an environment message leaves no room. Each model turn is also at most policy.max_new_tokens."""
+    step_timeout_s: float = 30.0
+    """Seconds one reset or step call may take; past it the episode fails (run.on_env_error)."""
+    workers: int = 8
+    """Threads that run the calls of different episodes at once (one episode's calls run in order)."""
+
+    def validate(self, check: Check) -> None:
+        check(not self.path or self.path.startswith("builtin:") or ":" in self.path, "path",
+              "must look like 'module:Class' or name a built-in environment (builtin:lookup, builtin:clarify)")
+        check(self.max_turns >= 1, "max_turns", "must be >= 1")
+        check(self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        check(self.step_timeout_s > 0, "step_timeout_s", "must be > 0")
+        check(self.workers >= 1, "workers", "must be >= 1")

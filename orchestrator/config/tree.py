@@ -95,6 +95,8 @@ def _type_name(tp: Any) -> str:
         return f"list of {_type_name(get_args(tp)[0])}"
     if tp is type(None):
         return "null"
+    if tp is dict or origin is dict:
+        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -164,6 +166,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 raise bad from None
         raise bad
+    if tp is dict or origin is dict:  # free keyword arguments (e.g. env.kwargs): a mapping with string keys
+        if isinstance(value, str):
+            import yaml
+
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return dict(value)
     if tp is str:
         if isinstance(value, (dict, list)):
             raise bad

@@ -99,6 +99,14 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
         rows.append(row)
 
     prompt_ids = rendering.prompt_ids(texts)
+    if kind in ("prompt", "sft"):  # the policy's context of a chat with earlier model turns: as an episode holds it
+        for i, row in enumerate(rows):
+            if row.chat_given and any(m["role"] == "assistant" for m in row.messages):
+                try:
+                    prompt_ids[i] = rendering.episode_ids(row.messages)
+                except RenderError as e:
+                    raise DataError(row.where, "cannot be rendered by the tokenizer's chat template", row.prompt_field, first_line(e)) from None
+                texts[i] = tokenizer.decode(prompt_ids[i], skip_special_tokens=False)
     answer_ids = {name: rendering.response_ids([getattr(r, name) for r in rows]) for name in answers}
     for name, ids in answer_ids.items():
         setattr(stats, f"{name}_tokens", LengthStats.of([len(x) for x in ids]))

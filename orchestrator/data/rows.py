@@ -51,7 +51,7 @@ def parse_messages(where: str, name: str, value: Any) -> list[dict]:
         if m.get("role") is None:
             raise DataError(where, "is missing", f"{item}.role")
         if m["role"] not in ROLES:
-            raise DataError(where, "must be one of 'system', 'user', 'assistant'", f"{item}.role", f"got {short(m['role'])}")
+            raise DataError(where, "must be one of " + ", ".join(f"'{r}'" for r in ROLES), f"{item}.role", f"got {short(m['role'])}")
         if m.get("content") is None:
             raise DataError(where, "is missing", f"{item}.content")
         if not isinstance(m["content"], str):
@@ -145,8 +145,8 @@ def _parse_sft_row(where: str, row: dict) -> Parsed:
         if messages[-1]["role"] != "assistant":
             raise DataError(where, "must end with the assistant turn to learn", "messages", f"last role is '{messages[-1]['role']}'")
         response = messages.pop()["content"]
-        if not messages or messages[-1]["role"] != "user":
-            raise DataError(where, "must have a user turn right before the final assistant turn", "messages")
+        if not messages or messages[-1]["role"] not in ("user", "tool"):
+            raise DataError(where, "must have a user (or tool) turn right before the final assistant turn", "messages")
         prompt_field = "messages"
     elif row.get("prompt") is not None:
         messages = prompt_messages(where, "prompt", row["prompt"])

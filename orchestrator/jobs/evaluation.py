@@ -47,23 +47,37 @@ class GenerationEval:
     """The task's own evaluation (gold by query type, length in words, disputed share)."""
 
     def metrics(self) -> dict:
-        """eval/* scalars for metrics.jsonl."""
+        """eval/* scalars for metrics.jsonl (and eval/return, eval/turns, ... of episodes)."""
+        episodes = {f"eval/{k}": v for k, v in self.extra.items() if k in ("return", "turns", "tool_calls", "done", "tokens")}
         return {**({"eval/reward": self.reward} if self.reward is not None else {}), "eval/length": self.length,
-                **({"eval/gold": self.gold} if self.gold is not None else {})}
+                **({"eval/gold": self.gold} if self.gold is not None else {}), **episodes}
 
     def record(self) -> dict:
         return {"reward": self.reward, "gold": self.gold, "length_tokens": self.length, "task": self.extra}
 
 
 def sample_and_score(policy: RoleGroup, reward: RoleGroup | None, rows: list[dict], pad_id: int, gold: bool,
-                     on_nonfinite: str = "raise", reward_name: str = "the reward") -> GenerationEval:
+                     on_nonfinite: str = "raise", reward_name: str = "the reward", episodes=None) -> GenerationEval:
     """One sampled answer per row of `rows` (held-out prompt rows, fixed seed `EVAL_SEED`) from the
     `policy` role (a `PolicyActor`, or a `GeneratorActor`: a vLLM engine given the policy's weights), scored
     by the `reward` role (if any) and, with `gold`, by the gold score. A non-finite reward raises `NonFiniteError` naming the first such prompt (on_nonfinite="skip": it is left out of
-    the mean, with a warning)."""
+    the mean, with a warning).
+
+    `episodes` (an `EpisodeRunner`, env.path): one episode per row instead, its last model turn the answer the
+    reward scores; `eval/return` is the mean episode return, and with `gold` (a built-in environment, whose
+    rewards are the world's gold) the gold score is the return."""
     batch = to_prompt_batch(rows, pad_id)
     batch.seeds = EVAL_SEED * 65_537 + torch.arange(batch.num_rows)  # a vLLM engine's per-row seeds: the same on any replica
-    rollout = get(policy.scatter_padded(policy.role_cls.generate, batch, seed=EVAL_SEED))  # PolicyActor's or GeneratorActor's
+    if episodes is not None:
+        from orchestrator.core.phases import Phases
+        from orchestrator.jobs.episodes import episode_metrics, episode_rows
+
+        batch.rows = episode_rows(rows, list(range(len(rows))), EVAL_SEED, 0)
+        rollout = episodes.run(batch, EVAL_SEED, lambda prompts, k: get(policy.scatter_padded(
+            policy.role_cls.generate, prompts, seed=EVAL_SEED * 1_009 + k)), Phases().timed)
+        returns = [e["return"] for e in rollout.episodes]
+    else:
+        rollout = get(policy.scatter_padded(policy.role_cls.generate, batch, seed=EVAL_SEED))  # PolicyActor's or GeneratorActor's
     k = len(rows)
     rewards = get(reward.scatter_padded(RewardActor.score, rollout)).reward.tolist() if reward is not None else [None] * k
     responses = rollout.responses
@@ -81,6 +95,18 @@ def sample_and_score(policy: RoleGroup, reward: RoleGroup | None, rows: list[dic
         mean_reward = sum(finite) / len(finite) if finite else math.nan
     result = GenerationEval(reward=mean_reward, gold=None, length=lengths.mean().item())
     golds = [None] * k
+    if episodes is not None:
+        result.extra = {k.removeprefix("env/"): v for k, v in episode_metrics(rollout).items()}
+        if gold:
+            golds = returns
+            result.gold = sum(golds) / k
+        result.samples = [
+            {"prompt": row["prompt"], "row_index": i, "conversation": e["first"] + e["turns"], "response": resp,
+             "return": e["return"], "tool_calls": e["tool_calls"], "done": e["done"], "error": e["error"],
+             "length_tokens": int(n), "reward": r, "gold": g}
+            for i, (row, e, resp, n, r, g) in enumerate(zip(rows, rollout.episodes, responses, lengths.tolist(), rewards, golds))
+        ]
+        return result
     if gold:
         golds = [world.gold_score(row, resp) for row, resp in zip(rows, responses)]
         result.gold = sum(golds) / k

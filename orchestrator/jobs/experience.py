@@ -53,8 +53,8 @@ def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, ol
 
     algo: the `PPOAlgoConfig` slice; `algo.advantage_estimator` picks the advantages:
       gae           GAE on the KL-shaped token rewards with the critic's `values`, whitened (whiten_advantages);
-      grpo, rloo    the group baseline (`losses.advantages`) on the shaped sequence scores, placed on the
-                    last token, plus the per-token KL penalty, as returns-to-go: A_t = A_seq - beta * sum_{s>=t} KL_s;
+      grpo, rloo    the group baseline (`losses.advantages`) on the shaped sequence scores (with an environment,
+                    plus each episode's return), placed on the last token, plus the per-token KL penalty, as returns-to-go: A_t = A_seq - beta * sum_{s>=t} KL_s;
       reinforce_pp  returns-to-go of the KL-shaped token rewards, whitened over the batch.
     `values` is None for the critic-free estimators. With `algo.kl_in_loss` the reward carries no KL
     (its coefficient is 0) and the experience carries the reference log-probs for the loss.
@@ -62,6 +62,8 @@ def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, ol
     with its scores (when algo.reward_norm).
     std_threshold: `reward.std_threshold`, for the reward diagnostics (`reward_metrics`).
     length_penalty: `reward.length_penalty`, per response token (`losses.rewards.shape_rewards`).
+    A multi-turn rollout (`rollout.turn_rewards` set) adds each turn's reward on its turn's last token; its
+    environment tokens are outside `rollout.action_mask`, so no KL, advantage or GAE step falls on them.
     """
     mask = rollout.action_mask
     estimator = algo.advantage_estimator
@@ -70,6 +72,7 @@ def make_experience(rollout: Rollout, scores: Scores, ref_logprobs: LogProbs, ol
         scores.reward, old_logprobs.logprobs, ref_logprobs.logprobs, mask, rollout.ended_with_eos,
         kl_coef=kl_coef, kl_estimator=algo.kl_estimator, no_eos_penalty=algo.no_eos_penalty,
         moments=moments if algo.reward_norm else None, reward_clip=algo.reward_clip, length_penalty=length_penalty,
+        turn_rewards=rollout.turn_rewards,
     )
     returns = None
     if estimator == "gae":

@@ -29,6 +29,7 @@ from actors.critic import CriticActor
 from actors.modeling import load_tokenizer
 from actors.policy import GeneratorActor, PolicyActor
 from actors.reference import ReferenceActor
+from actors.rendering import Rendering
 from actors.reward import RewardActor, check_reward_config, describe
 from actors.trainer import NonFiniteError, merge_stats
 from actors.types import LogProbs, PromptBatch, Rollout
@@ -43,6 +44,7 @@ from orchestrator.core.job import Evaluation, Job, Trained, first_and_last
 from orchestrator.core.phases import Phases
 from orchestrator.core.streams import IndexStream
 from orchestrator.data import load_prompts, to_prompt_batch
+from orchestrator.jobs.episodes import EpisodeRunner, env_class, episode_rows
 from orchestrator.jobs.evaluation import sample_and_score
 from orchestrator.jobs.experience import make_experience, nonfinite_inputs, schedule
 from orchestrator.jobs.rewards import reward_functions
@@ -86,25 +88,47 @@ class PPOJob(Job):
         self.pad_id = tokenizer.pad_token_id
         self.train_rows = load_prompts(cfg.data, tokenizer)[0].to_list()
         self.eval_rows = load_prompts(cfg.data, tokenizer, eval_set=True)[0].to_list()
-        self.longest = longest = preflight.longest_row(self.train_rows + self.eval_rows) + cfg.policy.max_new_tokens
+        self.episodes = self.environment(tokenizer)
+        if self.episodes is not None:
+            self.curve_keys = ("env/return", "env/turns", "kl/mean", "length/mean")
+        if self.episodes is None:
+            self.longest = preflight.longest_row(self.train_rows + self.eval_rows) + cfg.policy.max_new_tokens
+            key, what = "policy.max_new_tokens", "the longest prompt + policy.max_new_tokens"
+        else:  # an episode's tokens, its first prompt included, are at most env.max_tokens
+            self.longest, key, what = cfg.env.max_tokens, "env.max_tokens", "an episode's tokens"
         for role, info in self.infos.items():
             if role != "reward":  # the reward model renders text with its own tokenizer
-                preflight.check_positions(info, longest, "policy.max_new_tokens", "the longest prompt + policy.max_new_tokens")
+                preflight.check_positions(info, self.longest, key, what)
         trust = cfg.policy.trust_remote_code
         if cfg.reference.path:
             preflight.check_same_vocab("policy.path", tokenizer, "reference.path", cfg.reference.path, trust)
         if cfg.critic.init_from == "reward" and cfg.reward.kind == "model" and not cfg.ppo.critic_free:
             preflight.check_same_vocab("policy.path", tokenizer, "reward.path", cfg.reward.path, trust)
-        self.gold = cfg.data.path in GOLD_DATA
+        self.gold = cfg.data.path in GOLD_DATA or cfg.env.path.startswith("builtin:")  # a built-in environment's rewards are gold
         log.info("data: %d train prompts, %d eval prompts (gold evaluation: %s)", len(self.train_rows),
                  len(self.eval_rows), self.gold)
         self.prompts = IndexStream(len(self.train_rows), cfg.run.seed)
         self.skipped = {"in_a_row": 0, "total": 0}  # steps skipped for non-finite inputs (run.on_nonfinite=skip)
         self.kl_ctl = KLController(cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon)
         self.moments = RunningMoments()
-        self.rollouts = rollout_source(cfg, self.next_prompts)
+        self.rollouts = rollout_source(cfg, self.next_prompts, self.episodes)
         self.updates = 0  # the policy's updates so far: the weight version of its current weights
         self.roles: Roles | None = None
+
+    def environment(self, tokenizer) -> EpisodeRunner | None:
+        """The episodes' runner of env.path (None without one): its class imported now, so that a path that does not
+        import fails before any role starts."""
+        cfg = self.cfg
+        if not cfg.env.path:
+            return None
+        try:
+            cls = env_class(cfg.env.path)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        log.info("environment: %s (env.path=%s), at most %d model turns and %d tokens per episode", cls.__name__,
+                 cfg.env.path, cfg.env.max_turns, cfg.env.max_tokens)
+        return EpisodeRunner(cfg.env, env_cls=cls, rendering=Rendering(tokenizer, cfg.data.chat_template),
+                             on_error=cfg.run.on_env_error, max_new_tokens=cfg.policy.max_new_tokens, pad_id=tokenizer.pad_token_id)
 
     def check_models(self) -> dict:
         """The models' configs, read and checked before any role starts (`orchestrator.core.preflight`): every
@@ -211,7 +235,12 @@ class PPOJob(Job):
         """The next rollout batch's prompts: ppo.rollout_batch_size / ppo.samples_per_prompt training prompts,
         each ppo.samples_per_prompt times in a row (the groups of the critic-free baselines are contiguous)."""
         k = self.cfg.ppo.samples_per_prompt
-        batch = to_prompt_batch([self.train_rows[i] for i in self.prompts.next(self.cfg.ppo.rollout_batch_size // k)], self.pad_id)
+        draw = self.prompts.epoch * self.prompts.n + self.prompts.index  # the place of these prompts in the stream
+        indices = self.prompts.next(self.cfg.ppo.rollout_batch_size // k)
+        rows = [self.train_rows[i] for i in indices]
+        batch = to_prompt_batch(rows, self.pad_id)
+        if self.episodes is not None:  # what each environment's reset reads (the k episodes of a prompt: one seed)
+            batch.rows = episode_rows(rows, indices, self.cfg.run.seed, draw)
         return batch.select(torch.arange(batch.num_rows).repeat_interleave(k)) if k > 1 else batch
 
     def forward_calls(self, rollout: Rollout) -> dict:
@@ -276,7 +305,8 @@ class PPOJob(Job):
         if self.cfg.generator.engine == "vllm":
             sampler = self.rollouts.synced_generator(self.updates)
         ev = sample_and_score(sampler, self.roles.reward, self.eval_rows, self.pad_id, self.gold,
-                              on_nonfinite=self.cfg.run.on_nonfinite, reward_name=f"the reward ({describe(self.cfg.reward)})")
+                              on_nonfinite=self.cfg.run.on_nonfinite, reward_name=f"the reward ({describe(self.cfg.reward)})",
+                              episodes=self.episodes)
         return Evaluation(ev.metrics(), ev.record(), ev.samples)
 
     def state_dict(self) -> dict:
@@ -296,12 +326,17 @@ class PPOJob(Job):
 
     def summary(self, records: list[dict], history: dict) -> dict:
         first, last, _ = first_and_last(records, "reward/score", 5)
-        return {"train_reward_first": first, "train_reward_last": last}
+        out = {"train_reward_first": first, "train_reward_last": last}
+        if self.episodes is not None:
+            out["train_return_first"], out["train_return_last"], _ = first_and_last(records, "env/return", 5)
+        return out
 
     def progress(self, m: dict) -> str:
         if "reward/score" not in m:
             return "skipped (non-finite inputs)"
-        return f"reward {m['reward/score']:.3f} kl {m['kl/mean']:.3f} gen {m['time/generate']:.1f}s train {m['time/update']:.1f}s"
+        episodes = f"return {m['env/return']:.3f} turns {m['env/turns']:.1f} " if "env/return" in m else ""
+        return (f"{episodes}reward {m['reward/score']:.3f} kl {m['kl/mean']:.3f} gen {m['time/generate']:.1f}s "
+                f"train {m['time/update']:.1f}s")
 
     def print_summary(self, summary: dict, out: Path) -> None:
         s, e = summary["eval_start"] or {}, summary["eval_end"] or {}
@@ -310,6 +345,12 @@ class PPOJob(Job):
                                                   f"{algo.samples_per_prompt} response(s) per prompt)")
         print(f"\n{what} finished: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; outputs in {out}")
         print(f"  training reward (mean of first vs last steps): {summary['train_reward_first']:.4f} -> {summary['train_reward_last']:.4f}")
+        if "train_return_first" in summary:
+            print(f"  training episode return (first vs last steps): {summary['train_return_first']:.4f} -> {summary['train_return_last']:.4f}")
+            print(f"  held-out episode return:                       {(s.get('task') or {}).get('return', math.nan):.4f} -> "
+                  f"{(e.get('task') or {}).get('return', math.nan):.4f}   (turns {(s.get('task') or {}).get('turns', math.nan):.2f} -> "
+                  f"{(e.get('task') or {}).get('turns', math.nan):.2f}, tool calls {(s.get('task') or {}).get('tool_calls', math.nan):.2f} -> "
+                  f"{(e.get('task') or {}).get('tool_calls', math.nan):.2f})")
         print(f"  held-out reward:                                {s.get('reward', math.nan):.4f} -> {e.get('reward', math.nan):.4f}")
         if s.get("gold") is not None:
             print(f"  held-out GOLD score (never seen by PPO):        {s['gold']:.4f} -> {e['gold']:.4f}")

@@ -20,6 +20,10 @@
   `sync/apply_s` how long the generator took to apply it, `sync/mb_per_s` how fast (no sync
   before it, as for the rollout sampled ahead at the first step: none of these).
 
+Multi-turn (env.path): either source runs the episodes' loop (`orchestrator.jobs.episodes`) with its engine,
+one batched call per model turn; ahead of the policy the loop runs when the rollout is issued (the staleness
+is the same; the turns do not yet overlap the policy's update, since the loop runs in the driver).
+
 Both take the prompts from `prompts()` (timed as `driver`) and record how long the step waited for its
 rollout as `generate`. A source's state (`FromGenerator`: the rollouts sampled ahead for the next steps)
 is part of every checkpoint, so a resumed run trains on the samples an uninterrupted one would.
@@ -35,6 +39,7 @@ from actors.policy import GeneratorActor, PolicyActor
 from actors.types import PromptBatch, Rollout
 from cluster import Pending, get
 from orchestrator.core.phases import Phases
+from orchestrator.jobs.episodes import episode_metrics
 
 __all__ = ["OnPolicy", "FromGenerator", "rollout_source"]
 
@@ -44,11 +49,24 @@ def _seed(run_seed: int, step: int) -> int:
     return run_seed * 100_003 + step
 
 
+def _sample(group, method, batch: PromptBatch, seed: int, phases: Phases, episodes, **kwargs) -> Rollout:
+    """The rollout of `batch` sampled by `group`'s `method` (`PolicyActor.generate` or `GeneratorActor.generate`),
+    timed as `generate`: one call, or with an environment (`episodes`, an `EpisodeRunner`) one call per model
+    turn of the episodes still running, the environment's calls timed as `env`."""
+    if episodes is None:
+        return phases.run("generate", generate=lambda: group.scatter(method, batch, seed=seed, **kwargs))["generate"]
+
+    def turn(prompts: PromptBatch, k: int) -> Rollout:
+        return phases.run("generate", generate=lambda: group.scatter_padded(method, prompts, seed=seed * 1_009 + k, **kwargs))["generate"]
+
+    return episodes.run(batch, seed, turn, phases.timed)
+
+
 class OnPolicy:
     """The policy samples each step's rollout (module doc)."""
 
-    def __init__(self, prompts: Callable[[], PromptBatch], seed: int, record_logprobs: bool):
-        self.prompts, self.seed, self.record_logprobs = prompts, seed, record_logprobs
+    def __init__(self, prompts: Callable[[], PromptBatch], seed: int, record_logprobs: bool, episodes=None):
+        self.prompts, self.seed, self.record_logprobs, self.episodes = prompts, seed, record_logprobs, episodes
         self.policy = None
 
     def started(self, roles) -> None:
@@ -58,9 +76,9 @@ class OnPolicy:
         """This step's rollout and its metrics."""
         with phases.timed("driver"):
             batch = self.prompts()
-        rollout = phases.run("generate", generate=lambda: self.policy.scatter(
-            PolicyActor.generate, batch, seed=_seed(self.seed, step), record_logprobs=self.record_logprobs))["generate"]
-        return rollout, {}
+        rollout = _sample(self.policy, PolicyActor.generate, batch, _seed(self.seed, step), phases, self.episodes,
+                          record_logprobs=self.record_logprobs)
+        return rollout, episode_metrics(rollout)
 
     def updated(self) -> None:
         """The policy's weights changed."""
@@ -81,10 +99,12 @@ class FromGenerator:
     engine reloads whole layers)."""
 
     def __init__(self, prompts: Callable[[], PromptBatch], seed: int, staleness: int, full_weights: bool, sleep: bool = False,
-                 transport=None):
+                 transport=None, episodes=None):
         """`transport`: the `GeneratorConfig` when the weights go over a transfer group (sync_transport=collective),
-        else None (Ray's object store, or memory in local mode)."""
+        else None (Ray's object store, or memory in local mode). `episodes`: an `EpisodeRunner` for multi-turn
+        rollouts (env.path), whose loop runs in the driver when the rollout is issued."""
         self.prompts, self.seed, self.staleness, self.full_weights = prompts, seed, staleness, full_weights
+        self.episodes = episodes
         self.transport = transport
         self.transfer_open = False
         self.sleep = sleep and not staleness  # generator.sleep: the engine sleeps while the policy trains
@@ -149,6 +169,10 @@ class FromGenerator:
         # a seed per row, fixed by the step and the row's place in the batch: a row's sample does not depend
         # on which replica (or engine) it went to
         batch.seeds = _seed(self.seed, step) * 65_537 + torch.arange(batch.num_rows)
+        if self.episodes is not None:  # the turns of the episodes, sampled now from the weights of this version
+            self.pending[step] = _sample(self.generator, GeneratorActor.generate, batch, _seed(self.seed, step), phases,
+                                         self.episodes, record_logprobs=True, version=self.version)
+            return
         pending = phases.issue("generate", lambda: self.generator.scatter(
             GeneratorActor.generate, batch, seed=_seed(self.seed, step), record_logprobs=True, version=self.version))
         self.pending[step] = phases.wait("generate", pending) if phases.profile else pending
@@ -174,7 +198,7 @@ class FromGenerator:
         if self.staleness:
             self._sync(step, step + self.staleness, phases)
             self._issue(step + self.staleness, phases)
-        metrics = {}
+        metrics = episode_metrics(rollout)
         if rollout.weight_version is not None:
             lag = step - rollout.weight_version
             metrics["rollout/lag"] = float(lag.max())
@@ -211,11 +235,13 @@ class FromGenerator:
         self.fresh = False
 
 
-def rollout_source(cfg, prompts: Callable[[], PromptBatch]):
+def rollout_source(cfg, prompts: Callable[[], PromptBatch], episodes=None):
     """The rollout source of a `PPOConfig`: `FromGenerator` when a generator role samples
-    (`PPOConfig.uses_generator`), else `OnPolicy`."""
+    (`PPOConfig.uses_generator`), else `OnPolicy`; `episodes`: an `EpisodeRunner` with env.path set."""
     if cfg.uses_generator:
         return FromGenerator(prompts, cfg.run.seed, staleness=cfg.ppo.max_staleness,
                              full_weights=cfg.generator.engine == "vllm", sleep=cfg.generator.sleep,
-                             transport=cfg.generator if cfg.generator.sync_transport == "collective" else None)
-    return OnPolicy(prompts, cfg.run.seed, record_logprobs=cfg.ppo.old_logprobs == "rollout" or cfg.ppo.tis_cap > 0)
+                             transport=cfg.generator if cfg.generator.sync_transport == "collective" else None,
+                             episodes=episodes)
+    return OnPolicy(prompts, cfg.run.seed, record_logprobs=cfg.ppo.old_logprobs == "rollout" or cfg.ppo.tis_cap > 0,
+                    episodes=episodes)
