@@ -18,15 +18,18 @@ Prompt: a string (one user turn) or a chat list ``[{"role", "content"}, ...]`` e
   (its `chat` column is null for a string prompt) and PPO scoring passes it on, so a reward model
   sees the layout it was trained on.
 
-Conversations with model turns (multi-turn episodes, `orchestrator.jobs.episodes`; SFT and prompt rows whose chat
-has assistant turns before its end): token in, token out. The leading messages are a prompt as above; each
+Conversations with model turns (multi-turn episodes, `orchestrator.jobs.episodes`, and SFT rows whose chat has
+assistant turns before the answer, so that SFT warm-starts multi-turn RL on the tokens RL samples): token in,
+token out. The leading messages are a prompt as above; each
 assistant turn is its response ids (below: content, then EOS), as the policy samples it; each run of other
 messages after it (user or tool turns) is `turn_ids`: the tokens the rendering adds for them, ending with the
 cue for the next model turn. With a chat template that is the template's text after an assistant turn's
 content (its end-of-turn token left out where the model's EOS already is it), for these messages, with the
 generation prompt; plain, the HH layout ``"\n\nHuman: ...\n\nAssistant:"`` (tool turns as
 ``"\n\nTool: ..."``). A conversation is never decoded and re-tokenised as a whole: the ids a policy sampled
-are the ids it is trained on, and SFT data with earlier turns is assembled the same way (`episode_ids`).
+are the ids it is trained on, and SFT data with earlier turns is assembled the same way (`episode_ids`; with a
+plain tokenizer that puts the EOS after each earlier assistant turn, as the policy ends its turns; prompt and
+preference rows keep the text rendering above: their earlier turns are history, not the policy's samples).
 
 Response: the tokenizer's ids of the response text alone (no special tokens) followed by the EOS id:
 the tokens a policy generates before it stops. A conversation is prompt ids + response ids, nothing in

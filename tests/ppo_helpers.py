@@ -226,3 +226,22 @@ def run_killed_at(cfg, step: int, role: str | None = None) -> dict:
     worker.join(timeout=900)
     assert "error" not in result, result.get("error")
     return result["summary"]
+
+
+class FollowUp:
+    """A test environment (env.path=ppo_helpers:FollowUp): asks for more after the first answer (reward 0.1), then
+    ends, scoring the second answer by its length in words / 10: every episode has two model turns, whatever a
+    random-init policy says."""
+
+    def __init__(self, ask: str = "Tell me more."):
+        self.ask = ask
+
+    def reset(self, row):
+        self.turn = 0
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, response):
+        self.turn += 1
+        if self.turn == 1:
+            return self.ask, 0.1, False
+        return None, len(response.split()) / 10, True

@@ -202,3 +202,22 @@ def test_one_step_off_policy_overlaps_sampling_with_the_rest_of_the_step(tmp_pat
     assert overlapped["step_s"] == pytest.approx(ph["weight_sync"] + ph["driver"] + max(ph["generate"], rest), rel=1e-12)
     serial = cm.estimate(dataclasses.replace(w, overlap=False), hw, eff)
     assert serial["step_s"] == pytest.approx(sum(ph.values()), rel=1e-12) and serial["step_s"] > overlapped["step_s"]
+
+
+def test_turns_prefill_the_episode_so_far_and_decode_only_the_model_s_tokens():
+    """A multi-turn episode of 3 model turns over 30 tokens after a 10-token prompt, 12 of them the environment's:
+    3 generate calls prefilling 10, 20 and 30 tokens, 18 decoding steps, 3 per-call overheads; the env phase adds
+    its seconds; the forward passes see the whole episode as before."""
+    shape = cm.ModelShape(layers=2, hidden=64, intermediate=128, vocab=100, heads=2, kv_heads=2)
+    one = cm.Workload({"policy": cm.Role(shape, 1, 0, "fp32", True, 4)}, samples=8, prompt_len=10, response_len=30)
+    three = dataclasses.replace(one, turns=3, env_tokens=12, env_s=0.5)
+    hw = cm.Hardware("h", {"fp32": 1e3}, memory_bw=1e30, memory=1e12, devices=1)
+    eff = cm.Efficiency(forward=1.0, train=1.0, memory_bw=1.0, per_call_s=0.25, per_token_s=0.01, comm_bw=1e30)
+    a, b = cm.estimate(one, hw, eff), cm.estimate(three, hw, eff)
+    prefill = sum(shape.forward_flops(8 * n, n / 2) for n in (10, 20, 30))
+    decode = shape.forward_flops(8 * 18, 10 + 15)
+    assert b["roles"]["policy"].flops["generate"] == pytest.approx(prefill + decode)
+    assert b["roles"]["policy"].seconds["generate"] == pytest.approx((prefill + decode) / 1e3 + 18 * 0.01 + 3 * 0.25)
+    assert a["roles"]["policy"].flops["generate"] == pytest.approx(shape.forward_flops(80, 5) + shape.forward_flops(8 * 30, 25))
+    assert b["phases"]["env"] == 0.5 and "env" not in a["phases"]
+    assert b["roles"]["policy"].flops["old_logprobs"] == a["roles"]["policy"].flops["old_logprobs"]

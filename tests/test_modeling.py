@@ -83,8 +83,9 @@ def test_chat_template_renders_exactly(tokenizer):
     ids = tokenizer(ids)["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert ids[1] == tokenizer.convert_tokens_to_ids("<|user|>")
-    with pytest.raises(Exception, match="role must be"):
-        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+    assert tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False) == "<|bos|><|tool|>x"
+    with pytest.raises(Exception, match="role must be system, user, assistant or tool, got bot"):
+        tokenizer.apply_chat_template([{"role": "bot", "content": "x"}], tokenize=False)
 
 
 def test_tokenizer_save_reload_gives_identical_ids(tokenizer, tmp_path):

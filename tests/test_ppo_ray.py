@@ -44,6 +44,20 @@ def test_local_and_ray_give_the_same_first_step(model_dir, tmp_path, ray_cluster
     _assert_same(_first_step(tmp_path / "local"), _first_step(tmp_path / "ray"))
 
 
+def test_multi_turn_episodes_local_and_ray_give_the_same_first_step(model_dir, tmp_path, ray_cluster):
+    """Episodes of two model turns (env.path): each turn's episodes are sampled by two policy replicas (padded to
+    them), scored and trained in ray mode, with the environment's calls in the driver: the same first step and
+    held-out episodes as one local process (greedy, so the episodes are the same however they are sharded)."""
+    from orchestrator.registry import run
+
+    env = ("env.path=ppo_helpers:FollowUp", "reward.kind=none", "env.max_tokens=64")
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *DETERMINISTIC, *env))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "ray"), *DETERMINISTIC, *env, "run.mode=ray", "policy.replicas=2"))
+    local = _first_step(tmp_path / "local")
+    assert local["env/turns"] == 2.0 and local["eval/turns"] == 2.0
+    _assert_same(local, _first_step(tmp_path / "ray"))
+
+
 @pytest.mark.slow  # one local PPO run, then one ray-mode run of two replicas per stage
 def test_zero_2_and_3_at_two_replicas_equal_one_local_replica(model_dir, tmp_path, ray_cluster):
     """ZeRO 0 at two replicas is plain data parallelism, its engine step checked in test_cluster_ray."""

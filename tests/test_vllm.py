@@ -250,6 +250,24 @@ def test_greedy_ppo_is_the_same_run_with_either_engine(model_dir, tmp_path):
     _same_records(hf, vllm, skip=("time/", "sync/", "mismatch/", "rollout/"))
 
 
+def test_greedy_multi_turn_ppo_is_the_same_run_with_either_engine(model_dir, tmp_path):
+    """Episodes of two model turns around an environment message (env.path): greedy, the vLLM engine samples each
+    turn from the context of ids the HF engine would see (the sampled ids and the environment's, never
+    re-tokenised), so both runs are the same run; with sampling, the engine's log-probs of the model's tokens are
+    the trainer's within LOGPROB_TOL (the environment's tokens are no action of either)."""
+    from orchestrator.registry import run
+
+    env = ("env.path=ppo_helpers:FollowUp", "reward.kind=none", "env.max_tokens=64", "run.steps=2", "run.eval_every=1")
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "hf"), *env, "policy.top_k=1"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "vllm"), *env, "policy.top_k=1", *VLLM_RUN))
+    hf, vllm = read_metrics(tmp_path / "hf"), read_metrics(tmp_path / "vllm")
+    assert all(r["env/turns"] == 2.0 for r in hf if "env/turns" in r) and all("eval/return" in r for r in hf)
+    _same_records(hf, vllm, skip=("time/", "sync/", "mismatch/", "rollout/"))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "sampled"), *env, *VLLM_RUN))
+    rows = [r for r in read_metrics(tmp_path / "sampled") if "mismatch/abs_max" in r]
+    assert len(rows) == 2 and all(r["mismatch/abs_max"] < LOGPROB_TOL and r["env/turns"] == 2.0 for r in rows), rows
+
+
 def test_greedy_sft_evaluation_is_the_same_with_either_engine(model_dir, tmp_path):
     """rlhf sft with generator.engine=vllm samples its held-out answers through a vLLM engine given the
     trained weights before each evaluation: greedy, the answers and every metric are the HF run's."""

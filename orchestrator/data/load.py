@@ -99,7 +99,7 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
         rows.append(row)
 
     prompt_ids = rendering.prompt_ids(texts)
-    if kind in ("prompt", "sft"):  # the policy's context of a chat with earlier model turns: as an episode holds it
+    if kind == "sft":  # a chat with earlier model turns: the context as an episode holds it (`Rendering.episode_ids`)
         for i, row in enumerate(rows):
             if row.chat_given and any(m["role"] == "assistant" for m in row.messages):
                 try:

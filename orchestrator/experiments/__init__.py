@@ -56,6 +56,12 @@ def _estimators():
     return estimators
 
 
+def _environments():
+    from orchestrator.experiments import environments
+
+    return environments
+
+
 EXPERIMENTS = {
     "dpl-synthetic": Experiment("the DPL paper's 1-D hidden-context experiment", _dpl_synthetic),
     "hidden-context": Experiment("DPL std, ODIN and risk-averse PPO on the built-in preference data", _hidden_context),
@@ -63,4 +69,6 @@ EXPERIMENTS = {
     "length-bias": Experiment("PPO with Bradley-Terry, ODIN's quality head, a length penalty, reward clipping", _length_bias),
     "scaling": Experiment("a sweep of real runs over a grid of config values: step and phase times, memory, comm", _scaling),
     "estimators": Experiment("PPO with GAE against GRPO, Dr. GRPO, RLOO, REINFORCE++ on the built-in task", _estimators),
+    "environments": Experiment("PPO and GRPO on the built-in multi-turn environments (a tool call, a clarifying question)",
+                               _environments),
 }

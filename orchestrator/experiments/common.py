@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["write_findings", "Finding", "Seeded", "spread", "judge", "format_finding", "finite_numbers", "one_thread",
-           "train_ppo", "train_rm", "builtin_policy", "variant_table", "variant_report", "answer_numbers", "ppo_outcome", "plot_variant_curves",
+           "train_ppo", "train_rm", "train_sft", "builtin_policy", "variant_table", "variant_report", "answer_numbers", "ppo_outcome", "plot_variant_curves",
            "findings_exit_code", "run_seeded", "add_seeded_args", "seeded_parser", "seeded_main"]
 
 
@@ -229,6 +229,15 @@ def train_rm(out_dir: str, overrides: Sequence[str]) -> dict:
 
     return run("rm", load_config("rm", None, [f"run.output_dir={out_dir}", "run.mode=local", "run.resume=auto",
                                               "run.save_every=0", "run.eval_every=0", *overrides]))
+
+
+def train_sft(out_dir: str, overrides: Sequence[str]) -> dict:
+    """`rlhf sft` in this process (local mode; a model already trained in `out_dir` is reused through
+    run.resume=auto); its summary (the exported policy: `<out_dir>/policy`)."""
+    from orchestrator.registry import load_config, run
+
+    return run("sft", load_config("sft", None, [f"run.output_dir={out_dir}", "run.mode=local", "run.resume=auto",
+                                                "run.save_every=0", *overrides]))
 
 
 def builtin_policy(seed: int, quick: bool) -> str:

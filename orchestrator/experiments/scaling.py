@@ -251,6 +251,9 @@ def measure(run_dir: Path, job: str, warmup: int) -> dict:
                 row[name] = _sig(statistics.mean(r[key] for r in steps))
         if "time/generate" in steps[0]:
             row["gen_tokens_per_s"] = _sig(tokens / statistics.mean(r["time/generate"] for r in steps))
+        if "env/turns" in steps[0]:  # multi-turn episodes: model turns and environment tokens per episode
+            row["turns"] = _sig(statistics.mean(r["env/turns"] for r in steps))
+            row["env_tokens"] = _sig(statistics.mean(r["env/tokens"] - r["length/mean"] for r in steps))
     for p in phases:
         row[f"phase/{p[len('time/'):]}"] = _sig(statistics.mean(r.get(p, 0.0) for r in steps))
     total_steps = max(r["step"] for r in records)

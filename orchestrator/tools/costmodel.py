@@ -9,7 +9,8 @@ Arithmetic (per replica; P = prompt tokens, T = response tokens, S = P + T, b = 
   scores and weighted sum (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Sec. 2.1).
   A training step is 3 forward passes' worth (backward = 2 forwards), plus one more with gradient
   checkpointing.
-- Generation: a prefill of P tokens, then T decoding steps of b tokens each. A decoding step costs
+- Generation: a prefill of P tokens, then T decoding steps of b tokens each (multi-turn episodes: one call per
+  model turn, each prefilling the episode so far; the environment's tokens are prefilled, never decoded). A decoding step costs
   the larger of its FLOPs at the compute rate and its bytes (the weights, plus the KV cache read) at
   the memory bandwidth, plus a fixed per-token overhead (kernel launches, the sampling loop).
 - Memory per device (Rajbhandari et al. 2020, "ZeRO", Sec. 3-5): weights ``w * N`` (w bytes per
@@ -159,6 +160,13 @@ class Workload:
     overlap: bool = False
     """One step off-policy (ppo.max_staleness=1): the separate generator samples the next rollout while this
     step scores and trains, so a step takes weight_sync + driver + max(generate, the rest)."""
+    turns: float = 1.0
+    """Multi-turn episodes (env.path): model turns per episode, each one `generate` call over the whole context so
+    far (its prefill recomputed: HF `generate` keeps no cache across calls)."""
+    env_tokens: float = 0.0
+    """Environment tokens per episode, inside `response_len` (context for every pass, never decoded)."""
+    env_s: float = 0.0
+    """The environment's calls per step, in seconds (the `env` phase: the driver waits for them)."""
 
 
 @dataclass(frozen=True)
@@ -278,13 +286,17 @@ def estimate(w: Workload, hw: Hardware, eff: Efficiency) -> dict:
         if name == "policy" and w.generator == "policy":
             # the policy's replicas generate their whole shard in one `generate` call, the ZeRO-3 weights
             # gathered once for it (`actors.policy.PolicyActor.generate`)
-            prefill = m.forward_flops(b * P, P / 2)
-            decode = m.forward_flops(b * T, P + T / 2)
-            decode_bytes = T * (wbytes + 2 * m.layers * m.kv_dim * (P + T / 2) * b * role.bytes_per_weight)
+            # with turns, call k prefills the episode so far (P + k T / turns) and decodes its share of the model's tokens
+            k = max(1, round(w.turns))
+            prefill = sum(m.forward_flops(b * (P + j * T / k), (P + j * T / k) / 2) for j in range(k))
+            decoded = T - w.env_tokens
+            decode = m.forward_flops(b * decoded, P + T / 2)
+            decode_bytes = decoded * (wbytes + 2 * m.layers * m.kv_dim * (P + T / 2) * b * role.bytes_per_weight)
             c.flops["generate"] = prefill + decode
-            c.comm_bytes["generate"] = gather
+            c.comm_bytes["generate"] = gather * k
             compute = prefill / (peak * eff.forward) + max(decode / (peak * eff.forward), decode_bytes / (hw.memory_bw * eff.memory_bw))
-            c.seconds["generate"] = compute + T * (eff.per_token_s + z3) + c.comm_bytes["generate"] / eff.comm_bw + eff.per_call_s
+            c.seconds["generate"] = (compute + decoded * (eff.per_token_s + z3) + c.comm_bytes["generate"] / eff.comm_bw
+                                     + k * eff.per_call_s)
         fwd = m.forward_flops(b * S, S / 2)
         phase = FORWARD_PHASE[name]
         c.flops[phase] = fwd
@@ -332,6 +344,8 @@ def estimate(w: Workload, hw: Hardware, eff: Efficiency) -> dict:
     phases["update"] = _group(
         {n: f"{n}_update" for n in ("critic", "policy") if n in w.roles and w.roles[n].trainable}, w, costs, hw)
     phases["driver"] = eff.per_step_s
+    if w.env_s:
+        phases["env"] = w.env_s
     step = sum(phases.values())
     if w.overlap and w.generator == "separate":
         serial = phases["weight_sync"] + phases["driver"]
@@ -387,10 +401,12 @@ def workload_of_point(row: dict, run_dir: Path) -> Workload:
         raise ValueError(f"{run_dir}: micro_batch_tokens > 0 is not modelled (the cost model computes row micro-batches "
                          "at the padded widths, so such a point would calibrate it too fast)")
     return workload_of_config(cfg, prompt_len=round(row.get("prompt_len") or 0),
-                              response_len=round(row.get("response_len") or cfg.policy.max_new_tokens))
+                              response_len=round(row.get("response_len") or cfg.policy.max_new_tokens),
+                              turns=row.get("turns") or 1.0, env_tokens=row.get("env_tokens") or 0.0, env_s=row.get("phase/env") or 0.0)
 
 
-def workload_of_config(cfg, prompt_len: float, response_len: float) -> Workload:
+def workload_of_config(cfg, prompt_len: float, response_len: float, turns: float = 1.0, env_tokens: float = 0.0,
+                       env_s: float = 0.0) -> Workload:
     """The `Workload` of a PPO config: the roles it hosts (`PPOConfig.hosted_roles`; a reward that is not
     a model has none), their models' config.json (built-in names resolved first), colocation as
     `cluster.placement.plan_resources` resolves it, at the given lengths (padded for a cost prediction;
@@ -422,7 +438,8 @@ def workload_of_config(cfg, prompt_len: float, response_len: float) -> Workload:
     separate = {} if gen is None else dict(generator="separate", generator_devices=gen.replicas * max(1, math.ceil(gen.num_gpus)),
                                            overlap=True)
     return Workload(roles=roles, samples=cfg.ppo.rollout_batch_size, prompt_len=prompt_len, response_len=response_len,
-                    epochs=cfg.ppo.epochs, minibatch=cfg.ppo.minibatch_size, **separate)
+                    epochs=cfg.ppo.epochs, minibatch=cfg.ppo.minibatch_size, turns=turns, env_tokens=env_tokens, env_s=env_s,
+                    **separate)
 
 
 def _efficiency(x) -> Efficiency:
@@ -596,7 +613,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--samples", type=int, default=512, help="sequences per step")
     p.add_argument("--prompt-len", type=int, default=512)
-    p.add_argument("--response-len", type=int, default=512)
+    p.add_argument("--response-len", type=int, default=512, help="tokens after the prompt (an episode's: the model's and the environment's)")
+    p.add_argument("--turns", type=float, default=1.0, help="model turns per episode (multi-turn: one generate call each)")
+    p.add_argument("--env-tokens", type=float, default=0.0, help="environment tokens per episode, inside --response-len")
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--colocate", action="store_true", help="every role on every device (DeepSpeed-Chat's layout)")
     p.add_argument("--gradient-checkpointing", action="store_true")
@@ -631,7 +650,9 @@ def run(args: argparse.Namespace) -> int:
     roles = {name: Role(shape, r, args.zero_stage, args.dtype, name in ("policy", "critic"), args.micro_batch,
                         args.gradient_checkpointing, devices=dev)
              for name, shape, r in zip(("policy", "critic", "reference", "reward"), (actor, critic, actor, critic), R)}
-    w = Workload(roles, args.samples, args.prompt_len, args.response_len)
+    if not 0 <= args.env_tokens < args.response_len or args.turns < 1:
+        raise ConfigError(f"--turns must be >= 1 and --env-tokens in [0, --response-len), got {args.turns} and {args.env_tokens}")
+    w = Workload(roles, args.samples, args.prompt_len, args.response_len, turns=args.turns, env_tokens=args.env_tokens)
     hw = dataclasses.replace(HARDWARE[args.hardware], devices=args.gpus or _devices(w))
     est = estimate(w, hw, GPU_ASSUMED["hf"])
     print(f"cost model (predictions, assumed GPU constants): {hw.name} x{hw.devices}, {args.samples} sequences of "
