@@ -254,7 +254,7 @@ class RewardConfig(ModelConfig):
     """The PPO reward (actors/reward.py builds one scorer per kind)."""
 
     kind: Literal["model", "function", "relevance", "remote", "weighted", "none"] = "function"
-    """Reward source: model (a saved reward model), function ('module:function'), relevance (R^3: embedding relevance x length incentive x repetition penalty), remote (an HTTP endpoint of `rlhf serve reward`), weighted (a weighted sum of `components`), none (0: an environment's turn rewards alone, env.path). With env.path set, any kind scores the whole conversation and adds to the environment's rewards."""
+    """Reward source: model (a saved reward model), function ('module:function'), relevance (R^3: embedding relevance x length incentive x repetition penalty), remote (an HTTP endpoint of `rlhf serve reward`), weighted (a weighted sum of `components`), none (no reward role: an environment's turn rewards alone, env.path). With env.path set, any kind scores the whole conversation and adds to the environment's rewards."""
     path: str = ""
     """kind=model: folder or hub name of a saved reward model (a sequence classifier; its config's rlhf_reward describes the head, none means Bradley-Terry)."""
     function: str = ""
@@ -320,6 +320,7 @@ class RewardComponentConfig(RewardConfig):
 
     def validate(self, check: Check) -> None:
         check(self.kind != "weighted", "kind", "a component cannot itself be weighted (no nesting)")
+        check(self.kind != "none", "kind", "a component cannot be none (reward.kind=none starts no reward role)")
         check(self.length_penalty == 0, "length_penalty", "applies to the whole reward: set reward.length_penalty, not a component's")
         super().validate(check)
         check(self.weight == self.weight and abs(self.weight) != float("inf"), "weight", "must be a finite number")

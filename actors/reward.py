@@ -95,12 +95,10 @@ def build_scorer(cfg, *, max_new_tokens: int = 0, functions: dict | None = None)
         from actors.remote_reward import RemoteScorer
 
         return RemoteScorer(cfg.url, cfg.timeout_s, cfg.batch_size, retries=cfg.retries)
-    if kind == "none":
-        return NoScorer()
     if kind == "weighted":
         return WeightedScorer([(c.weight, build_scorer(c, max_new_tokens=max_new_tokens, functions=functions))
                                for c in cfg.components])
-    raise ValueError(f"reward.kind={kind!r} is not one of function, model, relevance, remote, weighted, none")
+    raise ValueError(f"reward.kind={kind!r} is not one of function, model, relevance, remote, weighted (none starts no reward role)")
 
 
 def describe(cfg) -> str:
@@ -203,13 +201,6 @@ class FunctionScorer:
         if len(values) != len(responses):
             raise ValueError(f"reward.function {self.spec!r} returned {len(values)} scores for {len(responses)} responses")
         return Scores(reward=torch.tensor(values, dtype=torch.float32))
-
-
-class NoScorer:
-    """kind=none: every response scores 0 (the reward is an environment's turn rewards alone, env.path)."""
-
-    def __call__(self, prompts, responses, references=None, query_types=None) -> Scores:
-        return Scores(reward=torch.zeros(len(responses), dtype=torch.float32))
 
 
 class ModelScorer:

@@ -30,7 +30,7 @@ class FollowUp:
             return self.ask, 0.1, False
         return None, len(response.split()) / 10, True
 '''
-TIMINGS = ("time/", "run/")
+TIMINGS = ("time/", "run/", "sync/")  # timings, and the sync a resumed run's first rollout did not need
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,14 @@ def test_a_user_environment_outside_the_repo_trains_through_rlhf_ppo(model_dir, 
     assert "training episode return" in printed and "held-out episode return" in printed
 
 
-def test_episodes_resumed_mid_run_equal_an_uninterrupted_run(model_dir, tmp_path, user_env):
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_episodes_resumed_mid_run_equal_an_uninterrupted_run(model_dir, tmp_path, user_env, staleness):
+    """Resumed from the step-2 checkpoint (with ppo.max_staleness=1 it holds the episodes sampled ahead for step 3),
+    the run trains on the episodes and numbers of an uninterrupted one."""
     from orchestrator.registry import run
 
-    common = (f"env.path={user_env}", *ENV, "run.steps=4", "run.save_every=2", "run.keep_checkpoints=4")
+    common = (f"env.path={user_env}", *ENV, "run.steps=4", "run.save_every=2", "run.keep_checkpoints=4",
+              f"ppo.max_staleness={staleness}", *(("ppo.old_logprobs=rollout",) if staleness else ()))
     run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "whole"), *common))
     run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "half"), *common, "run.steps=2"))
     run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "half"), *common))
@@ -99,6 +103,8 @@ def test_episodes_resumed_mid_run_equal_an_uninterrupted_run(model_dir, tmp_path
     (("reward.kind=none",), "config key 'reward.kind': none needs env.path"),
     (("env.path=no_such_module:Env", "reward.kind=none"), "config key 'env.path': cannot import 'no_such_module:Env'"),
     (("env.path=not-a-path",), "config key 'env.path': must look like 'module:Class'"),
+    (("env.path=ppo_helpers:FollowUp", "reward.kind=none", "env.kwargs.question=Why?"),
+     "config key 'env.kwargs': FollowUp(**{'question': 'Why?'}) does not fit its __init__: got an unexpected keyword argument 'question'"),
 ])
 def test_bad_environment_settings_fail_before_anything_starts(overrides, message, capsys):
     from orchestrator.cli import main

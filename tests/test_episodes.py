@@ -89,8 +89,9 @@ class Scripted:
         return None, self.bonus, True
 
 
-def scripted_policy(rendering: Rendering, answers: list[str]):
-    """A `sample(prompts, turn)` that answers `answers[turn]` on every row, with log-prob -(k+1)/10 on token k."""
+def scripted_policy(rendering: Rendering, answers: list[str], record: bool = True):
+    """A `sample(prompts, turn)` that answers `answers[turn]` on every row, with log-prob -(k+1)/10 on token k
+    (`record`: recorded, as an engine does when asked)."""
     calls = []
 
     def sample(prompts: PromptBatch, turn: int):
@@ -99,7 +100,7 @@ def scripted_policy(rendering: Rendering, answers: list[str]):
         B = prompts.num_rows
         response = torch.tensor([ids] * B)
         lps = torch.tensor([[-(k + 1) / 10 for k in range(len(ids))]] * B)
-        return to_rollout(prompts, response, lps, eos_id=rendering.eos_id, pad_id=rendering.tokenizer.pad_token_id,
+        return to_rollout(prompts, response, lps if record else None, eos_id=rendering.eos_id, pad_id=rendering.tokenizer.pad_token_id,
                           max_new_tokens=len(ids), tokenizer=rendering.tokenizer)
 
     return sample, calls
@@ -167,6 +168,15 @@ def test_a_scripted_episode_masks_the_environment_s_tokens_and_places_each_turn_
     assert m == {"env/return": 1.5, "env/turns": 2.0, "env/tokens": float(n), "env/tool_calls": 1.0, "env/done": 1.0, "env/errors": 0.0}
     e = rollout.episodes[0]
     assert [t["role"] for t in e["turns"]] == ["assistant", "tool", "assistant"] and e["turns"][0]["reward"] == 0.5
+
+
+def test_an_engine_that_records_no_log_probs_gives_an_episode_without_them(tokenizers):
+    """ppo.old_logprobs=recompute without tis_cap: the engine records nothing, and the rollout says so (None), so
+    that no mismatch is measured against zeros."""
+    r = Rendering(tokenizers["llama"])
+    sample, _ = scripted_policy(r, ["A.", "B."], record=False)
+    rollout = _runner(r).run(_batch(["Q?"]), seed=0, sample=sample, timed=_timed)
+    assert rollout.logprobs is None and int(rollout.action_mask.sum()) > 0
 
 
 def test_the_token_cap_and_max_turns_end_an_episode(tokenizers):
@@ -263,8 +273,8 @@ def test_a_bad_environment_is_one_line_naming_class_method_row_and_turn(cls, met
     with pytest.raises(EnvError) as info:
         runner.run(batch, seed=0, sample=sample, timed=_timed)
     assert time.monotonic() - start < 10  # a timed-out call is not waited for
-    line = str(info.value)
-    assert "\n" not in line and line.startswith(f"environment {cls.__name__}.{method} on prompt row ")
+    line = str(info.value)  # both episodes fail: the first of the batch is named, whichever call ended first
+    assert "\n" not in line and line.startswith(f"environment {cls.__name__}.{method} on prompt row 0 (turn 0): ")
     assert line.endswith(f"(turn 0): {problem}"), line
     # run.on_env_error=skip: the episodes are dropped (no action token), counted, the run goes on
     rollout = _runner(r, cls, on_error="skip", step_timeout_s=0.5).run(batch, seed=0, sample=sample, timed=_timed)

@@ -188,7 +188,7 @@ class PPOConfig:
             check(self.data.path == data, "data.path", f"must be {data} for env.path={env} (its prompts), got {self.data.path!r}")
         n = self.ppo.rollout_batch_size
         trained = ("policy",) if self.ppo.critic_free else ("policy", "critic")  # no critic role without GAE
-        for role in ("policy", "reference", "reward") + trained[1:]:
+        for role in ("policy", "reference", "reward")[: 3 if self.reward.kind != "none" else 2] + trained[1:]:
             replicas = getattr(self, role).replicas
             check(n % replicas == 0, "ppo.rollout_batch_size", f"({n} responses) must be divisible by {role}.replicas={replicas}")
         for role in trained:
@@ -243,10 +243,12 @@ class PPOConfig:
         return self.policy.path if self.critic.init_from == "policy" else self.reward.path
 
     def hosted_roles(self) -> dict:
-        """The roles this run starts and their config slices: policy and reward; the critic unless the
+        """The roles this run starts and their config slices: policy and reward (unless reward.kind=none); the critic unless the
         advantage estimator is critic-free; the reference unless the policy's LoRA adapters double as it
         (LoRA without reference.path: adapters off = the reference); the generator when `uses_generator`."""
-        roles = {"policy": self.policy, "reward": self.reward}
+        roles = {"policy": self.policy}
+        if self.reward.kind != "none":  # none: an environment's turn rewards alone, no reward role
+            roles["reward"] = self.reward
         if not self.ppo.critic_free:
             roles["critic"] = self.critic
         if not (self.policy.lora.enabled and not self.reference.path):

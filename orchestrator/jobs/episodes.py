@@ -125,8 +125,10 @@ class EpisodeRunner:
         `sample(prompts, turn)` samples one model turn for every episode still running. `timed(name)` times a
         block as a phase (`Phases.timed`): `env` for the driver's wait on the environment's calls."""
         episodes = [_Episode(i, row) for i, row in enumerate(batch.rows)]
+        self.recorded = True  # whether the engine recorded the log-probs of every turn it sampled
         with timed("env"):
             self._call_all(episodes, "reset", turn=0)
+        self._raise_first(episodes)
         for turn in range(self.cfg.max_turns):
             live = [e for e in episodes if not e.over and e.failed is None]
             if not live:
@@ -138,6 +140,7 @@ class EpisodeRunner:
             for e in live:
                 if e.failed is None:
                     self._after_step(e, turn)
+            self._raise_first(episodes)
         return self._rollout(episodes)
 
     def _prompts(self, live: list[_Episode], seed: int, turn: int) -> PromptBatch:
@@ -161,6 +164,7 @@ class EpisodeRunner:
             n = int(rollout.action_mask[r].sum())
             tokens = rollout.sequences[r, P:P + n].tolist()
             lps = rollout.logprobs[r, :n].tolist() if rollout.logprobs is not None else [0.0] * n
+            self.recorded = self.recorded and rollout.logprobs is not None
             ended = bool(rollout.ended_with_eos[r])
             room = self.cfg.max_tokens - len(e.prompt_ids) - len(e.tokens)
             text = rollout.responses[r]
@@ -279,12 +283,16 @@ class EpisodeRunner:
                 raise EnvError("returned an assistant message (the model's turns are the model's)")
         e.step_result = (messages, float(reward), done)
 
+    def _raise_first(self, episodes: list[_Episode]) -> None:
+        """run.on_env_error=raise: the failure of the first episode of the batch that failed (whichever call
+        finished first), as one line."""
+        failed = [e.failed for e in episodes if e.failed is not None]
+        if failed and self.on_error == "raise":
+            raise EnvError(failed[0])
+
     def _fail(self, e: _Episode, method: str, turn: int, problem: str) -> None:
         where = e.row.get("row_index", e.index)
-        line = f"environment {self.name}.{method} on prompt row {where} (turn {turn}): {problem}"
-        if self.on_error == "raise":
-            raise EnvError(line)
-        e.failed, e.over = line, True
+        e.failed, e.over = f"environment {self.name}.{method} on prompt row {where} (turn {turn}): {problem}", True
 
     # ------------------------------------------------------------------ the result
     def _rollout(self, episodes: list[_Episode]) -> Rollout:
@@ -307,7 +315,8 @@ class EpisodeRunner:
                             "tool_calls": e.tool_calls, "done": e.done, "error": e.failed},
             })
         return episode_rollout([e.prompt_ids for e in episodes], [e.tokens for e in episodes], [e.actions for e in episodes],
-                               [e.logprobs for e in episodes], [e.rewards for e in episodes], [e.done for e in episodes],
+                               [e.logprobs for e in episodes] if self.recorded else None, [e.rewards for e in episodes],
+                               [e.done for e in episodes],
                                width=max(1, *(len(e.tokens) for e in episodes)), pad_id=self.pad_id, prompts=[r["prompt"] for r in rows],
                                messages=[r["messages"] for r in rows], responses=[r["response"] for r in rows],
                                references=[e.row.get("reference") for e in episodes],

@@ -17,6 +17,7 @@ metrics, evaluation, checkpoints, resume, summary) is the job skeleton's (`orche
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from actors.reference import ReferenceActor
 from actors.rendering import Rendering
 from actors.reward import RewardActor, check_reward_config, describe
 from actors.trainer import NonFiniteError, merge_stats
-from actors.types import LogProbs, PromptBatch, Rollout
+from actors.types import LogProbs, PromptBatch, Rollout, Scores
 from cluster import RoleSpec, create_groups
 from losses.common import RunningMoments
 from losses.kl import KLController
@@ -64,7 +65,7 @@ def optimizer_steps(cfg: PPOConfig) -> int:
 class Roles:
     policy: object
     critic: object | None  # None with a critic-free estimator (ppo.advantage_estimator != gae)
-    reward: object
+    reward: object | None  # None with reward.kind=none: the environment's rewards alone
     reference: object | None  # None with a LoRA policy: reference = policy with adapters disabled
     generator: object | None = None  # ppo.max_staleness=1 or generator.engine=vllm only: samples the rollouts
 
@@ -125,6 +126,12 @@ class PPOJob(Job):
             cls = env_class(cfg.env.path)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        try:  # env.kwargs against the class's __init__, before anything starts
+            inspect.signature(cls).bind(**cfg.env.kwargs)
+        except TypeError as e:
+            raise ConfigError(f"config key 'env.kwargs': {cls.__name__}(**{cfg.env.kwargs}) does not fit its __init__: {e}") from None
+        except ValueError:  # no signature to read (a builtin or extension type): its first reset will say
+            pass
         log.info("environment: %s (env.path=%s), at most %d model turns and %d tokens per episode", cls.__name__,
                  cfg.env.path, cfg.env.max_turns, cfg.env.max_tokens)
         return EpisodeRunner(cfg.env, env_cls=cls, rendering=Rendering(tokenizer, cfg.data.chat_template),
@@ -167,11 +174,10 @@ class PPOJob(Job):
         cfg = self.cfg
         hosted = cfg.hosted_roles()
         common = dict(seed=cfg.run.seed, total_steps=optimizer_steps(cfg), minibatch_size=cfg.ppo.minibatch_size)
-        specs = {
-            "policy": RoleSpec(PolicyActor, cfg.policy, kwargs=dict(model_path=cfg.policy.path, **common)),
-            "reward": RoleSpec(RewardActor, cfg.reward, kwargs=dict(seed=cfg.run.seed, max_new_tokens=cfg.policy.max_new_tokens,
-                                                                   functions=self.functions)),
-        }
+        specs = {"policy": RoleSpec(PolicyActor, cfg.policy, kwargs=dict(model_path=cfg.policy.path, **common))}
+        if "reward" in hosted:  # (reward.kind=none: an environment's rewards alone, no role)
+            specs["reward"] = RoleSpec(RewardActor, cfg.reward, kwargs=dict(seed=cfg.run.seed, max_new_tokens=cfg.policy.max_new_tokens,
+                                                                           functions=self.functions))
         if "critic" in hosted:
             if cfg.critic.init_from == "reward" and cfg.reward.kind != "model":
                 raise ConfigError("critic.init_from=reward needs reward.kind=model (a reward model to take the backbone from)")
@@ -186,7 +192,7 @@ class PPOJob(Job):
         t0 = time.perf_counter()
         groups = create_groups(cfg.run.hosting(), specs)
         log.info("roles ready in %.1f s (%s mode)", time.perf_counter() - t0, cfg.run.mode)
-        self.roles = Roles(policy=groups["policy"], critic=groups.get("critic"), reward=groups["reward"],
+        self.roles = Roles(policy=groups["policy"], critic=groups.get("critic"), reward=groups.get("reward"),
                            reference=groups.get("reference"), generator=groups.get("generator"))
         self.groups = self.roles.all()
         self.rollouts.started(self.roles)
@@ -248,7 +254,9 @@ class PPOJob(Job):
         adapter-free base with LoRA and no reference.path), the policy's log-probs unless the rollout
         recorded them (ppo.old_logprobs=rollout), and the critic's values unless critic-free."""
         roles = self.roles
-        calls = {"score": lambda: roles.reward.scatter(RewardActor.score, rollout)}
+        calls = {}
+        if roles.reward is not None:
+            calls["score"] = lambda: roles.reward.scatter(RewardActor.score, rollout)
         if roles.reference is not None:
             calls["reference"] = lambda: roles.reference.scatter(ReferenceActor.logprobs, rollout)
         else:
@@ -264,6 +272,8 @@ class PPOJob(Job):
         `NonFiniteError` naming the first bad source: run.on_nonfinite raises or skips the step)."""
         cfg = self.cfg
         old = views["old_logprobs"] if "old_logprobs" in views else LogProbs(logprobs=rollout.logprobs)
+        if "score" not in views:  # reward.kind=none: the environment's turn rewards are the whole reward
+            views["score"] = Scores(reward=torch.zeros(rollout.num_rows))
         bad = nonfinite_inputs(rollout, views["score"], views["reference"], old, views.get("values"), describe(cfg.reward))
         if bad is not None:
             raise NonFiniteError(bad)
@@ -344,14 +354,16 @@ class PPOJob(Job):
         what = "PPO" if not algo.critic_free else (f"PPO ({algo.advantage_estimator}, no critic, "
                                                   f"{algo.samples_per_prompt} response(s) per prompt)")
         print(f"\n{what} finished: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; outputs in {out}")
-        print(f"  training reward (mean of first vs last steps): {summary['train_reward_first']:.4f} -> {summary['train_reward_last']:.4f}")
+        if self.roles is None or self.roles.reward is not None:
+            print(f"  training reward (mean of first vs last steps): {summary['train_reward_first']:.4f} -> {summary['train_reward_last']:.4f}")
         if "train_return_first" in summary:
             print(f"  training episode return (first vs last steps): {summary['train_return_first']:.4f} -> {summary['train_return_last']:.4f}")
             print(f"  held-out episode return:                       {(s.get('task') or {}).get('return', math.nan):.4f} -> "
                   f"{(e.get('task') or {}).get('return', math.nan):.4f}   (turns {(s.get('task') or {}).get('turns', math.nan):.2f} -> "
                   f"{(e.get('task') or {}).get('turns', math.nan):.2f}, tool calls {(s.get('task') or {}).get('tool_calls', math.nan):.2f} -> "
                   f"{(e.get('task') or {}).get('tool_calls', math.nan):.2f})")
-        print(f"  held-out reward:                                {s.get('reward', math.nan):.4f} -> {e.get('reward', math.nan):.4f}")
+        if s.get("reward") is not None:
+            print(f"  held-out reward:                                {s['reward']:.4f} -> {e.get('reward', math.nan):.4f}")
         if s.get("gold") is not None:
             print(f"  held-out GOLD score (never seen by PPO):        {s['gold']:.4f} -> {e['gold']:.4f}")
         print(f"  held-out response length (tokens):              {s.get('length_tokens', math.nan):.1f} -> {e.get('length_tokens', math.nan):.1f}")
