@@ -113,3 +113,18 @@ def test_bad_environment_settings_fail_before_anything_starts(overrides, message
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("rlhf:")]
     assert len(lines) == 1 and message in lines[0], err
+
+
+def test_token_budget_micro_batches_train_on_episodes_as_row_micro_batches_do(model_dir, tmp_path, user_env):
+    """micro_batch_tokens cuts an episode rollout by its real tokens (the environment's count: they are context of
+    every forward) and trims each micro-batch to its own padding: the step's numbers are those of row micro-batches."""
+    from orchestrator.registry import run
+
+    common = (f"env.path={user_env}", *ENV, "run.steps=1")
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "rows"), *common))
+    run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "tokens"), *common, "policy.micro_batch_tokens=96", "critic.micro_batch_tokens=96"))
+    a, b = read_metrics(tmp_path / "rows")[-1], read_metrics(tmp_path / "tokens")[-1]
+    assert a["env/turns"] == 2.0
+    for key, value in a.items():
+        if not key.startswith(TIMINGS):
+            assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
