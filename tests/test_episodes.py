@@ -89,13 +89,13 @@ class Scripted:
         return None, self.bonus, True
 
 
-def scripted_policy(rendering: Rendering, answers: list[str], record: bool = True):
+def scripted_policy(rendering: Rendering, answers: list[str], record: bool = True, eos: bool = True):
     """A `sample(prompts, turn)` that answers `answers[turn]` on every row, with log-prob -(k+1)/10 on token k
-    (`record`: recorded, as an engine does when asked)."""
+    (`record`: recorded, as an engine does when asked; `eos`: the turn ends with EOS, else it was cut)."""
     calls = []
 
     def sample(prompts: PromptBatch, turn: int):
-        ids = rendering.response_ids([answers[turn]])[0]
+        ids = rendering.response_ids([answers[turn]])[0][: None if eos else -1]
         calls.append((prompts, turn))
         B = prompts.num_rows
         response = torch.tensor([ids] * B)
@@ -108,8 +108,7 @@ def scripted_policy(rendering: Rendering, answers: list[str], record: bool = Tru
 
 def _runner(rendering, cls=Scripted, on_error="raise", **env):
     cfg = EnvConfig(path="x:y", **env)
-    return EpisodeRunner(cfg, env_cls=cls, rendering=rendering, on_error=on_error, max_new_tokens=16,
-                         pad_id=rendering.tokenizer.pad_token_id)
+    return EpisodeRunner(cfg, env_cls=cls, rendering=rendering, on_error=on_error, pad_id=rendering.tokenizer.pad_token_id)
 
 
 def _batch(prompts: list[str]) -> PromptBatch:
@@ -177,6 +176,22 @@ def test_an_engine_that_records_no_log_probs_gives_an_episode_without_them(token
     sample, _ = scripted_policy(r, ["A.", "B."], record=False)
     rollout = _runner(r).run(_batch(["Q?"]), seed=0, sample=sample, timed=_timed)
     assert rollout.logprobs is None and int(rollout.action_mask.sum()) > 0
+
+
+def test_a_turn_cut_before_its_eos_gets_the_template_s_end_of_turn_as_context(tokenizers):
+    """A model turn that did not end with EOS (cut by max_new_tokens, or a stop string): the tokens appended for the
+    environment's reply start with the template's own end of turn (the built-in template's is the EOS token), as
+    context, not as an action the model took."""
+    tok = tokenizers["llama"]
+    r = Rendering(tok)
+    sample, _ = scripted_policy(r, ["Look up my kite.", "It is red."], eos=False)
+    rollout = _runner(r).run(_batch(["Q?"]), seed=0, sample=sample, timed=_timed)
+    a1 = r.response_ids(["Look up my kite."])[0][:-1]
+    env = r.turn_ids([{"role": "tool", "content": "It is red."}], after_eos=False)
+    assert env[0] == tok.eos_token_id and env[1:] == r.turn_ids([{"role": "tool", "content": "It is red."}])
+    P = rollout.prompt_len
+    assert rollout.sequences[0, P:P + len(a1) + len(env)].tolist() == a1 + env
+    assert rollout.action_mask[0, :len(a1) + len(env)].tolist() == [1] * len(a1) + [0] * len(env)
 
 
 def test_the_token_cap_and_max_turns_end_an_episode(tokenizers):

@@ -105,17 +105,16 @@ class _Episode:
     done: bool = False  # the environment said done
     over: bool = False  # no more model turns
     failed: str | None = None
-    env_s: float = 0.0
     step_result: tuple = ()  # the last step's (messages, reward, done), checked
 
 
 class EpisodeRunner:
     """Runs the episodes of one batch of prompt rows with an engine's `sample` (module doc)."""
 
-    def __init__(self, cfg, *, env_cls: type, rendering: Rendering, on_error: str, max_new_tokens: int, pad_id: int):
-        """`cfg`: the `EnvConfig`; `on_error`: run.on_env_error."""
-        self.cfg, self.env_cls, self.rendering, self.on_error = cfg, env_cls, rendering, on_error
-        self.max_new_tokens, self.pad_id = max_new_tokens, pad_id
+    def __init__(self, cfg, *, env_cls: type, rendering: Rendering, on_error: str, pad_id: int):
+        """`cfg`: the `EnvConfig`; `on_error`: run.on_env_error. Each model turn is at most the engine's
+        policy.max_new_tokens."""
+        self.cfg, self.env_cls, self.rendering, self.on_error, self.pad_id = cfg, env_cls, rendering, on_error, pad_id
         self.name = env_cls.__name__
 
     # ------------------------------------------------------------------ the loop
@@ -165,12 +164,12 @@ class EpisodeRunner:
             tokens = rollout.sequences[r, P:P + n].tolist()
             lps = rollout.logprobs[r, :n].tolist() if rollout.logprobs is not None else [0.0] * n
             self.recorded = self.recorded and rollout.logprobs is not None
-            ended = bool(rollout.ended_with_eos[r])
             room = self.cfg.max_tokens - len(e.prompt_ids) - len(e.tokens)
             text = rollout.responses[r]
             if n > room:  # the episode's budget ends inside this turn
-                tokens, lps, ended, e.over = tokens[:room], lps[:room], False, True
+                tokens, lps, e.over = tokens[:room], lps[:room], True
                 text = self.rendering.tokenizer.decode(tokens, skip_special_tokens=True)
+            ended = bool(tokens) and tokens[-1] == self.rendering.eos_id  # (not at a stop string: no EOS was sampled)
             e.tokens += tokens
             e.actions += [1] * len(tokens)
             e.logprobs += lps
@@ -234,7 +233,6 @@ class EpisodeRunner:
             done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
             for f in done:
                 k, e = futures[f]
-                e.env_s += time.monotonic() - started.get(k, time.monotonic())
                 error = f.exception()
                 if error is not None:
                     self._fail(e, method, turn, f"raised {type(error).__name__}: {_first_line(error)}")

@@ -135,7 +135,7 @@ class PPOJob(Job):
         log.info("environment: %s (env.path=%s), at most %d model turns and %d tokens per episode", cls.__name__,
                  cfg.env.path, cfg.env.max_turns, cfg.env.max_tokens)
         return EpisodeRunner(cfg.env, env_cls=cls, rendering=Rendering(tokenizer, cfg.data.chat_template),
-                             on_error=cfg.run.on_env_error, max_new_tokens=cfg.policy.max_new_tokens, pad_id=tokenizer.pad_token_id)
+                             on_error=cfg.run.on_env_error, pad_id=tokenizer.pad_token_id)
 
     def check_models(self) -> dict:
         """The models' configs, read and checked before any role starts (`orchestrator.core.preflight`): every
