@@ -47,10 +47,12 @@ def test_local_and_ray_give_the_same_first_step(model_dir, tmp_path, ray_cluster
 def test_multi_turn_episodes_local_and_ray_give_the_same_first_step(model_dir, tmp_path, ray_cluster):
     """Episodes of two model turns (env.path): each turn's episodes are sampled by two policy replicas (padded to
     them), scored and trained in ray mode, with the environment's calls in the driver: the same first step and
-    held-out episodes as one local process (greedy, so the episodes are the same however they are sharded)."""
+    held-out episodes as one local process (greedy, so the episodes are the same however they are sharded). The
+    reward adds the test reward function's score of the whole conversation (its last turn's length) to the
+    environment's turn rewards."""
     from orchestrator.registry import run
 
-    env = ("env.path=ppo_helpers:FollowUp", "reward.kind=none", "env.max_tokens=64")
+    env = ("env.path=ppo_helpers:FollowUp", "env.max_tokens=64")
     run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "local"), *DETERMINISTIC, *env))
     run("ppo", tiny_ppo_config(model_dir, str(tmp_path / "ray"), *DETERMINISTIC, *env, "run.mode=ray", "policy.replicas=2"))
     local = _first_step(tmp_path / "local")
