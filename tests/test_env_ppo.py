@@ -4,32 +4,15 @@ an uninterrupted one; a built-in environment's preflight."""
 
 from __future__ import annotations
 
+import inspect
 import json
-import textwrap
 
 import pytest
 
-from ppo_helpers import read_metrics, tiny_model_dir, tiny_ppo_config
+from ppo_helpers import FollowUp, read_metrics, tiny_model_dir, tiny_ppo_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-USER_ENV = '''
-class FollowUp:
-    """Asks for more after the first answer; scores the second by its length in words."""
-
-    def __init__(self, ask="Tell me more."):
-        self.ask = ask
-
-    def reset(self, row):
-        self.turn = 0
-        return [{"role": "user", "content": row["prompt"]}]
-
-    def step(self, response):
-        self.turn += 1
-        if self.turn == 1:
-            return self.ask, 0.1, False
-        return None, len(response.split()) / 10, True
-'''
 TIMINGS = ("time/", "run/", "sync/")  # timings, and the sync a resumed run's first rollout did not need
 
 
@@ -42,7 +25,7 @@ def model_dir(tmp_path_factory):
 def user_env(tmp_path, monkeypatch):
     folder = tmp_path / "elsewhere"
     folder.mkdir()
-    (folder / "my_env.py").write_text(textwrap.dedent(USER_ENV))
+    (folder / "my_env.py").write_text(inspect.getsource(FollowUp))  # the class alone, as a user's file holds it
     monkeypatch.syspath_prepend(str(folder))
     return "my_env:FollowUp"
 

@@ -21,7 +21,9 @@ from cluster import LocalGroup, RoleGroup, get
 from orchestrator.builtin import world
 from orchestrator.builtin.datasets import GOLD_DATA
 from orchestrator.config import BUILTIN_REWARD, DataConfig, RewardConfig
+from orchestrator.core.phases import Phases
 from orchestrator.data import load_prompts, to_prompt_batch
+from orchestrator.jobs.episodes import episode_metrics, episode_rows
 from orchestrator.jobs.rewards import reward_functions
 
 log = logging.getLogger("rlhf.evaluation")
@@ -69,9 +71,6 @@ def sample_and_score(policy: RoleGroup, reward: RoleGroup | None, rows: list[dic
     batch = to_prompt_batch(rows, pad_id)
     batch.seeds = EVAL_SEED * 65_537 + torch.arange(batch.num_rows)  # a vLLM engine's per-row seeds: the same on any replica
     if episodes is not None:
-        from orchestrator.core.phases import Phases
-        from orchestrator.jobs.episodes import episode_metrics, episode_rows
-
         batch.rows = episode_rows(rows, list(range(len(rows))), EVAL_SEED, 0)
         rollout = episodes.run(batch, EVAL_SEED, lambda prompts, k: get(policy.scatter_padded(
             policy.role_cls.generate, prompts, seed=EVAL_SEED * 1_009 + k)), Phases().timed)
