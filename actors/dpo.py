@@ -92,7 +92,7 @@ class DPOActor(PolicyActor):
                 "logps/chosen": logps[:, 0].detach().mean(),
                 "logps/rejected": logps[:, 1].detach().mean(),
             }
-            return MicroLoss(losses, torch.ones_like(losses), metrics)
+            return MicroLoss(micro.weighted(losses), torch.ones_like(losses), metrics)
 
         micros = micro_batches(pairs, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
         stats = train_step(self.engine, micros, loss_fn, global_pairs, "dpo",

@@ -35,6 +35,12 @@ class Pairs(Batch):
     rejected_len: torch.Tensor = spec("B", torch.long)  # (B,) response tokens of rejected
     ref_chosen: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) DPO: log pi_ref(chosen | prompt)
     ref_rejected: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) DPO: log pi_ref(rejected | prompt)
+    weight: torch.Tensor = spec("B", torch.float32, optional=True)  # (B,) per-pair weight w_i * B / sum(w) over the GLOBAL batch (mean 1)
+
+    def weighted(self, losses: torch.Tensor) -> torch.Tensor:
+        """(b,) per-pair losses times their weights (unchanged without weights): averaged over the global pair
+        count, sum(w * loss) / sum(w) of the global batch, however it is sharded or micro-batched."""
+        return losses if self.weight is None else losses * self.weight.to(losses.dtype)
 
     forward_rows = 2  # chosen and rejected of a pair run in one forward (`stacked`)
 
@@ -73,8 +79,11 @@ class Pairs(Batch):
         return Sequences(*(torch.cat([c, r]) for c, r in zip(chosen, rejected)))
 
 
-def collate_pairs(rows: Seq[Mapping], pad_id: int) -> Pairs:
-    """Rows with prompt_ids / chosen_ids / rejected_ids (`orchestrator.data.load_preferences`) -> `Pairs`."""
+def collate_pairs(rows: Seq[Mapping], pad_id: int, weight_key: str | None = None) -> Pairs:
+    """Rows with prompt_ids / chosen_ids / rejected_ids (`orchestrator.data.load_preferences`) -> `Pairs`.
+
+    weight_key: the rows' weight column (`pair_weight` with data.weight_column), scaled to mean 1 over these
+    rows, so collate the whole global batch before scattering it."""
     if not rows:
         raise ValueError("collate_pairs: no rows")
     chosen_ids, chosen_mask = right_pad([list(r["prompt_ids"]) + list(r["chosen_ids"]) for r in rows], pad_id)
@@ -83,9 +92,14 @@ def collate_pairs(rows: Seq[Mapping], pad_id: int) -> Pairs:
     def lengths(key: str) -> torch.Tensor:
         return torch.tensor([len(r[key]) for r in rows], dtype=torch.long)  # (B,)
 
+    weight = None
+    if weight_key:
+        w = torch.tensor([float(r[weight_key]) for r in rows], dtype=torch.float64)  # (B,) > 0: weight-0 rows are not loaded
+        weight = (w * len(rows) / w.sum()).float()
     return Pairs(
         chosen_ids=chosen_ids, chosen_mask=chosen_mask, rejected_ids=rejected_ids, rejected_mask=rejected_mask,
         prompt_len=lengths("prompt_ids"), chosen_len=lengths("chosen_ids"), rejected_len=lengths("rejected_ids"),
+        weight=weight,
     )
 
 

@@ -138,7 +138,7 @@ class RewardModelActor:
                 mean_c, mean_r = self.head.mean(out_c), self.head.mean(out_r)
                 metrics = {"accuracy": ((mean_c > mean_r).float() + 0.5 * (mean_c == mean_r).float()).mean(),
                            "margin": (mean_c - mean_r).mean(), **terms.parts}
-            return MicroLoss(terms.pair, torch.ones_like(terms.pair), metrics, batch_term=terms.batch)
+            return MicroLoss(micro.weighted(terms.pair), torch.ones_like(terms.pair), metrics, batch_term=terms.batch)
 
         micros = micro_batches(pairs, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
         return train_step(self.engine, micros, loss_fn, global_pairs, "rm").as_dict()

@@ -7,6 +7,9 @@ Sources:
   distributional preference learning (mean-and-variance and categorical DPL), and its code
   (github.com/cassidylaidlaw/hidden-context).
 - ODIN: Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF" (arXiv 2402.07319).
+- Annotator types: a latent-class Bradley-Terry model, the mixture of preference models over user
+  types of Chakraborty et al. 2024, "MaxMin-RLHF" (arXiv 2402.08925), section on learning a mixture
+  of reward models; the DPL paper's hidden context as a discrete variable.
 
 Shapes: ``B`` preference pairs; "c" is the chosen and "r" the rejected response of a pair. Every loss
 returns per-sample values ``(B,)``, unreduced (reduce with a mean over pairs); batch-level terms (the
@@ -40,6 +43,8 @@ __all__ = [
     "mixture_mean",
     "mixture_std",
     "mixture_quantile",
+    "annotator_types_loss",
+    "annotator_types_split",
     "odin_loss",
     "odin_length_decorrelation",
     "odin_orthogonality",
@@ -383,6 +388,67 @@ def mixture_quantile(out: Tensor, alpha: float | Tensor, iters: int = 64) -> Ten
             lo = torch.where(below, mid, lo)
             hi = torch.where(below, hi, mid)
         return 0.5 * (lo + hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Annotator types (a mixture of Bradley-Terry raters)
+
+
+def _types_win_probs(u_chosen: Tensor, u_rejected: Tensor) -> Tensor:
+    return torch.sigmoid(_upcast(u_chosen) - _upcast(u_rejected))
+
+
+def annotator_types_loss(u_chosen: Tensor, u_rejected: Tensor, log_weights: Tensor) -> Tensor:
+    """Per-pair loss of K annotator types, each a Bradley-Terry rater with its own utility.
+
+    An annotator of type k prefers c with probability ``p_k = sigmoid(u_k(c) - u_k(r))``; the type is
+    hidden, drawn with probability ``pi_k``, and the SAME type judges both answers of a pair (unlike
+    ``mixture_loss``, whose two utilities are independent draws). So
+
+        P(c beats r) = sum_k pi_k sigmoid(u_k(c) - u_k(r)),    loss = -log P(c beats r)
+
+    computed as ``-logsumexp_k(log pi_k + log sigmoid(u_k(c) - u_k(r)))``, finite for any utilities.
+    (MaxMin-RLHF, arXiv 2402.08925: a mixture of reward models over user types; with K = 1 this is
+    ``bradley_terry_loss``.)
+
+    Args:
+        u_chosen: ``(B, K)`` utility of the chosen response for each type.
+        u_rejected: ``(B, K)`` utility of the rejected response for each type.
+        log_weights: ``(K,)`` or ``(B, K)`` log pi, normalised (e.g. a ``log_softmax``).
+
+    Returns:
+        ``(B,)`` per-pair loss.
+    """
+    diff = _upcast(u_chosen) - _upcast(u_rejected)  # (B, K)
+    return -torch.logsumexp(_upcast(log_weights) + F.logsigmoid(diff), dim=-1)
+
+
+def annotator_types_split(u_chosen: Tensor, u_rejected: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What K annotator types say about each pair: the pooled win probability, and its uncertainty split
+    into disagreement between the types and indifference within them.
+
+        p_k          = sigmoid(u_k(c) - u_k(r))
+        p            = sum_k pi_k p_k                      (an annotator drawn from the pool picks c)
+        disagreement = 4 sum_k pi_k (p_k - p)^2            (the types prefer different answers)
+        tie          = 4 sum_k pi_k p_k (1 - p_k)          (each type is itself unsure: a toss-up)
+
+    By the law of total variance, ``tie + disagreement = 4 p (1 - p)``, the label's whole variance (x4,
+    so each term is in [0, 1]): a pair the types split on, e.g. half certain of c and half certain of r,
+    has disagreement 1 and tie 0; a pair every type finds a coin flip has disagreement 0 and tie 1.
+
+    Args:
+        u_chosen, u_rejected: ``(B, K)`` per-type utilities.
+        log_weights: ``(K,)`` or ``(B, K)`` log pi.
+
+    Returns:
+        ``(p, disagreement, tie)``, each ``(B,)``.
+    """
+    p_k = _types_win_probs(u_chosen, u_rejected)  # (B, K)
+    pi = _upcast(log_weights).exp().expand_as(p_k)  # (B, K)
+    p = (pi * p_k).sum(-1)  # (B,)
+    disagreement = 4.0 * (pi * (p_k - p[:, None]).square()).sum(-1)
+    tie = 4.0 * (pi * p_k * (1.0 - p_k)).sum(-1)
+    return p, disagreement, tie
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
     rlhf bench ppo|dpo|rm|sft [--model M]          per-phase time, samples/s, tokens/s, MFU, peak memory per role
     rlhf cost [--model llama2-7b] [--published]     cost model: memory per GPU per role, FLOPs, comm, step time
     rlhf data check FILE --kind prompt|preference    validate a dataset, print counts and lengths
+    rlhf data audit DATA [--out DIR]                disagreement, label errors, length bias, duplicates of preference data
     rlhf experiment NAME [--help] [options]          the experiments of orchestrator/experiments (each takes its own
                                                      options: `rlhf experiment NAME --help`)
     rlhf serve reward --path DIR [--port 8000]      a reward as a Ray Serve HTTP endpoint (PPO: reward.kind=remote)
@@ -33,7 +34,7 @@ from orchestrator.config import ConfigError, to_yaml
 from orchestrator.data import DataError
 from orchestrator.experiments import EXPERIMENTS
 from orchestrator.registry import JOBS, load_config, run
-from orchestrator.tools import bench, costmodel, data_check, serve
+from orchestrator.tools import audit, bench, costmodel, data_check, serve
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -157,12 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_rm)
 
     groups = {"data": ("dataset tools", "ACTION"), "serve": ("serve a model over HTTP", "WHAT")}
-    for path, module in (("bench", bench), ("cost", costmodel), ("data check", data_check), ("serve reward", serve)):
+    made: dict = {}
+    for path, module in (("bench", bench), ("cost", costmodel), ("data check", data_check), ("data audit", audit),
+                         ("serve reward", serve)):
         parent = sub
-        if " " in path:  # a tool under a group: rlhf data check, rlhf serve reward
+        if " " in path:  # a tool under a group: rlhf data check, rlhf data audit, rlhf serve reward
             group, path = path.split()
-            text, metavar = groups[group]
-            parent = sub.add_parser(group, help=text).add_subparsers(dest=f"{group}_command", metavar=metavar, required=True)
+            if group not in made:
+                text, metavar = groups[group]
+                made[group] = sub.add_parser(group, help=text).add_subparsers(dest=f"{group}_command", metavar=metavar, required=True)
+            parent = made[group]
         p = parent.add_parser(path, help=module.HELP, description=module.DESCRIPTION)
         module.add_args(p)
         p.set_defaults(func=_cmd_tool(module))

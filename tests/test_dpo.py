@@ -73,14 +73,14 @@ def _logps(policy, rows, reference=False):
     return pair_logprobs(policy, rows, policy.role.pad_id, reference=reference)
 
 
-def _step(policy, rows, ref, loss_args) -> dict:
+def _step(policy, rows, ref, loss_args, weight_key=None) -> dict:
     """One DPO optimizer step on `rows` (the whole batch); its pair-weighted mean metrics."""
     from actors.dpo import DPOActor
     from actors.pairs import collate_pairs
     from actors.trainer import merge_stats
     from cluster import get
 
-    pairs = collate_pairs(rows, policy.role.pad_id)
+    pairs = collate_pairs(rows, policy.role.pad_id, weight_key=weight_key)
     pairs.ref_chosen, pairs.ref_rejected = ref[:, 0].contiguous(), ref[:, 1].contiguous()
     return merge_stats(get(policy.scatter(DPOActor.train_step, pairs, global_pairs=len(rows), loss_args=loss_args)))
 
@@ -150,6 +150,31 @@ def test_trained_loss_matches_the_formula(model_dir, loss):
     assert second["logps/chosen"] == pytest.approx(logps[:, 0].mean().item(), rel=1e-5)
     if loss != "ipo":  # (IPO at this lr overshoots its target z = 1/(2 beta) on summed log-probs)
         assert second["dpo/loss"] < first["dpo/loss"]
+
+
+def test_pair_weights_change_the_loss_as_the_hand_formula_says(model_dir):
+    """data.weight_column: the loss of a batch is sum(w * loss) / sum(w), here over two micro-batches of 4
+    (each pair's weight scaled by the GLOBAL batch's sum, so the cut does not matter)."""
+    from actors.dpo import dpo_loss_args
+
+    beta = 0.5
+    rows = _rows(model_dir, 8)
+    w = torch.tensor([2.0, 1.0, 0.5, 1.0, 3.0, 1.0, 0.25, 1.0], dtype=torch.float64)
+    for r, x in zip(rows, w.tolist()):
+        r["pair_weight"] = x
+    policy, cfg = _policy(model_dir)
+    assert cfg.policy.micro_batch_size == 4
+    args = dpo_loss_args("dpo", beta, 0.0)
+    ref = _logps(policy, rows, reference=True)
+    _step(policy, rows, ref, args, weight_key="pair_weight")
+    logps = _logps(policy, rows)
+    z = ((logps[:, 0] - logps[:, 1]) - (ref[:, 0] - ref[:, 1])).double()
+    per_pair = _hand_loss("dpo", z, beta, 0.0)  # -log sigmoid(beta z), DPO eq. 7
+    weighted = float((w * per_pair).sum() / w.sum())
+    assert abs(weighted - float(per_pair.mean())) > 1e-4  # the weights do move this batch's loss
+    second = _step(policy, rows, ref, args, weight_key="pair_weight")
+    assert second["dpo/loss"] == pytest.approx(weighted, rel=2e-5)
+    assert second["dpo/accuracy"] == pytest.approx((z > 0).double().mean().item())  # metrics stay unweighted
 
 
 def _metrics(out_dir) -> list[dict]:

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from losses.preference import (
+    annotator_types_loss,
+    annotator_types_split,
     bradley_terry_loss,
     categorical_loss,
     categorical_mean,
@@ -306,3 +308,63 @@ def test_odin_orthogonality_and_gradcheck():
         return bt.sum() + length_term
 
     assert torch.autograd.gradcheck(fn, tuple(inputs))
+
+
+# ----------------------------------------------------------------------------------------------- annotator types
+
+
+def test_annotator_types_hand_value_two_types():
+    # type 0 (pi 0.7): u(c) - u(r) = ln 3, p_0 = 3/4; type 1 (pi 0.3): u(c) - u(r) = -ln 3, p_1 = 1/4
+    # P = 0.7 * 0.75 + 0.3 * 0.25 = 0.6, loss = -ln 0.6
+    u_c = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)
+    u_r = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)
+    log_w = torch.log(torch.tensor([0.7, 0.3], dtype=torch.float64))
+    loss = annotator_types_loss(u_c, u_r, log_w)
+    assert loss.item() == pytest.approx(-math.log(0.6), abs=1e-12)
+    p, disagreement, tie = annotator_types_split(u_c, u_r, log_w)
+    assert p.item() == pytest.approx(0.6, abs=1e-12)
+    # 4 * (0.7 * (0.75 - 0.6)^2 + 0.3 * (0.25 - 0.6)^2) = 4 * (0.01575 + 0.03675) = 0.21
+    assert disagreement.item() == pytest.approx(0.21, abs=1e-12)
+    # 4 * (0.7 * 0.75 * 0.25 + 0.3 * 0.25 * 0.75) = 4 * 0.1875 = 0.75; and 0.21 + 0.75 = 4 * 0.6 * 0.4
+    assert tie.item() == pytest.approx(0.75, abs=1e-12)
+
+
+def test_annotator_types_one_type_is_bradley_terry_and_never_disagrees():
+    g = torch.Generator().manual_seed(0)
+    u_c, u_r = torch.randn(32, 1, generator=g, dtype=torch.float64), torch.randn(32, 1, generator=g, dtype=torch.float64)
+    log_w = torch.zeros(1, dtype=torch.float64)
+    torch.testing.assert_close(annotator_types_loss(u_c, u_r, log_w), bradley_terry_loss(u_c[:, 0], u_r[:, 0]), rtol=0, atol=1e-12)
+    p, disagreement, tie = annotator_types_split(u_c, u_r, log_w)
+    assert disagreement.abs().max().item() < 1e-15
+    torch.testing.assert_close(tie, 4 * p * (1 - p), rtol=0, atol=1e-12)
+
+
+def test_annotator_types_dispute_against_tie():
+    # a split: half the pool certain of c, half certain of r -> disagreement ~1, tie ~0, p = 1/2;
+    # a toss-up: both types indifferent -> disagreement 0, tie 1, p = 1/2 as well
+    log_w = torch.log(torch.tensor([0.5, 0.5], dtype=torch.float64))
+    split = annotator_types_split(torch.tensor([[30.0, -30.0]], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), log_w)
+    toss = annotator_types_split(torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), log_w)
+    assert split[0].item() == pytest.approx(0.5) and toss[0].item() == pytest.approx(0.5)
+    assert split[1].item() == pytest.approx(1.0, abs=1e-12) and split[2].item() < 1e-12
+    assert toss[1].item() == 0.0 and toss[2].item() == pytest.approx(1.0)
+
+
+def test_annotator_types_total_variance_and_extremes():
+    g = torch.Generator().manual_seed(1)
+    u_c, u_r = 3 * torch.randn(64, 3, generator=g, dtype=torch.float64), 3 * torch.randn(64, 3, generator=g, dtype=torch.float64)
+    log_w = torch.log_softmax(torch.randn(64, 3, generator=g, dtype=torch.float64), -1)  # per-pair weights broadcast too
+    p, disagreement, tie = annotator_types_split(u_c, u_r, log_w)
+    torch.testing.assert_close(disagreement + tie, 4 * p * (1 - p), rtol=0, atol=1e-12)
+    extreme = annotator_types_loss(torch.tensor([[-1e4, 1e4]]), torch.tensor([[1e4, -1e4]]), torch.log(torch.tensor([0.5, 0.5])))
+    assert torch.isfinite(extreme).all() and extreme.item() == pytest.approx(math.log(2.0), abs=1e-5)
+    worst = annotator_types_loss(torch.tensor([[-1e4]]), torch.tensor([[1e4]]), torch.zeros(1))
+    assert worst.item() == pytest.approx(2e4, rel=1e-6)  # -log sigmoid(-2e4), finite
+
+
+def test_annotator_types_gradcheck_float64():
+    g = torch.Generator().manual_seed(2)
+    u_c = torch.randn(4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    u_r = torch.randn(4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, w: annotator_types_loss(a, b, torch.log_softmax(w, -1)), (u_c, u_r, logits))

@@ -164,6 +164,7 @@ class PPOConfig:
     """Multi-turn rollouts: the environment the policy talks to (unset: one prompt, one response)."""
 
     def validate(self, check: Check) -> None:
+        check(not self.data.weight_column, "data.weight_column", "is read by rlhf rm and rlhf dpo (preference pairs); PPO prompts have no weights")
         builtin_reward = [part for part in ([self.reward] + list(self.reward.components))
                           if part.kind == "function" and part.function == BUILTIN_REWARD]
         for path, key in ((self.data.path, "data.path"), (self.data.eval_path, "data.eval_path")):
@@ -417,6 +418,7 @@ class SFTConfig:
     def validate(self, check: Check) -> None:
         _check_eval_generator(self, check)
         per_step = self.policy.replicas * self.policy.micro_batch_size
+        check(not self.data.weight_column, "data.weight_column", "is read by rlhf rm and rlhf dpo (preference pairs), not by rlhf sft")
         check(self.sft.batch_size % per_step == 0, "sft.batch_size",
               f"({self.sft.batch_size}) must be divisible by policy.replicas x policy.micro_batch_size = {per_step}")
         check(self.policy.colocate_with is None, "policy.colocate_with", "must be empty: rlhf sft has one role")

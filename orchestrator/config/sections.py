@@ -39,6 +39,8 @@ class DataConfig:
     """Apply the tokenizer's chat template when it has one."""
     max_rows: int = 0
     """Read at most this many rows (0 = all)."""
+    weight_column: str = ""
+    """rlhf rm and rlhf dpo: a column of per-pair weights (finite, >= 0; rows of weight 0 are dropped), e.g. the audit_weight of `rlhf data audit --write-clean`. The loss of a batch is sum(w * loss) / sum(w); held-out evaluation stays unweighted. Empty: every pair counts 1."""
 
     def validate(self, check: Check) -> None:
         check(bool(self.path), "path", "must not be empty")

@@ -5,6 +5,7 @@ docs/your-model-and-data.md describes the columns, the rendering and the length 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from actors.config import first_line
 from actors.rendering import Rendering, RenderError
 from orchestrator.data.rows import ANSWERS, PARSERS, Parsed
 from orchestrator.data.sources import is_local, read_rows
-from orchestrator.data.stats import TYPE_NAMES, DataError, DataStats, LengthStats
+from orchestrator.data.stats import TYPE_NAMES, DataError, DataStats, LengthStats, short
 
 logger = logging.getLogger("rlhf.data")
 
@@ -40,7 +41,8 @@ def load_preferences(cfg: "DataConfig", tokenizer, *, eval_set: bool = False) ->
     """The preference dataset of `cfg`, rendered, tokenized and length-limited (eval_set as in `load_prompts`).
 
     Columns: prompt, chat, prompt_text, prompt_ids, chosen, rejected, chosen_ids, rejected_ids (responses
-    end with eos unless truncated), then the other input columns. Errors as in `load_prompts`.
+    end with eos unless truncated), pair_weight (with data.weight_column: its value; rows of weight 0 are
+    dropped), then the other input columns. Errors as in `load_prompts`.
     """
     return _nonempty(*load_rows("preference", cfg, tokenizer, eval_set))
 
@@ -85,11 +87,14 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
 
     parse = PARSERS[kind]
     answers = ANSWERS[kind]  # the response fields of this kind
+    weight_column = cfg.weight_column if kind == "preference" else ""
     rows: list[Parsed] = []
     texts: list[str] = []
+    weights: list[float] = []
     for where, fields in raw:
         try:
             row = parse(where, fields)
+            weight = _weight(where, fields, weight_column) if weight_column else 1.0
             texts.append(_render(row, rendering))
         except DataError as e:
             if cfg.on_error == "raise":
@@ -97,6 +102,7 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
             stats.skip(e)
             continue
         rows.append(row)
+        weights.append(weight)
 
     prompt_ids = rendering.prompt_ids(texts)
     if kind == "sft":  # a chat with earlier model turns: the context as an episode holds it (`Rendering.episode_ids`)
@@ -120,8 +126,13 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
         columns.update(reference=[], query_type=[])
     for name in answers:
         columns.update({name: [], f"{name}_ids": []})
+    if weight_column:
+        columns["pair_weight"] = []
     kept: list[Parsed] = []
     for i, row in enumerate(rows):
+        if weights[i] == 0:
+            stats.dropped_weight += 1
+            continue
         p, text = prompt_ids[i], texts[i]
         ids = {name: answer_ids[name][i] for name in answers}
         if len(p) > max_p or any(len(x) > max_r for x in ids.values()):
@@ -146,6 +157,8 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
         for name in answers:
             columns[name].append(getattr(row, name))
             columns[f"{name}_ids"].append(ids[name])
+        if weight_column:
+            columns["pair_weight"].append(weights[i])
         kept.append(row)
     stats.kept = len(kept)
     dataset = _to_dataset(columns, kept, stats.source)
@@ -164,6 +177,16 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
     return dataset, stats
 
 
+def _weight(where: str, fields: dict, column: str) -> float:
+    """A pair's weight from `data.weight_column`: a finite number >= 0 (a `DataError` naming row and field)."""
+    value = fields.get(column)
+    if value is None:
+        raise DataError(where, "is missing (data.weight_column)", column)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise DataError(where, "must be a finite number >= 0 (data.weight_column)", column, f"got {short(value)}")
+    return float(value)
+
+
 def _render(row: Parsed, rendering: Rendering) -> str:
     """The prompt as the policy sees it (`actors.rendering`); a template failure names the row."""
     try:
@@ -179,7 +202,7 @@ def _to_dataset(columns: dict[str, list], rows: list[Parsed], source: str) -> "d
     ids = pa.list_(pa.int32())
     types = {"prompt": pa.string(), "prompt_text": pa.string(), "prompt_ids": ids, "reference": pa.string(),
              "query_type": pa.string(), "chosen": pa.string(), "rejected": pa.string(), "chosen_ids": ids, "rejected_ids": ids,
-             "response": pa.string(), "response_ids": ids,
+             "response": pa.string(), "response_ids": ids, "pair_weight": pa.float64(),
              "chat": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))}
     arrays = {name: pa.array(values, type=types[name]) for name, values in columns.items()}
     extra_names: dict[str, None] = {}

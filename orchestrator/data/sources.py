@@ -31,6 +31,7 @@ def read_rows(
     subset: str = "",
     data_files: Sequence[str] = (),
     data_dir: str = "",
+    keep_errors: bool = False,
 ) -> list[Row]:
     """The rows of a source (see the module doc), each with its label, e.g. ("x.jsonl line 7", {...}).
 
@@ -39,6 +40,8 @@ def read_rows(
     lines are counted in `stats.skipped`; with 'raise' the first one raises `DataError`. Errors that
     make the whole source unreadable (missing file, unreachable hub dataset) always raise. subset,
     data_files and data_dir select within a hub dataset (data_dir also within a local folder).
+    keep_errors=True returns a bad row in its place as (label, DataError) instead (counted as read,
+    not skipped), so a caller can keep every row's position (`rlhf data audit`).
     """
     stats = stats if stats is not None else DataStats()
     rows: list[Row] = []
@@ -51,6 +54,9 @@ def read_rows(
         if not isinstance(value, DataError) and not isinstance(value, dict):
             value = DataError(where, "is not a JSON object", detail=f"got {type_name(value)}")
         if isinstance(value, DataError):
+            if keep_errors:
+                rows.append((where, value))
+                continue
             if on_error == "raise":
                 raise value
             stats.skip(value)

@@ -54,7 +54,7 @@ class LengthStats:
 
 @dataclass
 class DataStats:
-    """What loading a dataset did. rows_read == kept + dropped_long + sum(skipped.values())."""
+    """What loading a dataset did. rows_read == kept + dropped_long + dropped_weight + sum(skipped.values())."""
 
     source: str = ""
     """Where the rows came from, e.g. 'data/prefs.jsonl' or 'builtin:preferences[train]'."""
@@ -66,6 +66,8 @@ class DataStats:
     """Rows in the returned dataset."""
     dropped_long: int = 0
     """Rows removed by the length limit (see the module doc for truncate mode)."""
+    dropped_weight: int = 0
+    """Rows of weight 0 in data.weight_column, removed."""
     truncated: int = 0
     """Kept rows whose prompt or a response was cut to the limit."""
     skipped: dict[str, int] = field(default_factory=dict)
@@ -94,6 +96,8 @@ class DataStats:
             f"read {self.rows_read}, kept {self.kept}, dropped as too long {self.dropped_long}, "
             f"truncated {self.truncated}, skipped {self.n_skipped}"
         )
+        if self.dropped_weight:
+            text += f", dropped with weight 0 {self.dropped_weight}"
         if self.skipped:
             text += " [" + "; ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items(), key=lambda kv: -kv[1])) + "]"
         return text
@@ -109,6 +113,7 @@ class DataStats:
             f"  kept                {self.kept:>8}",
             f"  dropped (too long)  {self.dropped_long:>8}",
             f"  truncated           {self.truncated:>8}",
+            *([f"  dropped (weight 0)  {self.dropped_weight:>8}"] if self.dropped_weight else []),
             f"  skipped (malformed) {self.n_skipped:>8}",
         ]
         for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]):

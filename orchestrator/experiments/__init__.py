@@ -62,6 +62,12 @@ def _environments():
     return environments
 
 
+def _data_audit():
+    from orchestrator.experiments import data_audit
+
+    return data_audit
+
+
 EXPERIMENTS = {
     "dpl-synthetic": Experiment("the DPL paper's 1-D hidden-context experiment", _dpl_synthetic),
     "hidden-context": Experiment("DPL std, ODIN and risk-averse PPO on the built-in preference data", _hidden_context),
@@ -71,4 +77,5 @@ EXPERIMENTS = {
     "estimators": Experiment("PPO with GAE against GRPO, Dr. GRPO, RLOO, REINFORCE++ on the built-in task", _estimators),
     "environments": Experiment("PPO and GRPO on the built-in multi-turn environments (a tool call, a clarifying question)",
                                _environments),
+    "data-audit": Experiment("rlhf data audit scored against what the built-in preference data is known to hide", _data_audit),
 }

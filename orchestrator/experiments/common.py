@@ -128,6 +128,10 @@ class Seeded:
     seeds: int = 3
     """Seeds of a full run (a quick run: 1)."""
     quick_help: str = "a few steps of every run, for smoke tests (findings computed, not expected to pass)"
+    single_thread: bool = True
+    """Run under one torch thread (`one_thread`: trained numbers the same on any core count). False for an
+    experiment whose numbers are AUCs over thousands of rows, which a thread count cannot move, and whose
+    encoder passes take minutes (`data-audit`)."""
 
 
 ENGINE: list[str] = []
@@ -147,7 +151,7 @@ def run_seeded(exp: Seeded, out: str, seed: int = 0, quick: bool = False, seeds:
     chains = []
     ENGINE[:] = [f"generator.engine={engine}"] if engine != "hf" else []
     try:
-        with one_thread():
+        with one_thread() if exp.single_thread else contextlib.nullcontext():
             for s in seed_list:
                 print(f"{exp.name}: seed {s} ({len(chains) + 1} of {len(seed_list)})", flush=True)
                 chains.append(exp.chain(folder / f"seed{s}", s, quick))

@@ -76,7 +76,8 @@ class DPOJob(PolicyJob):
         eval_set, _ = load_preferences(cfg.data, self.tokenizer, eval_set=True)
         if cfg.dpo.eval_pairs:
             eval_set = eval_set.select(range(min(cfg.dpo.eval_pairs, len(eval_set))))
-        self.train_rows = train_set.select_columns(ID_COLUMNS).to_list()
+        self.weight_key = "pair_weight" if cfg.data.weight_column else None  # per-pair weights of the training loss
+        self.train_rows = train_set.select_columns(ID_COLUMNS + ([self.weight_key] if self.weight_key else [])).to_list()
         self.eval_rows = eval_set.select_columns(ID_COLUMNS).to_list()
         self.prepare(self.train_rows, eval_set, ("chosen_ids", "rejected_ids"))
         log.info("data: %d train pairs, %d eval pairs, %d held-out prompts sampled (gold: %s)", len(self.train_rows),
@@ -106,7 +107,7 @@ class DPOJob(PolicyJob):
         t0 = time.perf_counter()
         idx = self.stream.next(B)
         rows = [self.train_rows[i] for i in idx]
-        pairs = collate_pairs(rows, self.pad_id)
+        pairs = collate_pairs(rows, self.pad_id, weight_key=self.weight_key)
         pairs.ref_chosen, pairs.ref_rejected = reference[idx, 0].contiguous(), reference[idx, 1].contiguous()
         metrics = merge_stats(get(self.policy.scatter(DPOActor.train_step, pairs, global_pairs=B, loss_args=self.loss_args)))
         seconds = time.perf_counter() - t0

@@ -62,6 +62,7 @@ class RMJob(Job):
         self.eval_rows = eval_set.to_list()[: cfg.rm.eval_max_pairs or None]
         self.eval_groups = group_labels(self.eval_rows, cfg.rm.group_by, self.eval_stats.source)
         self.norm_rows = self.train_rows[: cfg.rm.norm_pairs or None]
+        self.weight_key = "pair_weight" if cfg.data.weight_column else None  # per-pair weights of the training loss
         log.info("data: %d training pairs, %d held-out pairs", len(self.train_rows), len(self.eval_rows))
         answers = ("chosen_ids", "rejected_ids")
         preflight.check_positions(self.info, preflight.longest_row(self.train_rows + self.eval_rows, answers),
@@ -96,7 +97,7 @@ class RMJob(Job):
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
-        pairs = collate_pairs([self.train_rows[i] for i in self.stream.next()], self.pad_id)
+        pairs = collate_pairs([self.train_rows[i] for i in self.stream.next()], self.pad_id, weight_key=self.weight_key)
         self._norm = None  # the weights change: the normalisation is computed again when next needed
         metrics = merge_stats(get(self.group.scatter(RewardModelActor.train_step, pairs, global_pairs=self.cfg.rm.batch_size)))
         metrics["time/step"] = time.perf_counter() - t0

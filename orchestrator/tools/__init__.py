@@ -6,5 +6,7 @@
 - `synth`: models of a size spec and rows of random tokens, for the bench;
 - `serve`: `rlhf serve reward`, any reward as a Ray Serve HTTP endpoint;
 - `data_check`: `rlhf data check`, a dataset validated as a job would load it;
+- `audit`: `rlhf data audit`, what a preference dataset hides (disagreement, label errors, length bias,
+  duplicates), a package: reading and duplicates (`scan`), the cross-fitted model (`crossfit`), the files (`report`);
 - `args`: the argument types they share.
 """
