@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -45,6 +46,11 @@ class TextEncoder:
 
         self.name = name
         path = encoder_path(name)
+        local = os.path.exists(path) or path.startswith((".", "/", "~"))
+        if local and not os.path.isdir(os.path.expanduser(path)):
+            raise ValueError(f"model {name!r}: no such folder")
+        if local and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+            raise ValueError(f"model {name!r}: not a Hugging Face model folder (no config.json)")
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         bars = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr

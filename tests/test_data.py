@@ -224,7 +224,7 @@ PREF_ERRORS = [
         "field 'chosen' is empty",
     ),
     ({"chosen": "plain a", "rejected": "plain b"}, "field 'prompt' is missing (and 'chosen'/'rejected' are not HH-RLHF"),
-    ('{"prompt": "q", "chosen": "a", "rejected": "b"', "invalid JSON (Expecting ',' delimiter at column 47)"),
+    ('{"prompt": "q", "chosen": "a", "rejected": "b"', "invalid JSON (Expecting ',' delimiter, column 47)"),
     ("[1, 2]", "is not a JSON object (got list)"),
 ]
 

@@ -212,9 +212,12 @@ def test_write_clean_keeps_the_rest_with_weights_the_loader_reads(kitchen):
     assert [{k: v for k, v in c.items() if k != "audit_weight"} for c in clean] == [rows[i] for i in kept]
     assert [c["audit_weight"] for c in clean] == [audit[i]["weight"] for i in kept]
     assert summary["clean"]["rows_kept"] == len(kept) and summary["clean"]["removed_duplicates"] == 2
-    data, stats = load_preferences(DataConfig(path=str(folder / "clean.jsonl"), weight_column="audit_weight"),
-                                   load_tokenizer(builtin_tokenizer_dir()))
+    cfg = DataConfig(path=str(folder / "clean.jsonl"), weight_column="audit_weight", eval_path=str(folder / "prefs.jsonl"),
+                     on_error="skip")
+    data, stats = load_preferences(cfg, load_tokenizer(builtin_tokenizer_dir()))
     assert data["pair_weight"] == [c["audit_weight"] for c in clean]
+    held_out, _ = load_preferences(cfg, load_tokenizer(builtin_tokenizer_dir()), eval_set=True)  # has no weights: unweighted
+    assert len(held_out) == 47 and "pair_weight" not in held_out.column_names
 
 
 @pytest.mark.parametrize("value, message", [(-1, "must be a finite number >= 0"), ("heavy", "must be a finite number >= 0"),
@@ -268,8 +271,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     _write_kitchen(data)
     assert _audit(data, "--out", str(tmp_path / "mine")) == 2
-    assert "is not an audit folder" in capsys.readouterr().err
+    assert "holds files an audit did not write (notes.txt)" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "mine" / "summary.json").write_text("{}")  # an earlier audit, with a file of the user's added
+    assert _audit(data, "--out", str(tmp_path / "mine")) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    capsys.readouterr()
+    for model, words_ in ((str(tmp_path / "no_such_model"), "no such folder"), (str(tmp_path / "mine"), "no config.json")):
+        assert _audit(data, "--out", str(tmp_path / "c"), "--model", model) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words_ in err[0] and model in err[0]
 
 
 def test_an_earlier_audit_is_replaced_only_when_the_new_one_is_complete(kitchen, tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
 
     parse = PARSERS[kind]
     answers = ANSWERS[kind]  # the response fields of this kind
-    weight_column = cfg.weight_column if kind == "preference" else ""
+    weight_column = cfg.weight_column if kind == "preference" and not eval_set else ""  # evaluation is unweighted
     rows: list[Parsed] = []
     texts: list[str] = []
     weights: list[float] = []
@@ -161,6 +161,11 @@ def load_rows(kind: str, cfg: "DataConfig", tokenizer, eval_set: bool) -> tuple[
             columns["pair_weight"].append(weights[i])
         kept.append(row)
     stats.kept = len(kept)
+    if weight_column and kept:
+        w = columns["pair_weight"]
+        logger.info("%s: pair weights from column '%s' (data.weight_column): mean %.4g, min %.4g, max %.4g over %d rows; "
+                    "%d rows of weight 0 dropped", stats.source, weight_column, sum(w) / len(w), min(w), max(w), len(w),
+                    stats.dropped_weight)
     dataset = _to_dataset(columns, kept, stats.source)
     stats.log()
     if stats.dropped_long and cfg.on_long == "drop":

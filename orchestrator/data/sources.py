@@ -135,7 +135,7 @@ def _json_rows(path: str) -> Iterator[tuple[str, Any]]:
         except UnicodeDecodeError as e:
             yield where, DataError(where, "is not UTF-8 text", detail=f"byte {e.start} of the line")
         except json.JSONDecodeError as e:
-            yield where, DataError(where, "invalid JSON", detail=f"{e.msg} at column {e.colno}")
+            yield where, DataError(where, "invalid JSON", detail=f"{e.msg}, column {e.colno}")
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:

@@ -124,6 +124,8 @@ def audit(cfg: AuditConfig, log: Callable[[str], None] = print, progress: bool =
     from orchestrator.tools.audit.crossfit import FitConfig, crossfit, features
     from orchestrator.tools.audit.scan import GROUP_COLUMNS, duplicates, length_bias, read_pairs, words
 
+    if cfg.folds < 2:
+        raise ValueError(f"--folds {cfg.folds}: cross-fitting needs at least 2 folds")
     t0 = time.perf_counter()
     pairs, stats = read_pairs(cfg.data, cfg.split, on_error=cfg.on_error, max_rows=cfg.max_rows, subset=cfg.subset,
                               data_files=cfg.data_files, data_dir=cfg.data_dir)
@@ -255,7 +257,9 @@ def _by_group(pairs, rows, column: str, flip_threshold: float) -> dict:
 
 
 def clean_rows(result: Audit) -> tuple[list[int], dict]:
-    """The rows --write-clean keeps (usable, not a duplicate, label_flip at most the threshold), and counts."""
+    """The rows --write-clean keeps (usable, not a duplicate, label_flip at most the threshold), and counts. A
+    swapped copy is kept with its original when neither is a likely error: the two labels may be a real
+    disagreement (`contradictions_kept` counts such pairs)."""
     threshold = result.summary["label_noise"]["threshold"]
     keep, dup, flip = [], 0, 0
     for r in result.rows:
@@ -267,7 +271,10 @@ def clean_rows(result: Audit) -> tuple[list[int], dict]:
             flip += 1
         else:
             keep.append(r["row"])
+    kept = set(keep)
+    contradictions = sum(1 for r in result.rows if r["row"] in kept and r["swapped_of"] in kept)
     return keep, {"rows_kept": len(keep), "removed_duplicates": dup, "removed_label_errors": flip,
+                  "contradictions_kept": contradictions,
                   "removed_malformed": sum(r["error"] is not None for r in result.rows),
                   "label_flip_threshold": threshold, "weight_column": WEIGHT_COLUMN}
 
@@ -335,7 +342,8 @@ def run(args: argparse.Namespace) -> int:
         write_clean(result, args.write_clean, keep, WEIGHT_COLUMN)
         result.summary["clean"] = {"path": args.write_clean, **info}
     failed = failed_rules(result.summary, rules)
-    result.summary["fail_on"] = {"rules": args.fail_on, "failed": failed}
+    if rules:
+        result.summary["fail_on"] = {"rules": args.fail_on, "failed": failed}
     out = write_outputs(result, args.out)
     _print_summary(result.summary, out)
     if failed:
@@ -345,23 +353,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(s: dict, out: Path) -> None:
+    from orchestrator.tools.audit.report import plural
+
     noise, dis, dup, lb = s["label_noise"], s["disagreement"], s["duplicates"], s["length_bias"]
     ev = dis["evidence"]
     print(f"\naudit of {s['data']}: {s['usable_rows']} usable pairs of {s['n_rows']} rows in {s['timing_s']['total']:.0f} s "
           f"(embedding {s['timing_s']['embed']:.0f} s, {s['texts_embedded']} texts; peak memory {s['peak_rss_mb']:.0f} MB)")
     print(f"  label noise:  {noise['share']:.1%} of pairs have label_flip > {noise['threshold']} ({noise['n_rows']} rows); "
           f"{noise['against_majority_share']:.1%} labelled against the pool's majority")
-    line = f"  disagreement: {dis['share']:.1%} of pairs above {dis['threshold']} ({dis['n_rows']} rows)"
+    line = f"  disagreement: {dis['share']:.1%} of pairs above {dis['threshold']} ({plural(dis['n_rows'], 'row')})"
     if ev:
         line += (f"; annotator types {'seen' if ev['seen'] else 'NOT seen'}: {ev['gain_per_pair']:+.4f} nats/pair over "
                  f"Bradley-Terry (z = {ev['z']:.1f}), weights {dis['type_weights']}")
     print(line)
-    print(f"  duplicates:   {dup['n_rows']} rows ({dup['exact']} exact), {dup['swapped']} swapped copies")
+    copies = "1 swapped copy" if dup["swapped"] == 1 else f"{dup['swapped']} swapped copies"
+    print(f"  duplicates:   {plural(dup['n_rows'], 'row')} ({dup['exact']} exact), {copies}")
     beta = lb["logit_per_10_words"]
     print(f"  length:       chosen longer in {lb['chosen_longer_share']:.1%} of pairs, shorter in {lb['rejected_longer_share']:.1%}; "
           f"{'n/a' if beta is None or not math.isfinite(beta) else f'{beta:+.3f}'} logit per 10 words")
     if s["over_max_length"]["n_rows"]:
-        print(f"  over the encoder's {s['over_max_length']['max_length']} positions: {s['over_max_length']['n_rows']} rows (cut when embedded)")
+        print(f"  over the encoder's {s['over_max_length']['max_length']} positions: {plural(s['over_max_length']['n_rows'], 'row')} (cut when embedded)")
     if s.get("clean"):
         c = s["clean"]
         print(f"  clean copy:   {c['path']}: {c['rows_kept']} rows kept, {c['removed_duplicates']} duplicates and "

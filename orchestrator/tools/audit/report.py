@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_outputs", "write_clean", "check_out_dir", "SHOWN"]
+__all__ = ["write_outputs", "write_clean", "check_out_dir", "plural", "SHOWN"]
 
 SHOWN = 10
 """Pairs listed in each table of the report."""
@@ -20,11 +20,27 @@ CLIP = 220
 """Characters of a text shown in the report."""
 
 
+OUTPUTS = ("rows.jsonl", "summary.json", "report.md", "report.html", "plots")
+"""What an audit folder holds; --out may name an empty folder or one holding only these."""
+
+
+def plural(count: int, word: str) -> str:
+    """'1 row', '2 rows'."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def check_out_dir(out: str | Path) -> None:
-    """Refuse an --out folder that holds something other than an earlier audit (it would be replaced)."""
+    """Refuse an --out that is a file, or a folder holding anything but an earlier audit's files (the folder is
+    replaced as a whole)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "summary.json").is_file())):
-        raise ValueError(f"--out {out}: exists and is not an audit folder (no summary.json); it would be replaced")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
+    if other:
+        raise ValueError(f"--out {out}: holds files an audit did not write ({', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}); the folder would be replaced: name another")
 
 
 def _json(value):
@@ -212,14 +228,14 @@ def _sections(result, plots: dict) -> list[dict]:
         f"{s['usable_rows']} usable pairs of {s['n_rows']} rows in {s['data']}; scored by {s['model']['types']} annotator "
         f"type(s) on {s['model']['name']} (layer {s['model']['layer']} of {s['model']['of_layers']}), {s['model']['folds']}-fold "
         f"cross-fitted: every pair scored by heads that never saw it.",
-        f"Label noise: {noise['n_rows']} pairs ({_fmt(100 * noise['share'], 1)}%) have label_flip > {noise['threshold']} (the pool "
+        f"Label noise: {plural(noise['n_rows'], 'pair')} ({_fmt(100 * noise['share'], 1)}%) have label_flip > {noise['threshold']} (the pool "
         f"would pick the other answer with that probability); {_fmt(100 * noise['against_majority_share'], 1)}% are labelled against "
         "the pool's majority.",
-        f"Disagreement: {dis['n_rows']} pairs ({_fmt(100 * dis['share'], 1)}%) have disagreement > {dis['threshold']}. "
+        f"Disagreement: {plural(dis['n_rows'], 'pair')} ({_fmt(100 * dis['share'], 1)}%) have disagreement > {dis['threshold']}. "
         + (f"Evidence of annotator types: held-out log-likelihood {ev['gain_per_pair']:+.4f} nats per pair over one Bradley-Terry "
            f"rater (z = {ev['z']:.1f}); {'the data shows hidden context' if ev['seen'] else 'NOT significant: the disagreement scores are not trustworthy on this data'}."
            if ev else "One type (--types 1): disagreement cannot be seen."),
-        f"Duplicates: {dup['n_rows']} rows repeat an earlier one ({dup['exact']} exactly, {dup['normalised_only']} after "
+        f"Duplicates: {plural(dup['n_rows'], 'row')} repeat an earlier one ({dup['exact']} exactly, {dup['normalised_only']} after "
         f"normalising case, whitespace and punctuation); {dup['swapped']} rows contradict an earlier one (the same answers swapped).",
         f"Length: the chosen answer is longer in {_fmt(100 * lb['chosen_longer_share'], 1)}% of pairs, shorter in "
         f"{_fmt(100 * lb['rejected_longer_share'], 1)}%; fitted effect {_fmt(lb['logit_per_10_words'])} logit per 10 words "
@@ -238,15 +254,17 @@ def _sections(result, plots: dict) -> list[dict]:
         f"Mean words: chosen {_fmt(lb['mean_words_chosen'], 1)}, rejected {_fmt(lb['mean_words_rejected'], 1)}; "
         f"of pairs of unequal length the longer answer is chosen in {_fmt(100 * lb['longer_wins'] if lb['longer_wins'] is not None else None, 1)}%. "
         "The fit is a Bradley-Terry model whose only feature is the word count."]})
-    dup_rows = [r for r in usable if r["duplicate_of"] is not None or r["swapped_of"] is not None][:SHOWN]
-    sections.append({"title": "Duplicates", "tables": [{"header": ["row", "duplicate of", "exact", "swapped copy of", "prompt", "chosen"],
+    all_dups = [r for r in usable if r["duplicate_of"] is not None or r["swapped_of"] is not None]
+    dup_rows = all_dups[:SHOWN]
+    sections.append({"title": f"Duplicates (the first {len(dup_rows)} of {len(all_dups)}; all in rows.jsonl)" if len(all_dups) > SHOWN
+                     else "Duplicates", "tables": [{"header": ["row", "duplicate of", "exact", "swapped copy of", "prompt", "chosen"],
                                                         "rows": [[str(r["row"]), _fmt(r["duplicate_of"]), "yes" if r["duplicate_exact"] else "no",
                                                                   _fmt(r["swapped_of"]), _clip(result.pairs[r["row"]].context),
                                                                   _clip(result.pairs[r["row"]].chosen)] for r in dup_rows]}] if dup_rows else [],
                      "text": [] if dup_rows else ["No duplicates."]})
     groups = s.get("groups")
     if groups:
-        table = {"header": [groups["column"], "pairs", "agreement with the pool", "label errors", "mean disagreement"],
+        table = {"header": [groups["column"], "pairs", "agreement with the pool", "share flagged as label errors", "mean disagreement"],
                  "rows": [[str(k), str(v["rows"]), _fmt(v["mean_p_label"]), _fmt(v["label_noise_share"]), _fmt(v["mean_disagreement"])]
                           for k, v in groups["values"].items()]}
         sections.append({"title": f"Agreement by {groups['column']}", "tables": [table],
