@@ -68,6 +68,9 @@ def write_outputs(result, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the audit folder is an ordinary one
     try:
         with open(tmp / "rows.jsonl", "w") as f:
             for row in result.rows:
