@@ -8,7 +8,7 @@ its defaults (fold seed s) and is scored against that truth:
 
 - disagreement: AUC of `disagreement` for disputed pairs against agreed ones, and against near-ties (not
   disputed, |p_chosen - 0.5| < 0.1: a toss-up for everyone). Beside it, what a model without annotator
-  types offers: Bradley-Terry's uncertainty 1 - |2p - 1| (`--types 1`) and mean-variance DPL's spread
+  types offers: Bradley-Terry's uncertainty 1 - |2p - 1| (the one-type fit behind the audit's evidence) and mean-variance DPL's spread
   sqrt(s_c^2 + s_r^2) (the per-answer std, objective mean_variance);
 - label errors: a copy with `FLIP_SHARE` of the rows' answers swapped at random; AUC of `label_flip` for
   the swapped rows against the rest, over all rows and over the clear ones (|p_chosen - 0.5| > 0.3), next
@@ -141,14 +141,13 @@ def seed_chain(out: Path, seed: int, quick: bool) -> dict:
         log = lambda m, name=name: print(f"data-audit: seed {seed}, {name}: {m}", flush=True)  # noqa: E731
         base = AuditConfig(data=_write(out / f"{name}.jsonl", rows), seed=seed)
         types = audit(base, log=log, progress=False, encoder=encoder)
-        bt = audit(AuditConfig(**{**base.__dict__, "types": 1}), log=log, progress=False, encoder=encoder)
         mv = audit(AuditConfig(**{**base.__dict__, "objective": "mean_variance", "types": 1}), log=log, progress=False,
                    encoder=encoder)
         disputed = [bool(r["disputed"]) for r in rows]
         agreed = [not d for d in disputed]
         ties = [not d and abs(r["p_chosen"] - 0.5) < TIE for r, d in zip(rows, disputed)]
         dis = [r["disagreement"] for r in _scores(types)]
-        unc = [1 - abs(2 * r["p_chosen"] - 1) for r in _scores(bt)]
+        unc = [1 - abs(2 * p - 1) for p in types.baseline.p.tolist()]  # the evidence's Bradley-Terry fit, same folds
         spread = [r["disagreement"] for r in _scores(mv)]
         ev = types.summary["disagreement"]["evidence"]
         nums = {"auc_vs_agreed": auc(dis, disputed, agreed), "auc_vs_ties": auc(dis, disputed, ties),

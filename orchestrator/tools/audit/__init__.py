@@ -65,6 +65,7 @@ class Audit:
     rows: list  # one dict per input row (rows.jsonl)
     summary: dict
     fit: object = None
+    baseline: object = None  # the one-type (Bradley-Terry) `Fit` on the same folds, behind the evidence (types > 1)
 
 
 METRICS = {
@@ -169,7 +170,7 @@ def audit(cfg: AuditConfig, log: Callable[[str], None] = print, progress: bool =
         groups.append(groups[position[first]] if first is not None else p.row)
     fit_cfg = FitConfig(types=cfg.types, folds=cfg.folds, seed=cfg.seed, objective=cfg.objective)
     fit = crossfit(xc, xr, groups, fit_cfg, log=log)
-    evidence = None
+    evidence = base = None
     if cfg.types > 1 and cfg.objective == "types":
         base = crossfit(xc, xr, groups, FitConfig(types=1, folds=cfg.folds, seed=cfg.seed))
         gain = base.nll.double() - fit.nll.double()  # (N,) per pair
@@ -231,7 +232,7 @@ def audit(cfg: AuditConfig, log: Callable[[str], None] = print, progress: bool =
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    return Audit(pairs, rows, summary, fit)
+    return Audit(pairs, rows, summary, fit, base)
 
 
 def _bar(total: int, enabled: bool):
